@@ -1,0 +1,226 @@
+"""Train the bundled demo model: a byte-level BPE tokenizer and a small GPT-2 with ReLU MLPs.
+
+Trained on the ``train`` split of the demo corpora (Python standard library code
+and the English prose of its docstrings and comments), half of each batch from
+each domain. Runs on a CPU; the defaults take under an hour on two cores.
+
+Usage::
+
+    python scripts/train_demo_model.py [--out assets/demo-model] [--tokens 8500000]
+
+Writes ``config.json``, ``model.safetensors``, the tokenizer files and a model
+card ``README.md`` (data, token count, steps, time, held-out loss and top-1 per
+domain) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from tokenizers import ByteLevelBPETokenizer
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from unlearn_lens.demo import demo_texts
+
+EOS = "<|endoftext|>"
+
+
+def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok._tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS, model_max_length=1024
+    )
+
+
+def token_stream(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> torch.Tensor:
+    """All texts tokenised and concatenated, each followed by EOS. Shape ``[n_tokens]``."""
+    ids: list[int] = []
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(tokenizer.eos_token_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def sample_rows(stream: torch.Tensor, n: int, seq_len: int, bos: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` random windows of ``seq_len - 1`` tokens, each after a BOS token. Shape ``[n, seq_len]``."""
+    starts = torch.randint(0, len(stream) - seq_len, (n,), generator=gen)
+    rows = torch.stack([stream[s : s + seq_len - 1] for s in starts.tolist()])
+    return torch.cat([torch.full((n, 1), bos, dtype=torch.long), rows], dim=1)
+
+
+@torch.no_grad()
+def heldout_metrics(model: GPT2LMHeadModel, stream: torch.Tensor, seq_len: int, bos: int, n_tokens: int) -> dict:
+    """Loss and top-1 on consecutive held-out windows (the BOS prediction excluded)."""
+    model.eval()
+    body = seq_len - 1
+    n_rows = min(n_tokens // body, len(stream) // body)
+    rows = stream[: n_rows * body].view(n_rows, body)
+    rows = torch.cat([torch.full((n_rows, 1), bos, dtype=torch.long), rows], dim=1)
+    total_loss, correct, count = 0.0, 0, 0
+    for batch in rows.split(32):
+        logits = model(batch).logits[:, 1:-1]
+        target = batch[:, 2:]
+        total_loss += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum"
+        ).item()
+        correct += (logits.argmax(-1) == target).sum().item()
+        count += target.numel()
+    model.train()
+    return {"loss": total_loss / count, "top1": correct / count, "n_tokens": count}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets" / "demo-model"))
+    parser.add_argument("--tokens", type=int, default=8_500_000, help="training tokens in all")
+    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--d-mlp", type=int, default=1024)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--act", default="relu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop early (for a quick timing check)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    t0 = time.time()
+
+    code_train, prose_train = demo_texts("code", "train"), demo_texts("prose", "train")
+    tokenizer = train_tokenizer(code_train + prose_train, args.vocab)
+    bos = tokenizer.bos_token_id
+    streams = {"code": token_stream(tokenizer, code_train), "prose": token_stream(tokenizer, prose_train)}
+    heldout = {d: token_stream(tokenizer, demo_texts(d, "heldout")) for d in ("code", "prose")}
+    print(
+        f"tokenizer: vocab {len(tokenizer)}; train tokens code {len(streams['code']):,} prose {len(streams['prose']):,};"
+        f" held-out code {len(heldout['code']):,} prose {len(heldout['prose']):,} ({time.time() - t0:.0f}s)",
+        flush=True,
+    )
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=args.seq_len,
+        n_embd=args.d_model,
+        n_layer=args.layers,
+        n_head=args.heads,
+        n_inner=args.d_mlp,
+        activation_function=args.act,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=bos,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = GPT2LMHeadModel(config)
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
+    steps = args.tokens // (args.batch * args.seq_len)
+    if args.max_steps:
+        steps = min(steps, args.max_steps)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, steps - args.warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    gen = torch.Generator().manual_seed(args.seed)
+    half = args.batch // 2
+    t_train = time.time()
+    running = None
+    for step in range(steps):
+        batch = torch.cat(
+            [
+                sample_rows(streams["code"], half, args.seq_len, bos, gen),
+                sample_rows(streams["prose"], args.batch - half, args.seq_len, bos, gen),
+            ]
+        )
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        out = model(batch, labels=batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        running = out.loss.item() if running is None else 0.98 * running + 0.02 * out.loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            rate = (step + 1) * args.batch * args.seq_len / (time.time() - t_train)
+            print(f"step {step:5d}/{steps}  loss {running:.3f}  lr {lr_at(step):.2e}  {rate:,.0f} tok/s", flush=True)
+    train_seconds = time.time() - t_train
+
+    metrics = {d: heldout_metrics(model, heldout[d], args.seq_len, bos, 40_000) for d in ("code", "prose")}
+    print("held-out:", json.dumps(metrics), flush=True)
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    info = {
+        "params": n_params,
+        "steps": steps,
+        "train_tokens": steps * args.batch * args.seq_len,
+        "train_seconds": round(train_seconds),
+        "threads": args.threads,
+        "heldout": metrics,
+        "args": vars(args),
+        "corpus_tokens": {d: len(s) for d, s in streams.items()},
+    }
+    (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out_dir / "README.md").write_text(model_card(info))
+    print(f"saved to {out_dir} in {time.time() - t0:.0f}s", flush=True)
+
+
+def model_card(info: dict) -> str:
+    a, h = info["args"], info["heldout"]
+    return f"""# unlearn_lens demo model
+
+A small GPT-2-architecture causal language model with **{a['act'].upper()} MLPs**, trained
+from scratch by `scripts/train_demo_model.py` so that the selective-pruning demo runs
+offline. It is a toy: good enough at both of its domains to show that code-specific
+neurons can be removed while prose survives, and nothing more.
+
+| | |
+|---|---|
+| architecture | GPT-2 (`GPT2LMHeadModel`), {a['layers']} layers, d_model {a['d_model']}, d_mlp {a['d_mlp']}, {a['heads']} heads, context {a['seq_len']}, tied embeddings |
+| parameters | {info['params']:,} |
+| tokenizer | byte-level BPE (`tokenizers`), vocabulary {a['vocab']}, `<|endoftext|>` as BOS/EOS |
+| data | the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without comments and docstrings ({info['corpus_tokens']['code']:,} tokens), and the English prose of those docstrings and comments ({info['corpus_tokens']['prose']:,} tokens) |
+| batches | {a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose |
+| training | {info['steps']:,} steps, {info['train_tokens']:,} tokens, AdamW (lr {a['lr']}, betas 0.9/0.95, weight decay 0.1), {a['warmup']} warm-up steps then cosine to 10 %, seed {a['seed']} |
+| time | {info['train_seconds'] / 60:.1f} minutes on {info['threads']} CPU threads |
+
+Held-out ({h['code']['n_tokens']:,} code tokens, {h['prose']['n_tokens']:,} prose tokens from files never trained on):
+
+| domain | loss | top-1 |
+|---|---|---|
+| code | {h['code']['loss']:.3f} | {h['code']['top1']:.3f} |
+| prose | {h['prose']['loss']:.3f} | {h['prose']['top1']:.3f} |
+
+Reproduce: `python scripts/train_demo_model.py` (the numbers above are in `training.json`).
+"""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""The bundled demo: corpora built offline from the Python standard library, and the demo model.
+
+The demo needs no network. Its two domains are cut from the source files of the
+running interpreter's standard library, which every Python installation carries:
+
+* ``code``: Python source with every comment and docstring removed;
+* ``prose``: the English text of those docstrings and comments (comment blocks of
+  four or more words; doctest examples are dropped, as they are code).
+
+Files are split by a hash of their path relative to the standard library root:
+one file in ten goes to ``heldout`` (what the toolkit collects statistics on and
+evaluates with), the rest to ``train`` (what the demo model was trained on).
+Test packages, ``idlelib``, ``lib2to3``, installed third-party packages and files
+that do not parse are skipped. The texts are cached under the user cache
+directory (``$XDG_CACHE_HOME/unlearn_lens`` or ``~/.cache/unlearn_lens``) and are
+identical on every run with the same interpreter.
+
+The demo model (``assets/demo-model``, loaded with ``load_model("demo")``) is a
+small GPT-2-style model with ReLU MLPs trained by ``scripts/train_demo_model.py``
+on the ``train`` split of both domains.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import io
+import json
+import logging
+import os
+import re
+import sys
+import sysconfig
+import tempfile
+import tokenize
+from pathlib import Path
+
+from unlearn_lens.errors import UnlearnLensError
+
+__all__ = [
+    "DEMO_DOMAINS",
+    "DEMO_MODEL_DIR",
+    "DEMO_SPLITS",
+    "build_demo_corpus",
+    "demo_model_dir",
+    "demo_texts",
+    "split_source",
+]
+
+logger = logging.getLogger(__name__)
+
+DEMO_DOMAINS = ("code", "prose")
+DEMO_SPLITS = ("train", "heldout")
+# Bump when the extraction rules change, so stale caches are rebuilt.
+_CORPUS_VERSION = "2"
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "site-packages",
+    "dist-packages",
+    "__pycache__",
+    "turtledemo",
+}
+_HELDOUT_EVERY = 10
+_MIN_COMMENT_WORDS = 4
+_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+
+
+def demo_model_dir() -> Path:
+    """Directory of the bundled demo model (HF format).
+
+    Looks in the source checkout first (``assets/demo-model``), then in the
+    installed package data (``unlearn_lens/_demo_model``).
+    """
+    candidates = [DEMO_MODEL_DIR, Path(__file__).resolve().parent / "_demo_model"]
+    for path in candidates:
+        if (path / "config.json").is_file():
+            return path
+    raise UnlearnLensError(
+        "the demo model is not available: looked in "
+        + ", ".join(str(p) for p in candidates)
+        + ". Train it with `python scripts/train_demo_model.py`."
+    )
+
+
+def _is_docstring(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
+def _docstring_nodes(tree: ast.Module) -> list[ast.Expr]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if node.body and _is_docstring(node.body[0]):
+                found.append(node.body[0])
+    return found
+
+
+def _docstring_prose(text: str) -> str:
+    """The prose paragraphs of a cleaned docstring.
+
+    Doctest examples (a ``>>>`` line up to the next blank line) and reST literal
+    blocks (the indented lines after a paragraph ending in ``::``) are code and
+    are dropped, and so is any paragraph that does not read as prose.
+    """
+    paragraphs: list[str] = []
+    current: list[str] = []
+    literal_indent: int | None = None
+    for line in text.splitlines() + [""]:
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if literal_indent is not None:
+            if not stripped or indent > literal_indent:
+                continue
+            literal_indent = None
+        if stripped.startswith(">>>") or (current and current[0].startswith(">>>")):
+            current.append(stripped)
+            if not stripped:
+                current = []
+            continue
+        if not stripped:
+            if current:
+                paragraphs.append(" ".join(current))
+                current = []
+            continue
+        current.append(stripped)
+        if stripped.endswith("::"):
+            literal_indent = indent
+            paragraphs.append(" ".join(current)[:-1])
+            current = []
+    return "\n\n".join(p for p in paragraphs if _is_prose(p))
+
+
+def _is_prose(text: str) -> bool:
+    words = _WORD.findall(text)
+    if len(words) < _MIN_COMMENT_WORDS:
+        return False
+    letters = sum(c.isalpha() or c.isspace() for c in text)
+    return letters >= 0.8 * len(text)
+
+
+def split_source(source: str) -> tuple[str, str]:
+    """Split one Python file into its code and its English prose.
+
+    Args:
+        source: the text of a Python module.
+
+    Returns:
+        ``(code, prose)``: the source with comments and docstrings removed, and
+        the docstrings and comment blocks (of four or more words) as paragraphs
+        separated by blank lines.
+
+    Raises:
+        SyntaxError, tokenize.TokenError, ValueError: the file does not parse.
+    """
+    tree = ast.parse(source)
+    doc_lines: set[int] = set()
+    paragraphs: list[str] = []
+    for node in _docstring_nodes(tree):
+        doc_lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        text = _docstring_prose(inspect.cleandoc(node.value.value))  # type: ignore[attr-defined]
+        if text:
+            paragraphs.append(text)
+
+    lines = source.splitlines(keepends=True)
+    cuts: dict[int, list[tuple[int, int]]] = {}
+    comment_block: list[str] = []
+    last_comment_row = -2
+
+    def flush() -> None:
+        text = " ".join(comment_block).strip()
+        if _is_prose(text):
+            paragraphs.append(text)
+        comment_block.clear()
+
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        (srow, scol), (erow, ecol) = tok.start, tok.end
+        if tok.type == tokenize.COMMENT:
+            text = tok.string.lstrip("#").strip()
+            if text.startswith("!") or "coding" in text[:20] and ":" in text:
+                pass
+            else:
+                if srow != last_comment_row + 1:
+                    flush()
+                comment_block.append(text)
+                last_comment_row = srow
+            cuts.setdefault(srow, []).append((scol, len(lines[srow - 1].rstrip("\r\n"))))
+        elif tok.type == tokenize.STRING and srow in doc_lines:
+            for row in range(srow, erow + 1):
+                start = scol if row == srow else 0
+                end = ecol if row == erow else len(lines[row - 1].rstrip("\r\n"))
+                cuts.setdefault(row, []).append((start, end))
+    flush()
+
+    out: list[str] = []
+    for row, line in enumerate(lines, start=1):
+        line = line.rstrip("\r\n")
+        if row in cuts:
+            for start, end in sorted(cuts[row], reverse=True):
+                line = line[:start] + line[end:]
+            if not line.strip():
+                continue
+        out.append(line.rstrip())
+    code = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n")
+    return code, "\n\n".join(paragraphs)
+
+
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def _stdlib_files(root: Path) -> list[Path]:
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("test"))
+        for name in sorted(filenames):
+            if name.endswith(".py") and not name.startswith("test_"):
+                files.append(Path(dirpath) / name)
+    return files
+
+
+def _split_of(relpath: str) -> str:
+    digest = hashlib.sha1(relpath.encode("utf-8")).digest()
+    return "heldout" if int.from_bytes(digest[:4], "big") % _HELDOUT_EVERY == 0 else "train"
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    tag = "py{}.{}.{}-v{}".format(*sys.version_info[:3], _CORPUS_VERSION)
+    return Path(base) / "unlearn_lens" / f"demo-corpus-{tag}"
+
+
+def build_demo_corpus(root: Path | None = None) -> dict[str, dict[str, list[str]]]:
+    """Build both domains and both splits from a standard library tree.
+
+    Args:
+        root: the standard library directory (default: the running interpreter's).
+
+    Returns:
+        ``corpus[domain][split]``: one text per source file, in sorted path order;
+        files whose code or prose is empty contribute nothing to that domain.
+    """
+    root = (root or _stdlib_root()).resolve()
+    corpus: dict[str, dict[str, list[str]]] = {d: {s: [] for s in DEMO_SPLITS} for d in DEMO_DOMAINS}
+    skipped = 0
+    for path in _stdlib_files(root):
+        rel = path.relative_to(root).as_posix()
+        try:
+            source = path.read_text(encoding="utf-8")
+            code, prose = split_source(source)
+        except (SyntaxError, UnicodeDecodeError, tokenize.TokenError, ValueError, IndentationError):
+            skipped += 1
+            continue
+        split = _split_of(rel)
+        if code.strip():
+            corpus["code"][split].append(code)
+        if prose.strip():
+            corpus["prose"][split].append(prose)
+    logger.info("demo corpus: %d files skipped (did not parse)", skipped)
+    return corpus
+
+
+def _load_or_build() -> dict[str, dict[str, list[str]]]:
+    cache = _cache_dir()
+    path = cache / "corpus.json"
+    if path.is_file():
+        try:
+            with path.open(encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError):
+            logger.warning("demo corpus cache %s is unreadable; rebuilding it", path)
+    logger.info("building the demo corpus from %s (cached in %s)", _stdlib_root(), cache)
+    corpus = build_demo_corpus()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(corpus, f)
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache is not fatal
+        logger.warning("could not cache the demo corpus in %s: %s", cache, exc)
+    return corpus
+
+
+_CORPUS: dict[str, dict[str, list[str]]] | None = None
+
+
+def demo_texts(domain: str, split: str = "heldout") -> list[str]:
+    """Texts of one demo domain.
+
+    Args:
+        domain: ``"code"`` or ``"prose"``.
+        split: ``"heldout"`` (default; for statistics and evaluation) or ``"train"``.
+
+    Returns:
+        One text per standard library file of that split.
+    """
+    global _CORPUS
+    if domain not in DEMO_DOMAINS:
+        raise UnlearnLensError(f"unknown demo domain {domain!r}; choose one of {DEMO_DOMAINS}")
+    if split not in DEMO_SPLITS:
+        raise UnlearnLensError(f"unknown demo split {split!r}; choose one of {DEMO_SPLITS}")
+    if _CORPUS is None:
+        _CORPUS = _load_or_build()
+    return list(_CORPUS[domain][split])

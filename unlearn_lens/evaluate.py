@@ -1,0 +1,143 @@
+"""Next-token evaluation: top-1 and top-k accuracy, cross-entropy loss, perplexity.
+
+Each counted position predicts the next token of its row; padding targets never
+count. With ``skip_common=N`` the N most frequent target tokens of the dataset are
+left out of every metric (the paper skipped 50), so that accuracy is not carried
+by punctuation and whitespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from unlearn_lens.data import TokenSet
+from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.models import model_device
+from unlearn_lens.pruning import pruned
+from unlearn_lens.stats import ActivationStats, as_token_set
+
+__all__ = ["EvalResult", "evaluate"]
+
+
+@dataclass
+class EvalResult:
+    """Next-token metrics on one dataset.
+
+    Attributes:
+        top1: fraction of targets that are the model's top prediction.
+        topk: fraction of targets among its ``k`` top predictions.
+        loss: mean cross-entropy (nats).
+        perplexity: exp(loss).
+        n_tokens: targets scored.
+        k: the k of ``topk``.
+    """
+
+    top1: float
+    topk: float
+    loss: float
+    perplexity: float
+    n_tokens: int
+    k: int = 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        return cls(**data)
+
+    def relative_to(self, base: EvalResult) -> dict[str, float]:
+        """Each metric divided by its value in ``base`` (e.g. the unpruned model)."""
+        return {
+            "top1": self.top1 / base.top1 if base.top1 else math.nan,
+            "topk": self.topk / base.topk if base.topk else math.nan,
+            "loss": self.loss / base.loss if base.loss else math.nan,
+            "perplexity": self.perplexity / base.perplexity if base.perplexity else math.nan,
+        }
+
+
+def _targets(tokens: TokenSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets ``[n_rows pos-1]`` and which of them count (real tokens)."""
+    return tokens.tokens[:, 1:], tokens.valid[:, 1:]
+
+
+@torch.no_grad()
+def evaluate(
+    model: Any,
+    texts: Sequence[str] | TokenSet,
+    *,
+    max_tokens: int | None = 100_000,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    topk: int = 10,
+    skip_common: int = 0,
+    masks: Any = None,
+    ablation: str = "zero",
+    means: ActivationStats | None = None,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> EvalResult:
+    """Measure next-token accuracy and loss of ``model`` (optionally pruned) on a dataset.
+
+    Args:
+        model: a TransformerLens model.
+        texts: texts or a :class:`TokenSet`.
+        max_tokens: targets to score at most (before ``skip_common``).
+        batch_size: rows per forward pass.
+        seq_len: row length (default: the model's context, at most 256).
+        topk: the k of top-k accuracy.
+        skip_common: leave out targets among the dataset's ``skip_common`` most common tokens.
+        masks, ablation, means: evaluate the pruned model (see :func:`unlearn_lens.pruned`).
+        progress: show a progress bar.
+        desc: progress bar label.
+
+    Returns:
+        :class:`EvalResult`.
+    """
+    if topk < 1:
+        raise UnlearnLensError(f"topk must be at least 1, got {topk}")
+    if skip_common < 0:
+        raise UnlearnLensError(f"skip_common must be non-negative, got {skip_common}")
+    if batch_size <= 0:
+        raise UnlearnLensError(f"batch_size must be positive, got {batch_size}")
+    tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
+    targets, counted = _targets(tokens)
+    skip = None
+    if skip_common:
+        freq = torch.bincount(targets[counted])
+        skip = freq.argsort(descending=True, stable=True)[:skip_common]
+    device = model_device(model)
+    total_loss = torch.zeros((), dtype=torch.float64)
+    n_top1 = n_topk = n = 0
+    context = pruned(model, masks, ablation=ablation, means=means) if masks is not None else contextlib.nullcontext()
+    bar = tqdm(total=int(counted.sum()), desc=desc, unit="tok", disable=not progress, leave=False)
+    with context:
+        for start in range(0, len(tokens), batch_size):
+            rows = tokens.tokens[start : start + batch_size].to(device)
+            target = rows[:, 1:]
+            keep = counted[start : start + batch_size].to(device)
+            if skip is not None:
+                keep = keep & ~torch.isin(target, skip.to(device))
+            logits = model(rows)[:, :-1]
+            logits, target_kept = logits[keep].float(), target[keep]
+            bar.update(int(counted[start : start + batch_size].sum()))
+            if target_kept.numel() == 0:
+                continue
+            total_loss += torch.nn.functional.cross_entropy(logits, target_kept, reduction="sum").double().cpu()
+            top = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices
+            n_top1 += int((top[:, 0] == target_kept).sum())
+            n_topk += int((top == target_kept[:, None]).any(-1).sum())
+            n += target_kept.numel()
+    bar.close()
+    if n == 0:
+        raise UnlearnLensError("no tokens left to evaluate (empty dataset, or skip_common removed every target)")
+    loss = float(total_loss) / n
+    return EvalResult(top1=n_top1 / n, topk=n_topk / n, loss=loss, perplexity=math.exp(min(loss, 700.0)),
+                      n_tokens=n, k=topk)

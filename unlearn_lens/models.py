@@ -1,0 +1,263 @@
+"""Loading models and addressing the units that selective pruning works on.
+
+Everything is addressed by TransformerLens hook name through the interface that
+``TransformerBridge`` (TransformerLens 4) and the legacy ``HookedTransformer``
+(TransformerLens 3.9) share: ``hook_dict``, ``cfg``, ``tokenizer`` and a forward
+pass that maps tokens ``[batch pos]`` to logits ``[batch pos d_vocab]``.
+
+Two kinds of unit are used:
+
+* MLP neurons: ``blocks.{l}.mlp.hook_post``, ``[batch pos d_mlp]``, the input of the
+  MLP output projection (act(gate) * up for gated MLPs);
+* attention neurons: ``blocks.{l}.attn.hook_z``, ``[batch pos head d_head]``, the
+  per-head attention output before W_O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn_lens.errors import UnlearnLensError
+
+__all__ = [
+    "ModelDims",
+    "add_hook",
+    "attached",
+    "remove_hook",
+    "attn_hook_name",
+    "check_hooks",
+    "load_model",
+    "mlp_hook_name",
+    "model_dims",
+    "model_name",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def mlp_hook_name(layer: int) -> str:
+    """Hook of the MLP neurons of ``layer``: ``blocks.{layer}.mlp.hook_post``."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def attn_hook_name(layer: int) -> str:
+    """Hook of the attention neurons of ``layer``: ``blocks.{layer}.attn.hook_z``."""
+    return f"blocks.{layer}.attn.hook_z"
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The unit shapes of a model: ``[n_layers, d_mlp]`` and ``[n_layers, n_heads, d_head]``."""
+
+    n_layers: int
+    d_mlp: int
+    n_heads: int
+    d_head: int
+
+    @property
+    def mlp_shape(self) -> tuple[int, int]:
+        return (self.n_layers, self.d_mlp)
+
+    @property
+    def attn_shape(self) -> tuple[int, int, int]:
+        return (self.n_layers, self.n_heads, self.d_head)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"n_layers": self.n_layers, "d_mlp": self.d_mlp, "n_heads": self.n_heads, "d_head": self.d_head}
+
+
+def model_name(model: Any) -> str:
+    """A readable name for a model (its config's ``model_name`` or its class)."""
+    cfg = getattr(model, "cfg", None)
+    name = getattr(cfg, "model_name", None)
+    return str(name) if name else type(model).__name__
+
+
+def check_hooks(model: Any) -> None:
+    """Fail unless every layer has ``mlp.hook_post`` and ``attn.hook_z``.
+
+    Raises:
+        UnlearnLensError: naming the first missing hook and the model.
+    """
+    hook_dict = getattr(model, "hook_dict", None)
+    if hook_dict is None or not hasattr(model, "cfg"):
+        raise UnlearnLensError(
+            f"{type(model).__name__} is not a TransformerLens model (no hook_dict/cfg); "
+            "pass a TransformerBridge, a HookedTransformer, a hub id or a local HF directory"
+        )
+    n_layers = int(model.cfg.n_layers)
+    for layer in range(n_layers):
+        for name in (mlp_hook_name(layer), attn_hook_name(layer)):
+            if name not in hook_dict:
+                raise UnlearnLensError(
+                    f"model {model_name(model)!r} has no hook {name!r}; selective pruning needs "
+                    "MLP post-activations and per-head attention outputs in every layer"
+                )
+
+
+def model_dims(model: Any) -> ModelDims:
+    """Unit shapes of ``model``, read off its hooks with a two-token forward pass (cached).
+
+    Reading the shapes from a real forward pass (rather than from ``cfg``) gives the
+    right answer for gated MLPs and grouped-query attention alike.
+    """
+    cached = getattr(model, "_unlearn_lens_dims", None)
+    if isinstance(cached, ModelDims):
+        return cached
+    check_hooks(model)
+    n_layers = int(model.cfg.n_layers)
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def recorder(kind: str) -> Any:
+        def record(x: torch.Tensor, hook: Any) -> None:
+            shapes[kind] = tuple(x.shape)
+
+        return record
+
+    tokens = torch.zeros((1, 2), dtype=torch.long, device=model_device(model))
+    with attached(model, [(mlp_hook_name(0), recorder("mlp")), (attn_hook_name(0), recorder("attn"))]):
+        with torch.no_grad():
+            model(tokens)
+    mlp, attn = shapes.get("mlp"), shapes.get("attn")
+    if mlp is None or attn is None or len(attn) != 4:
+        raise UnlearnLensError(
+            f"model {model_name(model)!r}: could not read unit shapes from its hooks (got {shapes})"
+        )
+    dims = ModelDims(n_layers=n_layers, d_mlp=mlp[-1], n_heads=attn[2], d_head=attn[3])
+    try:
+        object.__setattr__(model, "_unlearn_lens_dims", dims)
+    except Exception:  # pragma: no cover - exotic module classes
+        pass
+    return dims
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter (CPU if it has none)."""
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def _resolve_dtype(dtype: Any) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+    if str(dtype) not in names:
+        raise UnlearnLensError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
+    return names[str(dtype)]
+
+
+def load_model(
+    model: Any,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    tokenizer: Any = None,
+) -> Any:
+    """Load a model for selective pruning.
+
+    Args:
+        model: ``"demo"`` (the bundled demo model), a local Hugging Face model
+            directory, a Hub id such as ``"EleutherAI/pythia-160m"`` (needs the
+            network the first time), or an existing ``TransformerBridge`` or legacy
+            ``HookedTransformer``, which is returned as it is after the checks.
+        device: where to put a loaded model (default: CUDA if available, else CPU).
+        dtype: weight dtype of a loaded model (default float32).
+        tokenizer: an optional tokenizer to use instead of the model's own.
+
+    Returns:
+        A TransformerLens model (a ``TransformerBridge`` when loaded here), in eval mode.
+
+    Raises:
+        UnlearnLensError: the model cannot be found or loaded, or lacks a needed hook.
+    """
+    if not isinstance(model, (str, os.PathLike)):
+        check_hooks(model)
+        if tokenizer is not None:
+            model.tokenizer = tokenizer
+        return model
+
+    torch_dtype = _resolve_dtype(dtype) or torch.float32
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    source = str(model)
+    if source == "demo":
+        from unlearn_lens.demo import demo_model_dir
+
+        source = str(demo_model_dir())
+    path = Path(source).expanduser()
+    # Hub ids are "name" or "org/name"; anything else that does not exist is a missing path.
+    looks_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local and not path.is_dir():
+        raise UnlearnLensError(f"model directory {source!r} does not exist")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnlearnLensError(f"model directory {source!r} has no config.json (not a Hugging Face model)")
+        source = str(path.resolve())
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype, tokenizer=tokenizer)
+    except UnlearnLensError:
+        raise
+    except Exception as exc:
+        where = "local directory" if path.is_dir() else "Hub id (is the network reachable?)"
+        raise UnlearnLensError(f"could not load model {str(model)!r} as a {where}: {exc}") from exc
+    bridge.eval()
+    if getattr(bridge, "tokenizer", None) is None:
+        raise UnlearnLensError(f"model {str(model)!r} has no tokenizer; pass one with tokenizer=")
+    check_hooks(bridge)
+    logger.info("loaded %s on %s (%s)", model, device, torch_dtype)
+    return bridge
+
+
+def underlying_model(model: Any) -> Any:
+    """The wrapped Hugging Face model of a bridge (``original_model``), else the model itself."""
+    return getattr(model, "original_model", model)
+
+
+def add_hook(model: Any, name: str, fn: Any) -> Any:
+    """Add a forward hook ``fn(activation, hook)`` at hook point ``name``; returns a handle for :func:`remove_hook`.
+
+    Goes through ``HookPoint.add_hook`` so that a bridge's hook conversions apply
+    (e.g. ``hook_z`` is seen as ``[batch pos head d_head]``).
+    """
+    point = model.hook_dict[name]
+    before = list(point.fwd_hooks)
+    handle = point.add_hook(fn, dir="fwd")
+    if handle is None:  # older HookPoints return nothing: find the new handle
+        handle = next(h for h in point.fwd_hooks if all(h is not b for b in before))
+    return point, handle
+
+
+def remove_hook(token: Any) -> None:
+    """Remove a hook added by :func:`add_hook` (and only that one)."""
+    point, handle = token
+    handle.hook.remove()
+    point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+
+
+@contextlib.contextmanager
+def attached(model: Any, hooks: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """Add forward hooks ``(hook_name, fn(activation, hook))`` for the duration of the block.
+
+    They are removed on exit, also after an exception; other hooks are left alone.
+    """
+    tokens = []
+    try:
+        for name, fn in hooks:
+            tokens.append(add_hook(model, name, fn))
+        yield
+    finally:
+        for token in reversed(tokens):
+            remove_hook(token)

@@ -1,0 +1,346 @@
+"""Streaming, mergeable per-unit activation statistics.
+
+For every unit (MLP neuron or attention neuron) and every counted token of a
+dataset (real tokens other than the BOS position) we keep, in float64:
+
+* ``count`` N, the running ``mean`` and ``m2`` = sum of squared deviations from it
+  (Chan et al.'s parallel update), so ``std`` (population) stays exact even for a
+  unit with mean 1e4 and std 1e-2;
+* the sums of ``|x|`` and ``sqrt|x|``, the number of tokens with ``x > 0``, and the max.
+
+From these: ``mean``, ``std``, ``abs_mean`` = mean |x|, ``rms`` = sqrt(mean x^2)
+= sqrt(var + mean^2), ``sqrt_abs_mean`` = mean sqrt|x|, ``freq`` = P(x > 0), ``max``.
+
+Activations are never stored per token: a forward hook reduces each batch to
+per-unit sums (in the activation's own precision, after subtracting a shift close
+to the mean, so no precision is lost) and merges them into the float64 totals.
+Two runs merge exactly: ``a.merge(b)`` equals collecting on the concatenation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from tqdm.auto import tqdm
+
+from unlearn_lens._io import atomic_write, read_safetensors
+from unlearn_lens.data import TokenSet, tokenize_texts
+from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.models import (
+    ModelDims,
+    attached,
+    attn_hook_name,
+    mlp_hook_name,
+    model_device,
+    model_dims,
+    model_name,
+)
+
+__all__ = ["ActivationStats", "RunningStats", "collect_stats", "default_seq_len"]
+
+logger = logging.getLogger(__name__)
+
+_FIELDS = ("count", "mean", "m2", "abs_sum", "sqrt_abs_sum", "pos_count", "max")
+
+
+class RunningStats:
+    """Running statistics of a block of units with shape ``unit_shape``.
+
+    All state is float64 and lives on ``device``. Properties return float64 tensors
+    of ``unit_shape``.
+    """
+
+    def __init__(self, unit_shape: Sequence[int], device: torch.device | str | None = None):
+        self.unit_shape = tuple(int(s) for s in unit_shape)
+        kw = {"dtype": torch.float64, "device": device}
+        self.count = torch.zeros(self.unit_shape, **kw)
+        self._mean = torch.zeros(self.unit_shape, **kw)
+        self.m2 = torch.zeros(self.unit_shape, **kw)
+        self.abs_sum = torch.zeros(self.unit_shape, **kw)
+        self.sqrt_abs_sum = torch.zeros(self.unit_shape, **kw)
+        self.pos_count = torch.zeros(self.unit_shape, **kw)
+        self._max = torch.full(self.unit_shape, -torch.inf, **kw)
+
+    # --- derived statistics -------------------------------------------------
+    @property
+    def mean(self) -> torch.Tensor:
+        return self._mean.clone()
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Population standard deviation."""
+        return (self.m2 / self.count.clamp(min=1)).clamp(min=0).sqrt()
+
+    @property
+    def var(self) -> torch.Tensor:
+        return (self.m2 / self.count.clamp(min=1)).clamp(min=0)
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        return self.abs_sum / self.count.clamp(min=1)
+
+    @property
+    def rms(self) -> torch.Tensor:
+        """sqrt(mean x^2) = sqrt(var + mean^2)."""
+        return (self.var + self._mean**2).sqrt()
+
+    @property
+    def sqrt_abs_mean(self) -> torch.Tensor:
+        return self.sqrt_abs_sum / self.count.clamp(min=1)
+
+    @property
+    def freq(self) -> torch.Tensor:
+        """Fraction of tokens with x > 0."""
+        return self.pos_count / self.count.clamp(min=1)
+
+    @property
+    def max(self) -> torch.Tensor:
+        return self._max.clone()
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.count.reshape(-1)[0]) if self.count.numel() else 0
+
+    # --- updates -------------------------------------------------------------
+    def _merge_moments(self, index: Any, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        n_a = self.count[index]
+        n = n_a + n_b
+        delta = mean_b - self._mean[index]
+        self._mean[index] += delta * (n_b / n)
+        self.m2[index] += m2_b + delta**2 * (n_a * n_b / n)
+        self.count[index] = n
+
+    @torch.no_grad()
+    def update(self, x: Float[torch.Tensor, "tokens ..."], index: Any = Ellipsis) -> None:
+        """Add a batch of activations ``x`` ``[tokens, *units]`` to the units at ``index``.
+
+        ``index`` selects the block the batch belongs to (e.g. one layer: ``3``).
+        """
+        n = x.shape[0]
+        if n == 0:
+            return
+        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        # Shift by a value close to the mean so that the sums of deviations keep full
+        # precision even when |mean| >> std; the shift is exact in x's dtype.
+        shift = torch.where(self.count[index] > 0, self._mean[index].to(x.dtype), x[0])
+        d = x - shift
+        s1 = d.sum(0, dtype=torch.float64)
+        s2 = (d * d).sum(0, dtype=torch.float64)
+        mean_d = s1 / n
+        m2_b = (s2 - s1 * mean_d).clamp(min=0)
+        self._merge_moments(index, torch.tensor(float(n), dtype=torch.float64, device=self.count.device),
+                            shift.to(torch.float64) + mean_d, m2_b)
+        a = x.abs()
+        self.abs_sum[index] += a.sum(0, dtype=torch.float64)
+        self.sqrt_abs_sum[index] += a.sqrt_().sum(0, dtype=torch.float64)
+        self.pos_count[index] += (x > 0).sum(0, dtype=torch.float64)
+        self._max[index] = torch.maximum(self._max[index], x.amax(0).to(torch.float64))
+
+    def merge(self, other: RunningStats) -> RunningStats:
+        """A new RunningStats equal to collecting on both datasets."""
+        if other.unit_shape != self.unit_shape:
+            raise UnlearnLensError(f"cannot merge statistics of shape {other.unit_shape} into {self.unit_shape}")
+        out = self.copy()
+        n_a, n_b = out.count, other.count.to(out.count.device)
+        n = (n_a + n_b).clamp(min=1)
+        delta = other._mean.to(n.device) - out._mean
+        out._mean = out._mean + delta * (n_b / n)
+        out.m2 = out.m2 + other.m2.to(n.device) + delta**2 * (n_a * n_b / n)
+        out.count = n_a + n_b
+        out.abs_sum = out.abs_sum + other.abs_sum.to(out.abs_sum.device)
+        out.sqrt_abs_sum = out.sqrt_abs_sum + other.sqrt_abs_sum.to(out.sqrt_abs_sum.device)
+        out.pos_count = out.pos_count + other.pos_count.to(out.pos_count.device)
+        out._max = torch.maximum(out._max, other._max.to(out._max.device))
+        return out
+
+    def copy(self) -> RunningStats:
+        out = RunningStats(self.unit_shape, device=self.count.device)
+        for name, value in self._state().items():
+            setattr(out, _ATTR[name], value.clone())
+        return out
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, _ATTR[name]) for name in _FIELDS}
+
+    @classmethod
+    def _from_state(cls, state: dict[str, torch.Tensor]) -> RunningStats:
+        out = cls(state["count"].shape, device=state["count"].device)
+        for name in _FIELDS:
+            setattr(out, _ATTR[name], state[name].to(torch.float64))
+        return out
+
+    def to(self, device: torch.device | str) -> RunningStats:
+        return RunningStats._from_state({k: v.to(device) for k, v in self._state().items()})
+
+
+_ATTR = {"count": "count", "mean": "_mean", "m2": "m2", "abs_sum": "abs_sum", "sqrt_abs_sum": "sqrt_abs_sum",
+         "pos_count": "pos_count", "max": "_max"}
+
+
+@dataclass
+class ActivationStats:
+    """Statistics of every MLP neuron and attention neuron of a model on one dataset.
+
+    Attributes:
+        mlp: statistics of shape ``[layer d_mlp]``.
+        attn: statistics of shape ``[layer head d_head]``.
+        meta: free-form record (model name, dataset label, token count, ...).
+    """
+
+    mlp: RunningStats
+    attn: RunningStats
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, dims: ModelDims, device: torch.device | str | None = None) -> ActivationStats:
+        return cls(RunningStats(dims.mlp_shape, device), RunningStats(dims.attn_shape, device))
+
+    @property
+    def dims(self) -> ModelDims:
+        n_layers, d_mlp = self.mlp.unit_shape
+        _, n_heads, d_head = self.attn.unit_shape
+        return ModelDims(n_layers, d_mlp, n_heads, d_head)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.mlp.n_tokens
+
+    def merge(self, other: ActivationStats) -> ActivationStats:
+        """Statistics of both datasets together (exactly as if collected in one run)."""
+        if other.dims != self.dims:
+            raise UnlearnLensError(f"cannot merge statistics of a {other.dims} model into a {self.dims} model")
+        meta = {**self.meta, "n_tokens": self.n_tokens + other.n_tokens}
+        return ActivationStats(self.mlp.merge(other.mlp), self.attn.merge(other.attn), meta)
+
+    def to(self, device: torch.device | str) -> ActivationStats:
+        return ActivationStats(self.mlp.to(device), self.attn.to(device), dict(self.meta))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to a safetensors file (atomically: a temporary file, then a rename)."""
+        from safetensors.torch import save_file
+
+        tensors = {f"{kind}.{name}": value.contiguous().cpu()
+                   for kind, stats in (("mlp", self.mlp), ("attn", self.attn))
+                   for name, value in stats._state().items()}
+        metadata = {"format": "unlearn_lens.ActivationStats", "dims": json.dumps(self.dims.to_dict()),
+                    "meta": json.dumps(self.meta, default=str)}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> ActivationStats:
+        """Read statistics written by :meth:`save`.
+
+        Raises:
+            UnlearnLensError: the file is missing, corrupt, or not a statistics file.
+        """
+        tensors, metadata = read_safetensors(path, "unlearn_lens.ActivationStats", device)
+        try:
+            mlp = RunningStats._from_state({n: tensors[f"mlp.{n}"] for n in _FIELDS})
+            attn = RunningStats._from_state({n: tensors[f"attn.{n}"] for n in _FIELDS})
+        except KeyError as exc:
+            raise UnlearnLensError(f"statistics file {str(path)!r} lacks tensor {exc}") from exc
+        return cls(mlp, attn, json.loads(metadata.get("meta", "{}")))
+
+
+def default_seq_len(model: Any) -> int:
+    """Row length used when none is given: the model's context, at most 256."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None) or 256
+    return int(min(n_ctx, 256))
+
+
+class _Collector:
+    """Forward hooks that stream one batch at a time into an :class:`ActivationStats`."""
+
+    def __init__(self, stats: ActivationStats):
+        self.stats = stats
+        self.rows: torch.Tensor | None = None
+
+    def set_batch(self, valid: Bool[torch.Tensor, "batch pos"]) -> None:
+        self.rows = valid.reshape(-1).nonzero().squeeze(1)
+
+    def hook(self, kind: str, layer: int) -> Any:
+        target = self.stats.mlp if kind == "mlp" else self.stats.attn
+
+        def fn(activation: torch.Tensor, hook: Any) -> None:
+            assert self.rows is not None
+            x = activation.detach().reshape(-1, *target.unit_shape[1:])
+            target.update(x.index_select(0, self.rows), layer)
+
+        return fn
+
+
+def as_token_set(model: Any, texts: Sequence[str] | TokenSet, *, seq_len: int | None, max_tokens: int | None) -> TokenSet:
+    """Tokenise ``texts`` for ``model`` unless they already are a :class:`TokenSet`."""
+    if isinstance(texts, TokenSet):
+        if max_tokens is not None and texts.n_tokens > max_tokens:
+            return texts.split(max_tokens)[0]
+        return texts
+    if isinstance(texts, str):
+        raise UnlearnLensError("texts must be a list of strings, not one string (wrap it in a list)")
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise UnlearnLensError(f"model {model_name(model)!r} has no tokenizer")
+    return tokenize_texts(tokenizer, list(texts), seq_len=seq_len or default_seq_len(model), max_tokens=max_tokens)
+
+
+@torch.no_grad()
+def collect_stats(
+    model: Any,
+    texts: Sequence[str] | TokenSet,
+    *,
+    max_tokens: int | None = 100_000,
+    batch_size: int = 8,
+    seq_len: int | None = None,
+    masks: Any = None,
+    ablation: str = "zero",
+    means: ActivationStats | None = None,
+    progress: bool = True,
+    desc: str = "collect",
+) -> ActivationStats:
+    """Stream activation statistics of every MLP and attention neuron over a dataset.
+
+    Args:
+        model: a TransformerLens model (see :func:`unlearn_lens.load_model`).
+        texts: the dataset, as texts or an already tokenised :class:`TokenSet`.
+        max_tokens: counted tokens to use (BOS and padding excluded); None for all.
+        batch_size: rows per forward pass.
+        seq_len: row length (default: the model's context, at most 256).
+        masks: optional :class:`unlearn_lens.Masks`; statistics are then collected on
+            the pruned model (pruned units read 0, or their mean with ``ablation="mean"``).
+        ablation: ``"zero"`` or ``"mean"`` (with ``masks``).
+        means: retain statistics giving the means for ``ablation="mean"``.
+        progress: show a progress bar.
+        desc: progress bar label.
+
+    Returns:
+        :class:`ActivationStats` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``.
+    """
+    from unlearn_lens.pruning import pruning_hooks
+
+    if batch_size <= 0:
+        raise UnlearnLensError(f"batch_size must be positive, got {batch_size}")
+    dims = model_dims(model)
+    device = model_device(model)
+    tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
+    stats = ActivationStats.empty(dims, device)
+    collector = _Collector(stats)
+    hooks = pruning_hooks(model, masks, ablation=ablation, means=means) if masks is not None else []
+    for layer in range(dims.n_layers):
+        hooks.append((mlp_hook_name(layer), collector.hook("mlp", layer)))
+        hooks.append((attn_hook_name(layer), collector.hook("attn", layer)))
+    bar = tqdm(total=tokens.n_tokens, desc=desc, unit="tok", disable=not progress, leave=False)
+    with attached(model, hooks):
+        for batch in tokens.batches(batch_size, device):
+            collector.set_batch(batch.valid)
+            model(batch.tokens)
+            bar.update(int(batch.valid.sum()))
+    bar.close()
+    stats.meta = {"model": model_name(model), "n_tokens": stats.n_tokens}
+    return stats
