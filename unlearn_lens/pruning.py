@@ -44,7 +44,16 @@ from unlearn_lens.models import (
 )
 from unlearn_lens.stats import ActivationStats
 
-__all__ = ["ABLATIONS", "PruningHandle", "add_pruning", "prune_weights_", "pruned", "pruning_hooks", "save_pruned"]
+__all__ = [
+    "ABLATIONS",
+    "PruningHandle",
+    "add_pruning",
+    "hf_state_dict",
+    "prune_weights_",
+    "pruned",
+    "pruning_hooks",
+    "save_pruned",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -222,12 +231,52 @@ def prune_weights_(
     return model
 
 
-def save_pruned(model: Any, path: str | os.PathLike) -> None:
-    """Save the (weight-pruned) underlying Hugging Face model and its tokenizer with ``save_pretrained``."""
+def hf_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """The underlying Hugging Face model's weights under their plain Hugging Face names.
+
+    A bridge wraps the Hugging Face modules in place, so the raw state dict holds the
+    same tensors under several paths (``..._original_component...``); the plain path
+    of each is recovered by dropping those segments.
+    """
     hf = underlying_model(model)
-    if not hasattr(hf, "save_pretrained"):
-        raise UnlearnLensError(f"model {model_name(model)!r} has no Hugging Face model to save")
-    hf.save_pretrained(path)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in hf.state_dict().items():
+        plain = key.replace("._original_component", "").replace("_original_component.", "")
+        state.setdefault(plain, value)
+    return state
+
+
+def save_pruned(model: Any, path: str | os.PathLike) -> None:
+    """Save the (weight-pruned) model in Hugging Face format, with its tokenizer.
+
+    The result loads with ``transformers.AutoModelForCausalLM.from_pretrained(path)``.
+
+    Raises:
+        UnlearnLensError: the model wraps no Hugging Face model (e.g. a legacy
+            HookedTransformer or a TL-native bridge).
+    """
+    hf = underlying_model(model)
+    config = getattr(hf, "config", None)
+    if config is None or not hasattr(hf, "save_pretrained"):
+        raise UnlearnLensError(f"model {model_name(model)!r} wraps no Hugging Face model to save")
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config)
+    wanted = fresh.state_dict()
+    source = hf_state_dict(model)
+    missing = [k for k in wanted if k not in source]
+    tied = set(getattr(fresh, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not k.endswith(("lm_head.weight", "embed_out.weight"))]
+    if missing:
+        raise UnlearnLensError(f"cannot export {model_name(model)!r}: weights not found for {missing[:5]}")
+    fresh.load_state_dict({k: source[k].contiguous() for k in wanted if k in source}, strict=False, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        fresh.tie_weights()
+    still_meta = [n for n, p in fresh.named_parameters() if p.is_meta]
+    if still_meta:
+        raise UnlearnLensError(f"cannot export {model_name(model)!r}: no weights for {still_meta[:5]}")
+    fresh.save_pretrained(path)
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(path)

@@ -1,0 +1,96 @@
+"""Text sources and token packing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import CODE, PROSE
+
+import unlearn_lens as ul
+
+
+def test_list_source_drops_empty_texts():
+    assert ul.load_texts(["a", "", "  ", "b"]) == ["a", "b"]
+
+
+def test_limit():
+    assert ul.load_texts(PROSE, limit=3) == PROSE[:3]
+    with pytest.raises(ul.UnlearnLensError, match="limit"):
+        ul.load_texts(PROSE, limit=0)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_local_files(tmp_path, suffix):
+    import datasets
+
+    rows = [{"body": t, "id": i} for i, t in enumerate(PROSE[:5])]
+    path = tmp_path / f"data{suffix}"
+    ds = datasets.Dataset.from_list(rows)
+    if suffix == ".jsonl":
+        ds.to_json(path, lines=True)
+    elif suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix == ".csv":
+        ds.to_csv(path)
+    else:
+        ds.to_parquet(path)
+    assert ul.load_texts(str(path), text_field="body") == PROSE[:5]
+    with pytest.raises(ul.UnlearnLensError, match=r"no text field 'text'.*\['body', 'id'\]"):
+        ul.load_texts(str(path))
+
+
+def test_txt_file_and_folder(tmp_path):
+    (tmp_path / "a.txt").write_text(CODE[0])
+    (tmp_path / "b.txt").write_text(CODE[1])
+    assert ul.load_texts(str(tmp_path / "a.txt")) == [CODE[0]]
+    assert ul.load_texts(str(tmp_path)) == [CODE[0], CODE[1]]
+
+
+def test_missing_and_empty_sources(tmp_path):
+    with pytest.raises(ul.UnlearnLensError, match="does not exist"):
+        ul.load_texts(str(tmp_path / "nope.txt"))
+    (tmp_path / "empty.txt").write_text("   \n")
+    with pytest.raises(ul.UnlearnLensError, match="no non-empty texts"):
+        ul.load_texts(str(tmp_path / "empty.txt"))
+    with pytest.raises(ul.UnlearnLensError, match="no non-empty texts"):
+        ul.load_texts([])
+
+
+def test_corrupt_jsonl(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{not json\n')
+    with pytest.raises(ul.UnlearnLensError, match="bad.jsonl"):
+        ul.load_texts(str(path))
+
+
+def test_packing(tokenizer):
+    texts = PROSE[:4]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    stream = [i for seq in ids for i in (*seq, tokenizer.eos_token_id)]
+    packed = ul.tokenize_texts(tokenizer, texts, seq_len=16)
+    assert packed.tokens.shape[1] == 16
+    assert (packed.tokens[:, 0] == tokenizer.bos_token_id).all()
+    assert not packed.valid[:, 0].any()
+    assert packed.n_tokens == len(stream)
+    assert packed.tokens[:, 1:][packed.valid[:, 1:]].tolist() == stream
+    # only the last row is padded
+    assert packed.valid[:-1, 1:].all()
+
+
+def test_packing_budget_and_split(tokenizer):
+    packed = ul.tokenize_texts(tokenizer, CODE, seq_len=32, max_tokens=200)
+    assert packed.n_tokens == 200
+    head, tail = packed.split(62)
+    assert head.n_tokens == 62 and tail.n_tokens == 138
+    with pytest.raises(ul.UnlearnLensError, match="seq_len"):
+        ul.tokenize_texts(tokenizer, CODE, seq_len=1)
+    with pytest.raises(ul.UnlearnLensError, match="empty dataset"):
+        ul.tokenize_texts(tokenizer, [], seq_len=8)
+
+
+def test_batches_cover_all_rows(tokenizer):
+    packed = ul.tokenize_texts(tokenizer, CODE, seq_len=16)
+    rows = torch.cat([b.tokens for b in packed.batches(3)])
+    assert torch.equal(rows, packed.tokens)

@@ -1,0 +1,70 @@
+"""Loading models of several architectures and checking their hooks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CODE
+
+import unlearn_lens as ul
+
+
+@pytest.mark.parametrize(
+    "fixture, dims",
+    [
+        ("gpt2", ul.ModelDims(2, 64, 4, 8)),
+        ("neox", ul.ModelDims(2, 64, 4, 8)),
+        ("llama", ul.ModelDims(2, 48, 4, 8)),
+        ("native_gpt2", ul.ModelDims(2, 64, 4, 8)),
+        ("native_gated", ul.ModelDims(2, 48, 4, 8)),
+    ],
+)
+def test_unit_shapes_read_from_hooks(request, fixture, dims):
+    model = request.getfixturevalue(fixture)
+    assert ul.model_dims(model) == dims
+    assert ul.mlp_hook_name(1) == "blocks.1.mlp.hook_post"
+    assert ul.attn_hook_name(0) == "blocks.0.attn.hook_z"
+
+
+def test_bridge_passes_through(gpt2):
+    assert ul.load_model(gpt2) is gpt2
+
+
+def test_loaded_model_runs_on_text(gpt2):
+    tokens = ul.tokenize_texts(gpt2.tokenizer, CODE[:2], seq_len=16)
+    logits = gpt2(tokens.tokens)
+    assert logits.shape == (*tokens.tokens.shape, len(gpt2.tokenizer))
+    assert torch.isfinite(logits).all()
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(ul.UnlearnLensError, match="does not exist"):
+        ul.load_model(tmp_path / "no-such-model")
+
+
+def test_directory_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ul.UnlearnLensError, match="no config.json"):
+        ul.load_model(tmp_path)
+
+
+def test_unknown_dtype(gpt2_dir):
+    with pytest.raises(ul.UnlearnLensError, match="unknown dtype"):
+        ul.load_model(gpt2_dir, dtype="float13")
+
+
+class _NoZ:
+    """A model-like object whose hook_dict lacks the attention hook."""
+
+    def __init__(self, model):
+        self.cfg = model.cfg
+        self.hook_dict = {k: v for k, v in model.hook_dict.items() if "attn.hook_z" not in k}
+
+
+def test_missing_hook_names_the_hook_and_model(gpt2):
+    with pytest.raises(ul.UnlearnLensError, match=r"no hook 'blocks\.0\.attn\.hook_z'"):
+        ul.load_model(_NoZ(gpt2))
+
+
+def test_not_a_transformerlens_model():
+    with pytest.raises(ul.UnlearnLensError, match="not a TransformerLens model"):
+        ul.load_model(torch.nn.Linear(2, 2))

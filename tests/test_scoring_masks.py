@@ -1,0 +1,141 @@
+"""Scores, selection, masks and the random baseline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CODE, PROSE
+
+import unlearn_lens as ul
+
+
+@pytest.fixture(scope="module")
+def stats_pair(gpt2):
+    forget = ul.collect_stats(gpt2, CODE, max_tokens=400, progress=False)
+    retain = ul.collect_stats(gpt2, PROSE, max_tokens=400, progress=False)
+    return forget, retain
+
+
+@pytest.mark.parametrize(
+    "method, attr",
+    [("abs", "abs_mean"), ("freq", "freq"), ("rms", "rms"), ("std", "std"), ("sqrt", "sqrt_abs_mean")],
+)
+def test_ratio_methods(stats_pair, method, attr):
+    forget, retain = stats_pair
+    s = ul.score(forget, retain, method=method)
+    torch.testing.assert_close(s.mlp, getattr(forget.mlp, attr) / (getattr(retain.mlp, attr) + 1e-3))
+    torch.testing.assert_close(s.attn, getattr(forget.attn, attr) / (getattr(retain.attn, attr) + 1e-4))
+    s2 = ul.score(forget, retain, method=method, mlp_eps=0.5, attn_eps=0.25)
+    torch.testing.assert_close(s2.mlp, getattr(forget.mlp, attr) / (getattr(retain.mlp, attr) + 0.5))
+    torch.testing.assert_close(s2.attn, getattr(forget.attn, attr) / (getattr(retain.attn, attr) + 0.25))
+
+
+def test_mean_and_rand(stats_pair):
+    forget, retain = stats_pair
+    s = ul.score(forget, retain, method="mean")
+    torch.testing.assert_close(s.mlp, (forget.mlp.mean - retain.mlp.mean).abs())
+    a, b, c = (ul.score(forget, retain, method="rand", seed=k) for k in (1, 1, 2))
+    assert torch.equal(a.mlp, b.mlp) and not torch.equal(a.mlp, c.mlp)
+    assert abs(float(a.mlp.mean())) < 0.3 and 0.7 < float(a.mlp.std()) < 1.3
+
+
+def test_bad_method_and_mismatched_stats(stats_pair, native_gated):
+    forget, retain = stats_pair
+    with pytest.raises(ul.UnlearnLensError, match="unknown scoring method 'magic'"):
+        ul.score(forget, retain, method="magic")
+    other = ul.collect_stats(native_gated, PROSE, max_tokens=100, progress=False)
+    with pytest.raises(ul.UnlearnLensError, match="different models"):
+        ul.score(forget, other)
+
+
+def _scores(mlp, attn):
+    return ul.Scores(torch.as_tensor(mlp, dtype=torch.float64), torch.as_tensor(attn, dtype=torch.float64))
+
+
+def test_global_selection_counts_and_order():
+    torch.manual_seed(0)
+    s = _scores(torch.rand(3, 100), torch.rand(3, 4, 5))
+    m = ul.select(s, mlp_frac=0.05, attn_frac=0.1)
+    assert m.n_mlp == 15 and m.n_attn == 6
+    chosen = s.mlp[m.mlp]
+    assert float(chosen.min()) >= float(s.mlp[~m.mlp].max())
+
+
+def test_per_layer_selection():
+    torch.manual_seed(0)
+    s = _scores(torch.rand(3, 100) * torch.tensor([[1.0], [10.0], [100.0]]), torch.rand(3, 4, 5))
+    glob = ul.select(s, mlp_frac=0.1)
+    assert glob.mlp_counts() == [0, 0, 30]
+    per = ul.select(s, mlp_frac=0.1, per_layer=True)
+    assert per.mlp_counts() == [10, 10, 10]
+
+
+def test_exclude_is_never_reselected():
+    torch.manual_seed(0)
+    s = _scores(torch.rand(2, 50), torch.rand(2, 2, 4))
+    first = ul.select(s, mlp_frac=0.1, attn_frac=0.25)
+    second = ul.select(s, mlp_frac=0.1, attn_frac=0.25, exclude=first)
+    assert not (first.mlp & second.mlp).any() and not (first.attn & second.attn).any()
+    assert second.n_mlp == 10 and second.n_attn == 4
+    # the second pick is the next-best block of scores
+    assert float(s.mlp[second.mlp].max()) <= float(s.mlp[first.mlp].min())
+
+
+def test_ties_break_deterministically():
+    s = _scores(torch.ones(2, 10), torch.ones(2, 2, 2))
+    m = ul.select(s, mlp_frac=0.15, attn_frac=0.25)
+    assert m.mlp.reshape(-1).nonzero().squeeze(1).tolist() == [0, 1, 2]
+    assert m.attn.reshape(-1).nonzero().squeeze(1).tolist() == [0, 1]
+    assert m == ul.select(s, mlp_frac=0.15, attn_frac=0.25)
+
+
+@pytest.mark.parametrize("agg", ["mean", "median"])
+def test_whole_heads(agg):
+    attn = torch.zeros(2, 3, 4, dtype=torch.float64)
+    attn[1, 2] = torch.tensor([5.0, 5.0, 5.0, 0.0])  # high mean and median
+    attn[0, 1] = torch.tensor([100.0, 0.0, 0.0, 0.0])  # high mean, low median
+    s = _scores(torch.rand(2, 8), attn)
+    m = ul.select(s, attn_frac=1 / 6, heads=True, head_agg=agg)  # one head of six
+    head = (1, 2) if agg == "median" else (0, 1)
+    assert m.attn[head].all() and m.n_attn == 4
+    assert torch.equal(s.heads(agg), ul.head_scores(attn, agg))
+
+
+@pytest.mark.parametrize("frac", [-0.1, 1.5, float("nan")])
+def test_fraction_out_of_range(frac):
+    s = _scores(torch.rand(2, 8), torch.rand(2, 2, 2))
+    with pytest.raises(ul.UnlearnLensError, match="fraction in \\[0, 1\\]"):
+        ul.select(s, mlp_frac=frac)
+
+
+def test_mask_algebra_and_counts():
+    a = ul.Masks(torch.tensor([[True, False], [False, False]]), torch.zeros(2, 1, 2, dtype=torch.bool))
+    b = ul.Masks(torch.tensor([[False, False], [True, True]]), torch.ones(2, 1, 2, dtype=torch.bool))
+    c = a | b
+    assert c.mlp_counts() == [1, 2] and c.attn_counts() == [2, 2] and c.n_mlp == 3
+    with pytest.raises(ul.UnlearnLensError, match="do not fit"):
+        _ = a | ul.Masks(torch.zeros(3, 2, dtype=torch.bool), torch.zeros(3, 1, 2, dtype=torch.bool))
+
+
+def test_random_masks_like_keeps_per_layer_counts():
+    torch.manual_seed(0)
+    s = _scores(torch.rand(4, 64) ** torch.arange(1, 5)[:, None], torch.rand(4, 2, 8))
+    sel = ul.select(s, mlp_frac=0.2, attn_frac=0.1)
+    r1, r2 = ul.random_masks_like(sel, seed=1), ul.random_masks_like(sel, seed=2)
+    assert r1.mlp_counts() == sel.mlp_counts() and r1.attn_counts() == sel.attn_counts()
+    assert r1 == ul.random_masks_like(sel, seed=1) and r1 != r2
+    r3 = ul.random_masks_like(sel, seed=3, exclude=r1)
+    assert not (r3.mlp & r1.mlp).any()
+
+
+def test_mask_files(gpt2, native_gated, tmp_path):
+    dims = ul.model_dims(gpt2)
+    m = ul.Masks.empty(dims)
+    m.mlp[1, 3] = True
+    m.save(tmp_path / "m.safetensors")
+    assert ul.Masks.load(tmp_path / "m.safetensors", model=gpt2) == m
+    with pytest.raises(ul.UnlearnLensError, match="was made for a model with"):
+        ul.Masks.load(tmp_path / "m.safetensors", model=native_gated)
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    with pytest.raises(ul.UnlearnLensError, match="not a readable safetensors file"):
+        ul.Masks.load(tmp_path / "bad.safetensors")

@@ -1,0 +1,150 @@
+"""Streaming statistics against a naive reference, merging, exclusions, precision, I/O."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CODE, PROSE
+
+import unlearn_lens as ul
+from unlearn_lens.models import attached
+
+
+def naive_stats(model, tokens: ul.TokenSet, masks=None, ablation="zero", means=None):
+    """Cache every activation, then compute each statistic with plain torch in float64."""
+    dims = ul.model_dims(model)
+    cache = {("mlp", l): [] for l in range(dims.n_layers)} | {("attn", l): [] for l in range(dims.n_layers)}
+
+    def grab(kind, layer):
+        def fn(x, hook):
+            cache[(kind, layer)].append(x.detach().clone())
+
+        return fn
+
+    hooks = [(ul.mlp_hook_name(l), grab("mlp", l)) for l in range(dims.n_layers)]
+    hooks += [(ul.attn_hook_name(l), grab("attn", l)) for l in range(dims.n_layers)]
+    ctx = ul.pruned(model, masks, ablation=ablation, means=means) if masks is not None else attached(model, [])
+    with ctx, attached(model, hooks), torch.no_grad():
+        model(tokens.tokens)
+    out = {}
+    for kind in ("mlp", "attn"):
+        xs = torch.stack([torch.cat(cache[(kind, l)])[tokens.valid].double() for l in range(dims.n_layers)])
+        # xs: [layer, tokens, *units]
+        out[kind] = {
+            "count": torch.full(xs.shape[:1] + xs.shape[2:], float(xs.shape[1]), dtype=torch.float64),
+            "mean": xs.mean(1),
+            "std": xs.std(1, correction=0),
+            "abs_mean": xs.abs().mean(1),
+            "rms": xs.pow(2).mean(1).sqrt(),
+            "sqrt_abs_mean": xs.abs().sqrt().mean(1),
+            "freq": (xs > 0).double().mean(1),
+            "max": xs.amax(1),
+        }
+    return out
+
+
+FIELDS = ["count", "mean", "std", "abs_mean", "rms", "sqrt_abs_mean", "freq", "max"]
+
+
+def assert_matches(stats: ul.ActivationStats, ref, rtol=1e-6, atol=1e-7):
+    for kind in ("mlp", "attn"):
+        got = getattr(stats, kind)
+        for name in FIELDS:
+            value = getattr(got, name)
+            assert value.shape == ref[kind][name].shape, (kind, name)
+            torch.testing.assert_close(value, ref[kind][name], rtol=rtol, atol=atol, msg=f"{kind}.{name}")
+
+
+@pytest.mark.parametrize("fixture", ["gpt2", "neox", "llama", "native_gpt2", "native_gated"])
+def test_statistics_equal_naive_reference(request, fixture):
+    model = request.getfixturevalue(fixture)
+    tokens = ul.tokenize_texts(model.tokenizer, CODE[:10], seq_len=24)
+    assert tokens.valid[-1].sum() < 23, "the fixture should include a padded row"
+    stats = ul.collect_stats(model, tokens, batch_size=3, progress=False)
+    assert stats.n_tokens == tokens.n_tokens
+    assert_matches(stats, naive_stats(model, tokens))
+
+
+def test_bos_and_padding_never_count(gpt2):
+    tokens = ul.tokenize_texts(gpt2.tokenizer, PROSE[:3], seq_len=32)
+    stats = ul.collect_stats(gpt2, tokens, progress=False)
+    assert stats.n_tokens == int(tokens.valid.sum())
+    assert stats.n_tokens == tokens.tokens.numel() - tokens.tokens.shape[0] - int((~tokens.valid[:, 1:]).sum())
+    # changing the tokens at padded positions changes nothing
+    altered = ul.TokenSet(tokens.tokens.clone(), tokens.valid.clone())
+    altered.tokens[~altered.valid & (torch.arange(32) > 0)] = 7
+    again = ul.collect_stats(gpt2, altered, progress=False)
+    torch.testing.assert_close(again.mlp.mean, stats.mlp.mean, rtol=0, atol=0)
+
+
+def test_merge_of_two_halves_equals_one_run(gpt2):
+    tokens = ul.tokenize_texts(gpt2.tokenizer, CODE + PROSE, seq_len=32, max_tokens=1500)
+    half = len(tokens) // 2
+    a = ul.TokenSet(tokens.tokens[:half], tokens.valid[:half])
+    b = ul.TokenSet(tokens.tokens[half:], tokens.valid[half:])
+    whole = ul.collect_stats(gpt2, tokens, batch_size=4, progress=False)
+    merged = ul.collect_stats(gpt2, a, progress=False).merge(ul.collect_stats(gpt2, b, progress=False))
+    for kind in ("mlp", "attn"):
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(getattr(merged, kind), name), getattr(getattr(whole, kind), name),
+                                       rtol=1e-7, atol=1e-9)
+
+
+def test_large_mean_small_std_is_exact():
+    torch.manual_seed(0)
+    x = (1e4 + 1e-2 * torch.randn(20_000, 3, dtype=torch.float64)).float()  # float32 activations
+    stats = ul.RunningStats((3,))
+    for chunk in x.split(1000):
+        stats.update(chunk)
+    ref = x.double()
+    torch.testing.assert_close(stats.std, ref.std(0, correction=0), rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats.mean, ref.mean(0), rtol=1e-12, atol=0)
+    assert 0.0098 < float(stats.std[0]) < 0.0102
+
+
+def test_statistics_on_pruned_model(gpt2):
+    tokens = ul.tokenize_texts(gpt2.tokenizer, CODE[:6], seq_len=24)
+    dims = ul.model_dims(gpt2)
+    masks = ul.Masks.empty(dims)
+    masks.mlp[0, :5] = True
+    masks.attn[1, 2, :] = True
+    zero = ul.collect_stats(gpt2, tokens, masks=masks, progress=False)
+    assert (zero.mlp.abs_mean[0, :5] == 0).all() and (zero.attn.abs_mean[1, 2] == 0).all()
+    assert (zero.mlp.abs_mean[0, 5:] > 0).any()
+    assert_matches(zero, naive_stats(gpt2, tokens, masks))
+    means = ul.collect_stats(gpt2, ul.tokenize_texts(gpt2.tokenizer, PROSE[:6], seq_len=24), progress=False)
+    mean = ul.collect_stats(gpt2, tokens, masks=masks, ablation="mean", means=means, progress=False)
+    torch.testing.assert_close(mean.mlp.mean[0, :5], means.mlp.mean[0, :5].float().double())
+    assert (mean.mlp.std[0, :5] == 0).all()
+
+
+def test_save_load_round_trip(gpt2, tmp_path):
+    stats = ul.collect_stats(gpt2, CODE, max_tokens=300, progress=False)
+    stats.save(tmp_path / "s.safetensors")
+    back = ul.ActivationStats.load(tmp_path / "s.safetensors")
+    for kind in ("mlp", "attn"):
+        for name in FIELDS:
+            assert torch.equal(getattr(getattr(back, kind), name), getattr(getattr(stats, kind), name))
+    assert back.meta["n_tokens"] == 300
+
+
+def test_corrupt_and_foreign_files(gpt2, tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(ul.UnlearnLensError, match="not a readable safetensors"):
+        ul.ActivationStats.load(bad)
+    masks = ul.Masks.empty(ul.model_dims(gpt2))
+    masks.save(tmp_path / "m.safetensors")
+    with pytest.raises(ul.UnlearnLensError, match="not an unlearn_lens.ActivationStats file"):
+        ul.ActivationStats.load(tmp_path / "m.safetensors")
+    with pytest.raises(ul.UnlearnLensError, match="does not exist"):
+        ul.ActivationStats.load(tmp_path / "missing.safetensors")
+
+
+def test_bad_arguments(gpt2):
+    with pytest.raises(ul.UnlearnLensError, match="batch_size"):
+        ul.collect_stats(gpt2, CODE, batch_size=0)
+    with pytest.raises(ul.UnlearnLensError, match="empty dataset"):
+        ul.collect_stats(gpt2, [])
+    with pytest.raises(ul.UnlearnLensError, match="not one string"):
+        ul.collect_stats(gpt2, "just one string")
