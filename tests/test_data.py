@@ -82,8 +82,10 @@ def test_packing(tokenizer):
 def test_packing_budget_and_split(tokenizer):
     packed = ul.tokenize_texts(tokenizer, CODE, seq_len=32, max_tokens=200)
     assert packed.n_tokens == 200
-    head, tail = packed.split(62)
-    assert head.n_tokens == 62 and tail.n_tokens == 138
+    head, tail = packed.split(70)
+    assert head.n_tokens == 70 and tail.n_tokens == 130
+    assert len(head) + len(tail) == len(packed) + 1  # the row at the boundary is shared
+    assert torch.equal(head.valid[-1] | tail.valid[0], packed.valid[len(head) - 1])
     with pytest.raises(ul.UnlearnLensError, match="seq_len"):
         ul.tokenize_texts(tokenizer, CODE, seq_len=1)
     with pytest.raises(ul.UnlearnLensError, match="empty dataset"):

@@ -192,12 +192,18 @@ class TokenSet:
             )
 
     def split(self, n_tokens: int) -> tuple[TokenSet, TokenSet]:
-        """The first rows holding ``n_tokens`` counted tokens (rounded up to a row), and the rest."""
-        counts = self.valid.sum(1).cumsum(0)
-        n_rows = int((counts < n_tokens).sum()) + 1
+        """The first ``n_tokens`` counted tokens, and the rest.
+
+        A row that straddles the boundary appears in both parts, with complementary
+        ``valid`` masks: its earlier tokens still serve as context for the later ones.
+        """
+        position = self.valid.reshape(-1).cumsum(0).view_as(self.valid)
+        first = self.valid & (position <= n_tokens)
+        second = self.valid & (position > n_tokens)
+        in_first, in_second = first.any(1), second.any(1)
         return (
-            TokenSet(self.tokens[:n_rows], self.valid[:n_rows]),
-            TokenSet(self.tokens[n_rows:], self.valid[n_rows:]),
+            TokenSet(self.tokens[in_first], first[in_first]),
+            TokenSet(self.tokens[in_second], second[in_second]),
         )
 
 
