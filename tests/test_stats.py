@@ -87,7 +87,7 @@ def test_merge_of_two_halves_equals_one_run(gpt2):
     for kind in ("mlp", "attn"):
         for name in FIELDS:
             torch.testing.assert_close(getattr(getattr(merged, kind), name), getattr(getattr(whole, kind), name),
-                                       rtol=1e-7, atol=1e-9)
+                                       rtol=1e-6, atol=1e-9)
 
 
 def test_large_mean_small_std_is_exact():

@@ -118,30 +118,31 @@ class RunningStats:
         self.count[index] = n
 
     @torch.no_grad()
-    def update(self, x: Float[torch.Tensor, "tokens ..."], index: Any = Ellipsis) -> None:
+    def update(
+        self, x: Float[torch.Tensor, "tokens ..."], index: Any = Ellipsis, workspace: _Workspace | None = None
+    ) -> None:
         """Add a batch of activations ``x`` ``[tokens, *units]`` to the units at ``index``.
 
-        ``index`` selects the block the batch belongs to (e.g. one layer: ``3``).
+        Args:
+            x: activations of one batch's counted tokens.
+            index: the block the batch belongs to (e.g. one layer: ``3``).
+            workspace: reusable scratch buffers (saves re-allocating them every batch).
         """
         n = x.shape[0]
         if n == 0:
             return
-        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        # Shift by a value close to the mean so that the sums of deviations keep full
-        # precision even when |mean| >> std; the shift is exact in x's dtype.
-        shift = torch.where(self.count[index] > 0, self._mean[index].to(x.dtype), x[0])
-        d = x - shift
-        s1 = d.sum(0, dtype=torch.float64)
-        s2 = (d * d).sum(0, dtype=torch.float64)
+        flat = x.reshape(n, -1)
+        sums = _batch_sums(flat, workspace)
+        shape = self.unit_shape[1:] if index is not Ellipsis else self.unit_shape
+        s1, s2, abs_sum, sqrt_sum, pos, top, shift = (v.view(shape) for v in sums)
         mean_d = s1 / n
         m2_b = (s2 - s1 * mean_d).clamp(min=0)
-        self._merge_moments(index, torch.tensor(float(n), dtype=torch.float64, device=self.count.device),
-                            shift.to(torch.float64) + mean_d, m2_b)
-        a = x.abs()
-        self.abs_sum[index] += a.sum(0, dtype=torch.float64)
-        self.sqrt_abs_sum[index] += a.sqrt_().sum(0, dtype=torch.float64)
-        self.pos_count[index] += (x > 0).sum(0, dtype=torch.float64)
-        self._max[index] = torch.maximum(self._max[index], x.amax(0).to(torch.float64))
+        n_b = torch.tensor(float(n), dtype=torch.float64, device=self.count.device)
+        self._merge_moments(index, n_b, shift + mean_d, m2_b)
+        self.abs_sum[index] += abs_sum
+        self.sqrt_abs_sum[index] += sqrt_sum
+        self.pos_count[index] += pos
+        self._max[index] = torch.maximum(self._max[index], top)
 
     def merge(self, other: RunningStats) -> RunningStats:
         """A new RunningStats equal to collecting on both datasets."""
@@ -178,6 +179,56 @@ class RunningStats:
 
     def to(self, device: torch.device | str) -> RunningStats:
         return RunningStats._from_state({k: v.to(device) for k, v in self._state().items()})
+
+
+class _Workspace:
+    """Scratch buffers reused across batches and layers, keyed by shape and dtype."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        key = (name, shape, like.dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
+
+
+# sqrt is many times slower on exact zeros (common after a ReLU) than on tiny positive
+# numbers; clamping |x| at 1e-30 first changes each term by at most 1e-15.
+_SQRT_FLOOR = 1e-30
+
+
+def _batch_sums(x: Float[torch.Tensor, "tokens units"], workspace: _Workspace | None) -> tuple[torch.Tensor, ...]:
+    """Per-unit sums of one batch, as float64 ``[units]`` tensors.
+
+    Returns ``(s1, s2, abs_sum, sqrt_abs_sum, pos_count, max, shift)`` where
+    ``s1 = sum(x - shift)`` and ``s2 = sum((x - shift)^2)``. The shift is the batch
+    mean rounded to x's dtype, so the deviations are small and exact (x and shift are
+    close) and keep full precision even when |mean| >> std; the exact batch mean is
+    ``shift + s1 / n``. Sums over tokens are matrix-vector products, which are much
+    faster than column reductions on a CPU.
+    """
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    work = workspace or _Workspace()
+    buf = work.get("buf", tuple(x.shape), x)
+    ones = work.get("ones", (x.shape[0],), x)
+    ones.fill_(1)
+    shift = (ones @ x) / x.shape[0]
+    torch.sub(x, shift, out=buf)
+    s1 = ones @ buf
+    buf.mul_(buf)
+    s2 = ones @ buf
+    torch.abs(x, out=buf)
+    abs_sum = ones @ buf
+    buf.clamp_(min=_SQRT_FLOOR).sqrt_()
+    sqrt_sum = ones @ buf
+    torch.sign(x, out=buf)
+    pos = ones @ buf.clamp_(min=0)
+    top = x.amax(0)
+    return tuple(v.to(torch.float64) for v in (s1, s2, abs_sum, sqrt_sum, pos, top, shift))
 
 
 _ATTR = {"count": "count", "mean": "_mean", "m2": "m2", "abs_sum": "abs_sum", "sqrt_abs_sum": "sqrt_abs_sum",
@@ -261,6 +312,7 @@ class _Collector:
     def __init__(self, stats: ActivationStats):
         self.stats = stats
         self.rows: torch.Tensor | None = None
+        self.workspace = _Workspace()
 
     def set_batch(self, valid: Bool[torch.Tensor, "batch pos"]) -> None:
         self.rows = valid.reshape(-1).nonzero().squeeze(1)
@@ -271,7 +323,9 @@ class _Collector:
         def fn(activation: torch.Tensor, hook: Any) -> None:
             assert self.rows is not None
             x = activation.detach().reshape(-1, *target.unit_shape[1:])
-            target.update(x.index_select(0, self.rows), layer)
+            rows = self.workspace.get(f"rows-{kind}", (self.rows.numel(), *x.shape[1:]), x)
+            torch.index_select(x, 0, self.rows, out=rows)
+            target.update(rows, layer, self.workspace)
 
         return fn
 
