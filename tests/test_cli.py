@@ -26,7 +26,7 @@ def data_dir(tmp_path_factory):
 def _args(gpt2_dir, data_dir, out, *extra):
     return ["prune", "--model", str(gpt2_dir), "--forget", str(data_dir / "code.jsonl"), "--text-field", "content",
             "--retain", str(data_dir / "prose"), "--ff-frac", "0.1", "--steps", "2", "--collect-tokens", "300",
-            "--eval-tokens", "300", "--seq-len", "32", "--out", str(out), "--quiet", *extra]
+            "--eval-tokens", "300", "--seq-len", "32", "--out", str(out), "--quiet", "--no-report", *extra]
 
 
 def test_prune_writes_results(gpt2_dir, data_dir, tmp_path, capsys):

@@ -94,6 +94,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="model dtype: float32 (default), bfloat16, float16")
     p.add_argument("--out", help="output directory (default: unlearn_lens_runs/<model>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html into the output directory")
+
+    r = sub.add_parser(
+        "report",
+        help="write RUN_DIR/report.html (figures, summary, neuron cards) from a finished prune run",
+        description="Rebuild the self-contained HTML report of a run directory written by `unlearn-lens prune`. "
+        "Neuron cards need the model: by default the one named in results.json is loaded; if it cannot be "
+        "loaded the report says so.",
+    )
+    r.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `unlearn-lens prune`")
+    r.add_argument("--model", help="model for the neuron cards (default: the one named in results.json)")
+    r.add_argument("--device", help="device for the model (default: cuda if available)")
+    r.add_argument("--no-cards", action="store_true", help="no neuron cards (does not load the model)")
 
     return parser
 
@@ -183,12 +196,28 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         "dims": model_dims(model).to_dict(),
         "forget": str(args.forget),
         "retain": str(args.retain),
+        "text_field": args.text_field,
+        "split": args.split,
         "config": config.to_dict(),
         "seconds": round(time.time() - t0, 1),
     }
     write_run(out, runs, extra)
     print(summary_table(runs))
     print(f"results: {out / 'results.json'}  ({time.time() - t0:.0f}s)")
+    if not args.no_report:
+        from unlearn_lens.report import write_report
+
+        report = write_report(out, runs=runs, model=model, forget_texts=forget, retain_texts=retain, info=extra)
+        print(f"report: {report}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from unlearn_lens.report import write_report
+
+    report = write_report(args.run_dir, model=args.model, load_model_from_results=not args.no_cards,
+                          n_cards=0 if args.no_cards else 4, device=args.device)
+    print(f"report: {report}")
     return 0
 
 
@@ -197,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_prune(args)
     except UnlearnLensError as exc:
         print(f"unlearn-lens: error: {exc}", file=sys.stderr)
