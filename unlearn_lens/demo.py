@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 DEMO_DOMAINS = ("code", "prose")
 DEMO_SPLITS = ("train", "heldout")
 # Bump when the extraction rules change, so stale caches are rebuilt.
-_CORPUS_VERSION = "2"
+_CORPUS_VERSION = "3"
 _SKIP_DIRS = {
     "test",
     "tests",
@@ -186,9 +186,8 @@ def split_source(source: str) -> tuple[str, str]:
         (srow, scol), (erow, ecol) = tok.start, tok.end
         if tok.type == tokenize.COMMENT:
             text = tok.string.lstrip("#").strip()
-            if text.startswith("!") or "coding" in text[:20] and ":" in text:
-                pass
-            else:
+            if not (text.startswith("!") or ("coding" in text[:20] and ":" in text)):
+                # comments on consecutive lines form one paragraph
                 if srow != last_comment_row + 1:
                     flush()
                 comment_block.append(text)
@@ -266,6 +265,16 @@ def build_demo_corpus(root: Path | None = None) -> dict[str, dict[str, list[str]
         if prose.strip():
             corpus["prose"][split].append(prose)
     logger.info("demo corpus: %d files skipped (did not parse)", skipped)
+    # Some files share text (e.g. the codec tables in encodings/): a held-out text is
+    # never also a training text, nor repeated.
+    for domain in DEMO_DOMAINS:
+        seen = set(corpus[domain]["train"])
+        kept = []
+        for text in corpus[domain]["heldout"]:
+            if text not in seen:
+                seen.add(text)
+                kept.append(text)
+        corpus[domain]["heldout"] = kept
     return corpus
 
 

@@ -1,0 +1,74 @@
+"""The demo corpora: extraction rules, determinism and the train/held-out split."""
+
+from __future__ import annotations
+
+import pytest
+
+import unlearn_lens as ul
+from unlearn_lens import demo
+
+SOURCE = '''"""Module docstring: tools for adding numbers together."""
+# A comment that explains the next function in words.
+
+import os  # short
+
+
+def add(a, b):
+    """Return the sum of the two numbers given."""
+    total = a + b  # keep the running total of both values here
+    return total
+
+
+class Box:
+    """A small container that holds exactly one item.
+
+    Example::
+
+        box = Box(3)
+        box.get()
+
+    >>> Box(1).get()
+    1
+    """
+
+    def get(self):
+        return "# not a comment"
+'''
+
+
+def test_split_source_separates_code_and_prose():
+    code, prose = demo.split_source(SOURCE)
+    assert '"""' not in code and "A comment" not in code and "running total" not in code
+    assert "def add(a, b):" in code and "total = a + b" in code and "return \"# not a comment\"" in code
+    assert "import os" in code and "short" not in code
+    paragraphs = prose.split("\n\n")
+    assert "Module docstring: tools for adding numbers together." in paragraphs
+    assert "A comment that explains the next function in words." in paragraphs
+    assert "keep the running total of both values here" in paragraphs
+    assert "short" not in prose  # fewer than four words
+    assert "box.get()" not in prose and ">>>" not in prose  # literal blocks and doctests are code
+    assert any(p.startswith("A small container") for p in paragraphs)
+
+
+def test_split_is_by_file_hash_and_stable():
+    assert demo._split_of("json/decoder.py") == demo._split_of("json/decoder.py")
+    splits = [demo._split_of(f"pkg/mod{i}.py") for i in range(2000)]
+    assert 0.07 < splits.count("heldout") / len(splits) < 0.13
+
+
+def test_demo_texts_are_deterministic_and_disjoint():
+    for domain in ("code", "prose"):
+        train, held = ul.demo_texts(domain, "train"), ul.demo_texts(domain, "heldout")
+        assert len(train) > 5 * len(held) > 0
+        assert not set(train) & set(held)
+    assert ul.load_texts("demo:code") == ul.demo_texts("code", "heldout")
+    assert ul.load_texts("demo:prose:train", limit=3) == ul.demo_texts("prose", "train")[:3]
+    built = demo.build_demo_corpus()
+    assert built["code"]["heldout"] == ul.demo_texts("code", "heldout")
+
+
+def test_bad_demo_names():
+    with pytest.raises(ul.UnlearnLensError, match="unknown demo domain"):
+        ul.load_texts("demo:poetry")
+    with pytest.raises(ul.UnlearnLensError, match="unknown demo split"):
+        ul.demo_texts("code", "test")
