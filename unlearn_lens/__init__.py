@@ -20,6 +20,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from unlearn_lens import viz  # figures; plotly is imported on first use
 from unlearn_lens.data import TokenSet, load_texts, tokenize_texts
 from unlearn_lens.demo import demo_texts
 from unlearn_lens.errors import UnlearnLensError
@@ -28,6 +29,7 @@ from unlearn_lens.masks import Masks, random_masks, random_masks_like, select
 from unlearn_lens.models import ModelDims, attn_hook_name, load_model, mlp_hook_name, model_dims
 from unlearn_lens.pipeline import PruneConfig, PruneRun, StepRecord, selective_prune, separability_area
 from unlearn_lens.pruning import PruningHandle, add_pruning, prune_weights_, pruned, save_pruned
+from unlearn_lens.report import write_report
 from unlearn_lens.scoring import SCORING_METHODS, Scores, head_scores, load_scores, save_scores, score
 from unlearn_lens.stats import ActivationStats, RunningStats, collect_stats
 
@@ -68,4 +70,6 @@ __all__ = [
     "selective_prune",
     "separability_area",
     "tokenize_texts",
+    "viz",
+    "write_report",
 ]
