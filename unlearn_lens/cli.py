@@ -22,9 +22,10 @@ logger = logging.getLogger("unlearn_lens")
 
 # Settings of the default (demo) run; a flag given on the command line wins.
 DEMO_SETTINGS: dict[str, Any] = {
-    "ff_frac": 0.05,
-    "attn_frac": 0.0,
-    "n_steps": 9,
+    "ff_frac": 0.045,
+    "attn_frac": 0.02,
+    "n_steps": 11,
+    "ablation": "mean",
     "collect_tokens": 20_000,
     "eval_tokens": 20_000,
     "batch_size": 16,
@@ -72,11 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--retain", default="demo:prose", help="retain dataset (same forms as --forget)")
     p.add_argument("--text-field", default="text", help="text column of the datasets (default: text)")
     p.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
-    p.add_argument("--ff-frac", type=float, help="fraction of all MLP neurons pruned per step (default 0.02; demo 0.05)")
-    p.add_argument("--attn-frac", type=float, help="fraction of all attention neurons pruned per step (default 0)")
-    p.add_argument("--steps", type=int, help="maximum pruning steps (default 10; demo 9)")
+    p.add_argument("--ff-frac", type=float, help="fraction of all MLP neurons pruned per step (default 0.02; demo 0.045)")
+    p.add_argument("--attn-frac", type=float, help="fraction of all attention neurons pruned per step (default 0; demo 0.02)")
+    p.add_argument("--steps", type=int, help="maximum pruning steps (default 10; demo 11)")
     p.add_argument("--scoring", choices=SCORING_METHODS, help="scoring method (default abs)")
-    p.add_argument("--ablation", choices=("zero", "mean"), help="replace pruned units by 0 or their retain mean")
+    p.add_argument("--ablation", choices=("zero", "mean"), help="replace pruned units by 0 or their retain mean (default zero; demo mean)")
     p.add_argument("--collect-tokens", type=int, help="tokens per dataset for statistics (default 100000; demo 20000)")
     p.add_argument("--eval-tokens", type=int, help="tokens per dataset for evaluation (default 100000; demo 20000)")
     p.add_argument("--seq-len", type=int, help="tokens per row (default: the model's context, at most 256)")
@@ -179,6 +180,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     progress = not args.quiet
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     forget = load_texts(args.forget, split=args.split, text_field=args.text_field)
