@@ -110,11 +110,13 @@ class RunningStats:
 
     # --- updates -------------------------------------------------------------
     def _merge_moments(self, index: Any, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        """Chan et al.'s parallel update: fold (count, mean, m2) of another sample into ``index``."""
         n_a = self.count[index]
         n = n_a + n_b
+        safe = n.clamp(min=1)  # both empty: everything stays 0
         delta = mean_b - self._mean[index]
-        self._mean[index] += delta * (n_b / n)
-        self.m2[index] += m2_b + delta**2 * (n_a * n_b / n)
+        self._mean[index] += delta * (n_b / safe)
+        self.m2[index] += m2_b + delta**2 * (n_a * n_b / safe)
         self.count[index] = n
 
     @torch.no_grad()
@@ -149,12 +151,8 @@ class RunningStats:
         if other.unit_shape != self.unit_shape:
             raise UnlearnLensError(f"cannot merge statistics of shape {other.unit_shape} into {self.unit_shape}")
         out = self.copy()
-        n_a, n_b = out.count, other.count.to(out.count.device)
-        n = (n_a + n_b).clamp(min=1)
-        delta = other._mean.to(n.device) - out._mean
-        out._mean = out._mean + delta * (n_b / n)
-        out.m2 = out.m2 + other.m2.to(n.device) + delta**2 * (n_a * n_b / n)
-        out.count = n_a + n_b
+        device = out.count.device
+        out._merge_moments(Ellipsis, other.count.to(device), other._mean.to(device), other.m2.to(device))
         out.abs_sum = out.abs_sum + other.abs_sum.to(out.abs_sum.device)
         out.sqrt_abs_sum = out.sqrt_abs_sum + other.sqrt_abs_sum.to(out.sqrt_abs_sum.device)
         out.pos_count = out.pos_count + other.pos_count.to(out.pos_count.device)
