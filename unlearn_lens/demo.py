@@ -32,10 +32,10 @@ import os
 import re
 import sys
 import sysconfig
-import tempfile
 import tokenize
 from pathlib import Path
 
+from unlearn_lens._io import write_text
 from unlearn_lens.errors import UnlearnLensError
 
 __all__ = [
@@ -290,11 +290,7 @@ def _load_or_build() -> dict[str, dict[str, list[str]]]:
     logger.info("building the demo corpus from %s (cached in %s)", _stdlib_root(), cache)
     corpus = build_demo_corpus()
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(corpus, f)
-        os.replace(tmp, path)
+        write_text(path, json.dumps(corpus))
     except OSError as exc:  # a read-only cache is not fatal
         logger.warning("could not cache the demo corpus in %s: %s", cache, exc)
     return corpus
