@@ -3,8 +3,11 @@
 Times, on the same tokens and batches in one process, a bare forward pass of a
 4-layer GPT-2 (d_model 256, d_mlp 1024, 8 heads, vocab 4096, context 128, random
 weights) and ``collect_stats`` with every MLP and attention neuron of every layer,
-alternating the two and taking medians. Then measures the peak resident memory of
-collecting over 10k and over 100k tokens, each in a fresh process.
+alternating them and taking medians. ``collect_stats`` stops each forward pass after
+the last MLP hook (the logits are not needed), so the script also times a forward
+pass stopped at that same point: the ratio against it is the cost of the statistics
+alone. Then measures the peak resident memory of collecting over 10k and over 100k
+tokens, each in a fresh process.
 
 Usage::
 
@@ -96,23 +99,41 @@ def main() -> None:
                 for batch in tokens.batches(args.batch_size):
                     model(batch.tokens)
 
+        class Stop(Exception):
+            pass
+
+        def stop(activation, hook) -> None:
+            raise Stop
+
+        def to_last_hook() -> None:
+            last = ul.mlp_hook_name(ul.model_dims(model).n_layers - 1)
+            with torch.no_grad(), ul.models.attached(model, [(last, stop)]):
+                for batch in tokens.batches(args.batch_size):
+                    try:
+                        model(batch.tokens)
+                    except Stop:
+                        pass
+
         def collect() -> None:
             ul.collect_stats(model, tokens, max_tokens=None, batch_size=args.batch_size, progress=False)
 
-        bare()
-        collect()  # warm-up
-        times: dict[str, list[float]] = {"forward": [], "collect": []}
+        runs = {"forward": bare, "to_last_hook": to_last_hook, "collect": collect}
+        for fn in runs.values():  # warm-up
+            fn()
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.repeats):
-            for name, fn in (("forward", bare), ("collect", collect)):
+            for name, fn in runs.items():
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
-    fwd, col = statistics.median(times["forward"]), statistics.median(times["collect"])
+    fwd, part, col = (statistics.median(times[name]) for name in runs)
     print(f"model: GPT-2 4 layers, d_model 256, d_mlp 1024, 8 heads; {tokens.n_tokens:,} tokens, "
           f"batch {args.batch_size} x 128, {args.threads} threads, {args.repeats} repeats (medians)")
-    print(f"bare forward   {fwd:7.3f} s  ({tokens.n_tokens / fwd:,.0f} tok/s)")
-    print(f"collect_stats  {col:7.3f} s  ({tokens.n_tokens / col:,.0f} tok/s)")
+    print(f"bare forward              {fwd:7.3f} s  ({tokens.n_tokens / fwd:,.0f} tok/s)")
+    print(f"forward to the last hook  {part:7.3f} s  ({tokens.n_tokens / part:,.0f} tok/s)")
+    print(f"collect_stats             {col:7.3f} s  ({tokens.n_tokens / col:,.0f} tok/s)")
     print(f"ratio collect/forward: {col / fwd:.3f}   (target <= 1.15)")
+    print(f"ratio collect/forward to the last hook: {col / part:.3f}   (the statistics' own cost)")
 
     peaks = {}
     for n in (10_000, 100_000):

@@ -148,3 +148,18 @@ def test_bad_arguments(gpt2):
         ul.collect_stats(gpt2, [])
     with pytest.raises(ul.UnlearnLensError, match="not one string"):
         ul.collect_stats(gpt2, "just one string")
+
+
+@pytest.mark.parametrize("fixture", ["gpt2", "native_gated"])
+def test_collection_stops_after_the_last_statistics_hook(request, fixture):
+    """Nothing after the last MLP/attention hook runs during collection; a plain forward still does."""
+    model = request.getfixturevalue(fixture)
+    tokens = ul.tokenize_texts(model.tokenizer, CODE[:6], seq_len=24)
+    later = []
+    with attached(model, [("unembed.hook_in", lambda x, hook: later.append(x.shape))]):
+        stats = ul.collect_stats(model, tokens, batch_size=2, progress=False)
+        assert later == []
+        logits = model(tokens.tokens[:2])
+        assert len(later) == 1
+    assert_matches(stats, naive_stats(model, tokens))
+    assert torch.equal(model(tokens.tokens[:2]), logits)

@@ -67,6 +67,7 @@ class RunningStats:
         self.sqrt_abs_sum = torch.zeros(self.unit_shape, **kw)
         self.pos_count = torch.zeros(self.unit_shape, **kw)
         self._max = torch.full(self.unit_shape, -torch.inf, **kw)
+        self._seen: set[Any] = set()  # block indices that have received a batch
 
     # --- derived statistics -------------------------------------------------
     @property
@@ -134,17 +135,27 @@ class RunningStats:
         if n == 0:
             return
         flat = x.reshape(n, -1)
-        sums = _batch_sums(flat, workspace)
+        if flat.dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
         shape = self.unit_shape[1:] if index is not Ellipsis else self.unit_shape
-        s1, s2, abs_sum, sqrt_sum, pos, top, shift = (v.view(shape) for v in sums)
+        # The shift only has to be near each unit's mean: the running mean once this
+        # block has data, else the batch's own mean (one extra pass, first batch only).
+        key = index if isinstance(index, (int, type(Ellipsis))) else None
+        if key is not None and key in self._seen:
+            shift = self._mean[index].reshape(-1).to(flat.dtype)
+        else:
+            shift = flat.sum(0).div_(n)
+        s1, s2, abs_sum, sqrt_sum, pos, top = _batch_sums(flat, shift, workspace).view(6, *shape)
         mean_d = s1 / n
-        m2_b = (s2 - s1 * mean_d).clamp(min=0)
+        m2_b = (s2 - s1 * mean_d).clamp_(min=0)
         n_b = torch.tensor(float(n), dtype=torch.float64, device=self.count.device)
-        self._merge_moments(index, n_b, shift + mean_d, m2_b)
+        self._merge_moments(index, n_b, shift.to(torch.float64).view(shape) + mean_d, m2_b)
         self.abs_sum[index] += abs_sum
         self.sqrt_abs_sum[index] += sqrt_sum
         self.pos_count[index] += pos
-        self._max[index] = torch.maximum(self._max[index], top)
+        torch.maximum(self._max[index], top, out=self._max[index])
+        if key is not None:
+            self._seen.add(key)
 
     def merge(self, other: RunningStats) -> RunningStats:
         """A new RunningStats equal to collecting on both datasets."""
@@ -198,35 +209,34 @@ class _Workspace:
 _SQRT_FLOOR = 1e-30
 
 
-def _batch_sums(x: Float[torch.Tensor, "tokens units"], workspace: _Workspace | None) -> tuple[torch.Tensor, ...]:
-    """Per-unit sums of one batch, as float64 ``[units]`` tensors.
+def _batch_sums(
+    x: Float[torch.Tensor, "tokens units"], shift: Float[torch.Tensor, " units"], workspace: _Workspace | None
+) -> Float[torch.Tensor, "6 units"]:
+    """Per-unit sums of one batch, as one float64 tensor.
 
-    Returns ``(s1, s2, abs_sum, sqrt_abs_sum, pos_count, max, shift)`` where
-    ``s1 = sum(x - shift)`` and ``s2 = sum((x - shift)^2)``. The shift is the batch
-    mean rounded to x's dtype, so the deviations are small and exact (x and shift are
-    close) and keep full precision even when |mean| >> std; the exact batch mean is
-    ``shift + s1 / n``. Sums over tokens are matrix-vector products, which are much
-    faster than column reductions on a CPU.
+    Rows: ``sum(x - shift)``, ``sum((x - shift)^2)``, ``sum|x|``, ``sum sqrt|x|``,
+    ``#(x > 0)`` and ``max x``. ``shift`` (in x's dtype) should be close to each
+    unit's mean: the deviations are then small, so their squares keep full precision
+    even when |mean| >> std, and the batch mean is ``shift + row0 / n``.
+
+    Each sum is one elementwise pass into a reused buffer followed by one column
+    reduction; the results land in one small buffer that is converted once.
     """
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
     work = workspace or _Workspace()
     buf = work.get("buf", tuple(x.shape), x)
-    ones = work.get("ones", (x.shape[0],), x)
-    ones.fill_(1)
-    shift = (ones @ x) / x.shape[0]
+    sums = work.get("sums", (6, x.shape[1]), x)
     torch.sub(x, shift, out=buf)
-    s1 = ones @ buf
+    torch.sum(buf, 0, out=sums[0])
     buf.mul_(buf)
-    s2 = ones @ buf
+    torch.sum(buf, 0, out=sums[1])
     torch.abs(x, out=buf)
-    abs_sum = ones @ buf
+    torch.sum(buf, 0, out=sums[2])
     buf.clamp_(min=_SQRT_FLOOR).sqrt_()
-    sqrt_sum = ones @ buf
-    torch.sign(x, out=buf)
-    pos = ones @ buf.clamp_(min=0)
-    top = x.amax(0)
-    return tuple(v.to(torch.float64) for v in (s1, s2, abs_sum, sqrt_sum, pos, top, shift))
+    torch.sum(buf, 0, out=sums[3])
+    torch.gt(x, 0, out=buf)
+    torch.sum(buf, 0, out=sums[4])
+    torch.amax(x, 0, out=sums[5])
+    return sums.to(torch.float64)
 
 
 _ATTR = {"count": "count", "mean": "_mean", "m2": "m2", "abs_sum": "abs_sum", "sqrt_abs_sum": "sqrt_abs_sum",
@@ -304,19 +314,32 @@ def default_seq_len(model: Any) -> int:
     return int(min(n_ctx, 256))
 
 
+class _StopForward(Exception):
+    """Raised by the last statistics hook of a batch: nothing after it is needed."""
+
+
 class _Collector:
-    """Forward hooks that stream one batch at a time into an :class:`ActivationStats`."""
+    """Forward hooks that stream one batch at a time into an :class:`ActivationStats`.
+
+    Once every hook has seen the batch, the last one stops the forward pass: the
+    rest of the model (the last layer's output projection, the final norm and the
+    unembedding, often a third of the compute) is never needed for statistics.
+    """
 
     def __init__(self, stats: ActivationStats):
         self.stats = stats
         self.rows: torch.Tensor | None = None
         self.workspace = _Workspace()
+        self.n_hooks = 0
+        self.fired = 0
 
     def set_batch(self, valid: Bool[torch.Tensor, "batch pos"]) -> None:
         self.rows = valid.reshape(-1).nonzero().squeeze(1)
+        self.fired = 0
 
     def hook(self, kind: str, layer: int) -> Any:
         target = self.stats.mlp if kind == "mlp" else self.stats.attn
+        self.n_hooks += 1
 
         def fn(activation: torch.Tensor, hook: Any) -> None:
             assert self.rows is not None
@@ -324,8 +347,18 @@ class _Collector:
             rows = self.workspace.get(f"rows-{kind}", (self.rows.numel(), *x.shape[1:]), x)
             torch.index_select(x, 0, self.rows, out=rows)
             target.update(rows, layer, self.workspace)
+            self.fired += 1
+            if self.fired == self.n_hooks:
+                raise _StopForward
 
         return fn
+
+    def run(self, model: Any, tokens: torch.Tensor) -> None:
+        """One forward pass over ``tokens``, stopped once every hook has fired."""
+        try:
+            model(tokens)
+        except _StopForward:
+            pass
 
 
 def as_token_set(model: Any, texts: Sequence[str] | TokenSet, *, seq_len: int | None, max_tokens: int | None) -> TokenSet:
@@ -391,7 +424,7 @@ def collect_stats(
     with attached(model, hooks):
         for batch in tokens.batches(batch_size, device):
             collector.set_batch(batch.valid)
-            model(batch.tokens)
+            collector.run(model, batch.tokens)
             bar.update(int(batch.valid.sum()))
     bar.close()
     stats.meta = {"model": model_name(model), "n_tokens": stats.n_tokens}
