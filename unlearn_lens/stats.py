@@ -391,6 +391,9 @@ def collect_stats(
 ) -> ActivationStats:
     """Stream activation statistics of every MLP and attention neuron over a dataset.
 
+    Each forward pass stops once the last MLP and attention hooks have fired, so the
+    logits are never computed (and hooks on later hook points do not fire).
+
     Args:
         model: a TransformerLens model (see :func:`unlearn_lens.load_model`).
         texts: the dataset, as texts or an already tokenised :class:`TokenSet`.
