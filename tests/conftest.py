@@ -141,7 +141,41 @@ def native_gated(tokenizer):
                    normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8)
 
 
-MODEL_FIXTURES = ["gpt2", "neox", "llama", "native_gpt2", "native_gated"]
+try:  # TransformerLens 3.x still ships the legacy HookedTransformer; 4.x does not
+    from transformer_lens import HookedTransformer as _HookedTransformer
+except ImportError:
+    _HookedTransformer = None
+
+
+def _legacy(tokenizer, **overrides):
+    from transformer_lens import HookedTransformerConfig
+
+    cfg = dict(n_layers=2, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(tokenizer),
+               act_fn="relu", normalization_type="LN", seed=0)
+    cfg.update(overrides)
+    model = _HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
+    with torch.no_grad():  # non-zero output biases, so folding means into them is exercised
+        for block in model.blocks:
+            block.mlp.b_out.normal_(0, 0.1)
+            block.attn.b_O.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def legacy_gpt2(tokenizer):
+    """Legacy HookedTransformer (TransformerLens 3.x), GPT-2-like."""
+    return _legacy(tokenizer)
+
+
+@pytest.fixture(scope="session")
+def legacy_gated(tokenizer):
+    """Legacy HookedTransformer, Llama-like: gated SiLU MLP, grouped-query attention, rotary, RMSNorm."""
+    return _legacy(tokenizer, n_key_value_heads=2, d_mlp=48, act_fn="silu", gated_mlp=True,
+                   normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8)
+
+
+LEGACY_FIXTURES = ["legacy_gpt2", "legacy_gated"] if _HookedTransformer is not None else []
+MODEL_FIXTURES = ["gpt2", "neox", "llama", "native_gpt2", "native_gated", *LEGACY_FIXTURES]
 
 
 @pytest.fixture(params=MODEL_FIXTURES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CODE
+from conftest import CODE, LEGACY_FIXTURES
 
 import unlearn_lens as ul
 
@@ -17,6 +17,7 @@ import unlearn_lens as ul
         ("llama", ul.ModelDims(2, 48, 4, 8)),
         ("native_gpt2", ul.ModelDims(2, 64, 4, 8)),
         ("native_gated", ul.ModelDims(2, 48, 4, 8)),
+        *((name, ul.ModelDims(2, 64 if name == "legacy_gpt2" else 48, 4, 8)) for name in LEGACY_FIXTURES),
     ],
 )
 def test_unit_shapes_read_from_hooks(request, fixture, dims):
@@ -28,6 +29,22 @@ def test_unit_shapes_read_from_hooks(request, fixture, dims):
 
 def test_bridge_passes_through(gpt2):
     assert ul.load_model(gpt2) is gpt2
+
+
+if LEGACY_FIXTURES:  # TransformerLens 3.x only (.ci/run also runs these files under 3.9)
+
+    @pytest.mark.parametrize("fixture", LEGACY_FIXTURES)
+    def test_legacy_hooked_transformer_passes_through(request, fixture):
+        model = request.getfixturevalue(fixture)
+        assert ul.load_model(model) is model
+        tokens = ul.tokenize_texts(model.tokenizer, CODE[:4], seq_len=24)
+        config = ul.PruneConfig(ff_frac=0.1, attn_frac=0.05, n_steps=2, ablation="mean", collect_tokens=300,
+                                eval_tokens=300, seq_len=24, stop_at_forget_top1=None)
+        run = ul.selective_prune(model, CODE[:24], CODE[24:48], config)
+        assert int(run.masks.mlp.sum()) == 2 * round(0.1 * run.masks.mlp.numel())
+        assert int(run.masks.attn.sum()) == 2 * round(0.05 * run.masks.attn.numel())
+        assert run.history[0].forget.n_tokens == 300
+        assert torch.isfinite(model(tokens.tokens)).all()
 
 
 def test_loaded_model_runs_on_text(gpt2):

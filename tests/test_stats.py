@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CODE, PROSE
+from conftest import CODE, MODEL_FIXTURES, PROSE
 
 import unlearn_lens as ul
 from unlearn_lens.models import attached
@@ -55,7 +55,7 @@ def assert_matches(stats: ul.ActivationStats, ref, rtol=1e-6, atol=1e-7):
             torch.testing.assert_close(value, ref[kind][name], rtol=rtol, atol=atol, msg=f"{kind}.{name}")
 
 
-@pytest.mark.parametrize("fixture", ["gpt2", "neox", "llama", "native_gpt2", "native_gated"])
+@pytest.mark.parametrize("fixture", MODEL_FIXTURES)
 def test_statistics_equal_naive_reference(request, fixture):
     model = request.getfixturevalue(fixture)
     tokens = ul.tokenize_texts(model.tokenizer, CODE[:10], seq_len=24)
