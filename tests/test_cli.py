@@ -46,6 +46,24 @@ def test_prune_writes_results(gpt2_dir, data_dir, tmp_path, capsys):
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
 
 
+def test_separate_text_fields(gpt2_dir, data_dir, tmp_path, capsys):
+    (tmp_path / "prose.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in PROSE))
+    out = tmp_path / "run"
+    args = _args(gpt2_dir, data_dir, out, "--baseline", "none")
+    args[args.index("--retain") + 1] = str(tmp_path / "prose.jsonl")
+    args[args.index("--text-field")] = "--forget-field"
+    assert main(args) == 2 and not out.exists()  # the retain file has no "text" column
+    assert "no text field 'text'" in capsys.readouterr().err
+    assert main(args + ["--retain-field", "body"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert (results["forget_field"], results["retain_field"]) == ("content", "body")
+    assert results["runs"]["selective"]["steps"][0]["retain"]["n_tokens"] == 300
+    # the report reads each dataset back with its own column for the neuron cards
+    page = ul.write_report(out, load_model_from_results=True, n_cards=1, card_tokens=200,
+                           device="cpu").read_text(encoding="utf-8")
+    assert page.count('<div class="ul-card"') == 1 and "Top 5 contexts on retain" in page
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

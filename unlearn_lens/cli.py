@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--forget", default="demo:code", help="forget dataset: demo:code, a local file/folder, or a Hub id")
     p.add_argument("--retain", default="demo:prose", help="retain dataset (same forms as --forget)")
     p.add_argument("--text-field", default="text", help="text column of the datasets (default: text)")
+    p.add_argument("--forget-field", help="text column of the forget dataset (default: --text-field)")
+    p.add_argument("--retain-field", help="text column of the retain dataset (default: --text-field)")
     p.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
     p.add_argument("--ff-frac", type=float, help="fraction of all MLP neurons pruned per step (default 0.02; demo 0.045)")
     p.add_argument("--attn-frac", type=float, help="fraction of all attention neurons pruned per step (default 0; demo 0.02)")
@@ -186,8 +188,10 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         transformers.utils.logging.disable_progress_bar()
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    forget = load_texts(args.forget, split=args.split, text_field=args.text_field)
-    retain = load_texts(args.retain, split=args.split, text_field=args.text_field)
+    forget_field = args.forget_field or args.text_field
+    retain_field = args.retain_field or args.text_field
+    forget = load_texts(args.forget, split=args.split, text_field=forget_field)
+    retain = load_texts(args.retain, split=args.split, text_field=retain_field)
     runs = {"selective": selective_prune(model, forget, retain, config, progress=progress)}
     if args.baseline == "random":
         runs["random"] = selective_prune(model, forget, retain, config, baseline="random",
@@ -201,7 +205,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         "dims": model_dims(model).to_dict(),
         "forget": str(args.forget),
         "retain": str(args.retain),
-        "text_field": args.text_field,
+        "forget_field": forget_field,
+        "retain_field": retain_field,
         "split": args.split,
         "config": config.to_dict(),
         "seconds": round(time.time() - t0, 1),

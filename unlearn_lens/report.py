@@ -400,13 +400,13 @@ def _resolve_card_inputs(
             return None, None, None, f"The model {_e(name)} is unavailable, so there are no neuron cards: {_e(exc)}"
     texts: dict[str, Any] = {}
     problems: dict[str, str] = {}
-    text_kw = {"split": results.get("split", "train"), "text_field": results.get("text_field", "text")}
     for key, given in (("forget", forget_texts), ("retain", retain_texts)):
         if given is not None:
             texts[key] = given
         elif results.get(key):
+            field = results.get(f"{key}_field", results.get("text_field", "text"))
             try:
-                texts[key] = load_texts(results[key], **text_kw)
+                texts[key] = load_texts(results[key], split=results.get("split", "train"), text_field=field)
             except UnlearnLensError as exc:
                 problems[key] = str(exc)
                 logger.warning("report: cannot load the %s texts %r: %s", key, results[key], exc)
