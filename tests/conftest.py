@@ -119,13 +119,21 @@ def llama(llama_dir):
     return ul.load_model(llama_dir, device="cpu")
 
 
+# TransformerLens configs of the tiny native and legacy models: GPT-2-like by default,
+# Llama-like (gated SiLU MLP, grouped-query attention, rotary, RMSNorm) with GATED.
+GATED = dict(n_key_value_heads=2, d_mlp=48, act_fn="silu", gated_mlp=True, normalization_type="RMS",
+             positional_embedding_type="rotary", rotary_dim=8)
+
+
+def _tl_config(tokenizer, **overrides) -> dict:
+    return dict(n_layers=2, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(tokenizer),
+                act_fn="relu", normalization_type="LN", seed=0) | overrides
+
+
 def _native(tokenizer, **overrides):
     from transformer_lens.model_bridge import TransformerBridge
 
-    cfg = dict(n_layers=2, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(tokenizer),
-               act_fn="relu", normalization_type="LN", seed=0)
-    cfg.update(overrides)
-    return TransformerBridge.boot_native(cfg, tokenizer=tokenizer)
+    return TransformerBridge.boot_native(_tl_config(tokenizer, **overrides), tokenizer=tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -137,8 +145,7 @@ def native_gpt2(tokenizer):
 @pytest.fixture(scope="session")
 def native_gated(tokenizer):
     """TL-native Llama-like model: gated SiLU MLP, grouped-query attention, rotary, RMSNorm."""
-    return _native(tokenizer, n_key_value_heads=2, d_mlp=48, act_fn="silu", gated_mlp=True,
-                   normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8)
+    return _native(tokenizer, **GATED)
 
 
 try:  # TransformerLens 3.x still ships the legacy HookedTransformer; 4.x does not
@@ -150,10 +157,7 @@ except ImportError:
 def _legacy(tokenizer, **overrides):
     from transformer_lens import HookedTransformerConfig
 
-    cfg = dict(n_layers=2, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(tokenizer),
-               act_fn="relu", normalization_type="LN", seed=0)
-    cfg.update(overrides)
-    model = _HookedTransformer(HookedTransformerConfig(**cfg), tokenizer=tokenizer)
+    model = _HookedTransformer(HookedTransformerConfig(**_tl_config(tokenizer, **overrides)), tokenizer=tokenizer)
     with torch.no_grad():  # non-zero output biases, so folding means into them is exercised
         for block in model.blocks:
             block.mlp.b_out.normal_(0, 0.1)
@@ -170,8 +174,7 @@ def legacy_gpt2(tokenizer):
 @pytest.fixture(scope="session")
 def legacy_gated(tokenizer):
     """Legacy HookedTransformer, Llama-like: gated SiLU MLP, grouped-query attention, rotary, RMSNorm."""
-    return _legacy(tokenizer, n_key_value_heads=2, d_mlp=48, act_fn="silu", gated_mlp=True,
-                   normalization_type="RMS", positional_embedding_type="rotary", rotary_dim=8)
+    return _legacy(tokenizer, **GATED)
 
 
 LEGACY_FIXTURES = ["legacy_gpt2", "legacy_gated"] if _HookedTransformer is not None else []
