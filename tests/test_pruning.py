@@ -140,6 +140,15 @@ WEIGHT_CASES = [
 ]
 
 
+def _hooked_logits_and_edited_copy(model, masks, ablation, means, tokens):
+    """Logits of ``model`` under hook pruning, and a deep copy of it pruned by weight edits."""
+    with ul.pruned(model, masks, ablation=ablation, means=means), torch.no_grad():
+        expected = model(tokens)
+    edited = copy.deepcopy(model)
+    ul.prune_weights_(edited, masks, ablation=ablation, means=means)
+    return expected, edited
+
+
 @pytest.mark.parametrize("fixture, ablation", WEIGHT_CASES)
 @pytest.mark.parametrize("kinds", ["mlp", "attn", "both"])
 def test_weight_edit_matches_hooks(request, fixture, ablation, kinds, means_for):
@@ -147,10 +156,7 @@ def test_weight_edit_matches_hooks(request, fixture, ablation, kinds, means_for)
     masks = _masks(model, seed=3, mlp_frac=0.3 if kinds != "attn" else 0.0, attn_frac=0.3 if kinds != "mlp" else 0.0)
     means = means_for(model)
     tokens = ul.tokenize_texts(model.tokenizer, CODE[:3], seq_len=24).tokens
-    with ul.pruned(model, masks, ablation=ablation, means=means), torch.no_grad():
-        expected = model(tokens)
-    edited = copy.deepcopy(model)
-    ul.prune_weights_(edited, masks, ablation=ablation, means=means)
+    expected, edited = _hooked_logits_and_edited_copy(model, masks, ablation, means, tokens)
     with torch.no_grad():
         got = edited(tokens)
     assert (got - expected).abs().max() <= 1e-4
@@ -166,10 +172,7 @@ def test_weight_edit_survives_save_pretrained(request, fixture, ablation, means_
     masks = _masks(model, seed=5)
     means = means_for(model)
     tokens = ul.tokenize_texts(model.tokenizer, PROSE[:3], seq_len=24).tokens
-    with ul.pruned(model, masks, ablation=ablation, means=means), torch.no_grad():
-        expected = model(tokens)
-    edited = copy.deepcopy(model)
-    ul.prune_weights_(edited, masks, ablation=ablation, means=means)
+    expected, edited = _hooked_logits_and_edited_copy(model, masks, ablation, means, tokens)
     ul.save_pruned(edited, tmp_path / "pruned")
     hf = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", attn_implementation="eager").eval()
     with torch.no_grad():
