@@ -96,3 +96,45 @@ def test_batches_cover_all_rows(tokenizer):
     packed = ul.tokenize_texts(tokenizer, CODE, seq_len=16)
     rows = torch.cat([b.tokens for b in packed.batches(3)])
     assert torch.equal(rows, packed.tokens)
+
+
+def test_loading_leaves_the_datasets_settings_alone(tmp_path):
+    """load_texts quiets `datasets` for its own call only: the user's verbosity and progress bars stay as set."""
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in PROSE[:4]))
+    before = (ds_logging.get_verbosity(), datasets.utils.are_progress_bars_disabled())
+    try:
+        for verbosity, bars_off in ((ds_logging.INFO, False), (ds_logging.DEBUG, True)):
+            ds_logging.set_verbosity(verbosity)
+            (datasets.utils.disable_progress_bars if bars_off else datasets.utils.enable_progress_bars)()
+            assert ul.load_texts(str(path)) == PROSE[:4]
+            assert ds_logging.get_verbosity() == verbosity
+            assert datasets.utils.are_progress_bars_disabled() == bars_off
+    finally:
+        ds_logging.set_verbosity(before[0])
+        (datasets.utils.disable_progress_bars if before[1] else datasets.utils.enable_progress_bars)()
+
+
+def test_atomic_writes_never_touch_the_umask(tmp_path, monkeypatch):
+    """The process umask is read by no one (reading it means setting it, which races other threads)."""
+    import os
+    import stat
+
+    from unlearn_lens._io import atomic_dir, write_text
+
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *a: pytest.fail("os.umask was called"))
+        write_text(tmp_path / "a.txt", "hello")
+        with atomic_dir(tmp_path / "d") as tmp:
+            write_text(tmp / "b.txt", "inside")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
+    assert (tmp_path / "d" / "b.txt").read_text() == "inside"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "d"]

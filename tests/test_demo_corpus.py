@@ -6,6 +6,7 @@ import pytest
 
 import unlearn_lens as ul
 from unlearn_lens import demo
+from unlearn_lens.demo import demo_texts
 
 SOURCE = '''"""Module docstring: tools for adding numbers together."""
 # A comment that explains the next function in words.
@@ -58,17 +59,17 @@ def test_split_is_by_file_hash_and_stable():
 
 def test_demo_texts_are_deterministic_and_disjoint():
     for domain in ("code", "prose"):
-        train, held = ul.demo_texts(domain, "train"), ul.demo_texts(domain, "heldout")
+        train, held = demo_texts(domain, "train"), demo_texts(domain, "heldout")
         assert len(train) > 5 * len(held) > 0
         assert not set(train) & set(held)
-    assert ul.load_texts("demo:code") == ul.demo_texts("code", "heldout")
-    assert ul.load_texts("demo:prose:train", limit=3) == ul.demo_texts("prose", "train")[:3]
+    assert ul.load_texts("demo:code") == demo_texts("code", "heldout")
+    assert ul.load_texts("demo:prose:train", limit=3) == demo_texts("prose", "train")[:3]
     built = demo.build_demo_corpus()
-    assert built["code"]["heldout"] == ul.demo_texts("code", "heldout")
+    assert built["code"]["heldout"] == demo_texts("code", "heldout")
 
 
 def test_bad_demo_names():
     with pytest.raises(ul.UnlearnLensError, match="unknown demo domain"):
         ul.load_texts("demo:poetry")
     with pytest.raises(ul.UnlearnLensError, match="unknown demo split"):
-        ul.demo_texts("code", "test")
+        demo_texts("code", "test")

@@ -7,6 +7,7 @@ import torch
 from conftest import CODE, LEGACY_FIXTURES
 
 import unlearn_lens as ul
+from unlearn_lens.models import attn_hook_name, mlp_hook_name
 
 
 @pytest.mark.parametrize(
@@ -22,9 +23,9 @@ import unlearn_lens as ul
 )
 def test_unit_shapes_read_from_hooks(request, fixture, dims):
     model = request.getfixturevalue(fixture)
-    assert ul.model_dims(model) == dims
-    assert ul.mlp_hook_name(1) == "blocks.1.mlp.hook_post"
-    assert ul.attn_hook_name(0) == "blocks.0.attn.hook_z"
+    assert ul.ModelDims.of(model) == dims
+    assert mlp_hook_name(1) == "blocks.1.mlp.hook_post"
+    assert attn_hook_name(0) == "blocks.0.attn.hook_z"
 
 
 def test_bridge_passes_through(gpt2):
@@ -38,8 +39,8 @@ if LEGACY_FIXTURES:  # TransformerLens 3.x only (.ci/run also runs these files u
         model = request.getfixturevalue(fixture)
         assert ul.load_model(model) is model
         tokens = ul.tokenize_texts(model.tokenizer, CODE[:4], seq_len=24)
-        config = ul.PruneConfig(ff_frac=0.1, attn_frac=0.05, n_steps=2, ablation="mean", collect_tokens=300,
-                                eval_tokens=300, seq_len=24, stop_at_forget_top1=None)
+        config = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=2, ablation="mean", collect_tokens=300,
+                                eval_tokens=300, seq_len=24, stop_at_forget=None)
         run = ul.selective_prune(model, CODE[:24], CODE[24:48], config)
         assert int(run.masks.mlp.sum()) == 2 * round(0.1 * run.masks.mlp.numel())
         assert int(run.masks.attn.sum()) == 2 * round(0.05 * run.masks.attn.numel())

@@ -7,6 +7,7 @@ import torch
 from conftest import CODE, PROSE
 
 import unlearn_lens as ul
+from unlearn_lens.scoring import head_scores, random_masks_like
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_whole_heads(agg):
     m = ul.select(s, attn_frac=1 / 6, heads=True, head_agg=agg)  # one head of six
     head = (1, 2) if agg == "median" else (0, 1)
     assert m.attn[head].all() and m.n_attn == 4
-    assert torch.equal(s.heads(agg), ul.head_scores(attn, agg))
+    assert torch.equal(s.heads(agg), head_scores(attn, agg))
 
 
 @pytest.mark.parametrize("frac", [-0.1, 1.5, float("nan")])
@@ -121,15 +122,49 @@ def test_random_masks_like_keeps_per_layer_counts():
     torch.manual_seed(0)
     s = _scores(torch.rand(4, 64) ** torch.arange(1, 5)[:, None], torch.rand(4, 2, 8))
     sel = ul.select(s, mlp_frac=0.2, attn_frac=0.1)
-    r1, r2 = ul.random_masks_like(sel, seed=1), ul.random_masks_like(sel, seed=2)
+    r1, r2 = random_masks_like(sel, seed=1), random_masks_like(sel, seed=2)
     assert r1.mlp_counts() == sel.mlp_counts() and r1.attn_counts() == sel.attn_counts()
-    assert r1 == ul.random_masks_like(sel, seed=1) and r1 != r2
-    r3 = ul.random_masks_like(sel, seed=3, exclude=r1)
+    assert r1 == random_masks_like(sel, seed=1) and r1 != r2
+    r3 = random_masks_like(sel, seed=3, exclude=r1)
     assert not (r3.mlp & r1.mlp).any()
 
 
+def test_random_masks_like_keeps_whole_heads():
+    s = _scores(torch.rand(3, 16), torch.rand(3, 4, 8))
+    sel = ul.select(s, attn_frac=0.25, heads=True)
+    assert sel.whole_heads and sel.n_attn == 3 * 8
+    for seed in range(5):
+        r = random_masks_like(sel, seed=seed)
+        counts = r.head_counts()
+        assert counts.dtype != torch.bool and set(counts.unique().tolist()) <= {0, 8}
+        assert r.attn_counts() == sel.attn_counts()
+    neurons = random_masks_like(sel, seed=0, heads=False)
+    assert not neurons.whole_heads and neurons.attn_counts() == sel.attn_counts()
+
+
+def test_scoring_per_unit_kind(stats_pair):
+    forget, retain = stats_pair
+    s = ul.score(forget, retain, mlp_method="freq", attn_method="mean")
+    assert (s.mlp_method, s.attn_method) == ("freq", "mean")
+    torch.testing.assert_close(s.mlp, forget.mlp.freq / (retain.mlp.freq + 1e-3))
+    torch.testing.assert_close(s.attn, (forget.attn.mean - retain.attn.mean).abs())
+    shared = ul.score(forget, retain, method="rms", attn_method="abs")
+    torch.testing.assert_close(shared.mlp, ul.score(forget, retain, method="rms").mlp)
+    torch.testing.assert_close(shared.attn, ul.score(forget, retain, method="abs").attn)
+    with pytest.raises(ul.UnlearnLensError, match="unknown mlp_scoring method 'magic'"):
+        ul.score(forget, retain, mlp_method="magic")
+
+
+def test_scores_file_round_trip(stats_pair, tmp_path):
+    s = ul.score(*stats_pair, mlp_method="std", attn_method="sqrt")
+    s.save(tmp_path / "s.safetensors")
+    back = ul.Scores.load(tmp_path / "s.safetensors")
+    assert torch.equal(back.mlp, s.mlp) and torch.equal(back.attn, s.attn)
+    assert (back.mlp_method, back.attn_method, back.config) == ("std", "sqrt", s.config)
+
+
 def test_mask_files(gpt2, native_gated, tmp_path):
-    dims = ul.model_dims(gpt2)
+    dims = ul.ModelDims.of(gpt2)
     m = ul.Masks.empty(dims)
     m.mlp[1, 3] = True
     m.save(tmp_path / "m.safetensors")

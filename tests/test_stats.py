@@ -7,12 +7,13 @@ import torch
 from conftest import CODE, MODEL_FIXTURES, PROSE
 
 import unlearn_lens as ul
-from unlearn_lens.models import attached
+from unlearn_lens.models import attached, attn_hook_name, mlp_hook_name
+from unlearn_lens.stats import RunningStats
 
 
 def naive_stats(model, tokens: ul.TokenSet, masks=None, ablation="zero", means=None):
     """Cache every activation, then compute each statistic with plain torch in float64."""
-    dims = ul.model_dims(model)
+    dims = ul.ModelDims.of(model)
     cache = {("mlp", l): [] for l in range(dims.n_layers)} | {("attn", l): [] for l in range(dims.n_layers)}
 
     def grab(kind, layer):
@@ -21,8 +22,8 @@ def naive_stats(model, tokens: ul.TokenSet, masks=None, ablation="zero", means=N
 
         return fn
 
-    hooks = [(ul.mlp_hook_name(l), grab("mlp", l)) for l in range(dims.n_layers)]
-    hooks += [(ul.attn_hook_name(l), grab("attn", l)) for l in range(dims.n_layers)]
+    hooks = [(mlp_hook_name(l), grab("mlp", l)) for l in range(dims.n_layers)]
+    hooks += [(attn_hook_name(l), grab("attn", l)) for l in range(dims.n_layers)]
     ctx = ul.pruned(model, masks, ablation=ablation, means=means) if masks is not None else attached(model, [])
     with ctx, attached(model, hooks), torch.no_grad():
         model(tokens.tokens)
@@ -93,7 +94,7 @@ def test_merge_of_two_halves_equals_one_run(gpt2):
 def test_large_mean_small_std_is_exact():
     torch.manual_seed(0)
     x = (1e4 + 1e-2 * torch.randn(20_000, 3, dtype=torch.float64)).float()  # float32 activations
-    stats = ul.RunningStats((3,))
+    stats = RunningStats((3,))
     for chunk in x.split(1000):
         stats.update(chunk)
     ref = x.double()
@@ -104,18 +105,33 @@ def test_large_mean_small_std_is_exact():
 
 def test_statistics_on_pruned_model(gpt2):
     tokens = ul.tokenize_texts(gpt2.tokenizer, CODE[:6], seq_len=24)
-    dims = ul.model_dims(gpt2)
+    dims = ul.ModelDims.of(gpt2)
     masks = ul.Masks.empty(dims)
     masks.mlp[0, :5] = True
     masks.attn[1, 2, :] = True
-    zero = ul.collect_stats(gpt2, tokens, masks=masks, progress=False)
+    with ul.pruned(gpt2, masks):
+        zero = ul.collect_stats(gpt2, tokens, progress=False)
     assert (zero.mlp.abs_mean[0, :5] == 0).all() and (zero.attn.abs_mean[1, 2] == 0).all()
     assert (zero.mlp.abs_mean[0, 5:] > 0).any()
     assert_matches(zero, naive_stats(gpt2, tokens, masks))
     means = ul.collect_stats(gpt2, ul.tokenize_texts(gpt2.tokenizer, PROSE[:6], seq_len=24), progress=False)
-    mean = ul.collect_stats(gpt2, tokens, masks=masks, ablation="mean", means=means, progress=False)
+    with ul.pruned(gpt2, masks, ablation="mean", means=means):
+        mean = ul.collect_stats(gpt2, tokens, progress=False)
     torch.testing.assert_close(mean.mlp.mean[0, :5], means.mlp.mean[0, :5].float().double())
     assert (mean.mlp.std[0, :5] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_accumulate_in_float32_or_better(gpt2_dir, dtype):
+    """Statistics of a bf16/fp16 model equal a float64 reference over the same (half-precision) activations."""
+    model = ul.load_model(gpt2_dir, device="cpu", dtype=dtype)
+    # many tokens of one unit: summing them in half precision would lose digits (bf16 keeps 8 bits)
+    tokens = ul.tokenize_texts(model.tokenizer, CODE * 4, seq_len=48)
+    stats = ul.collect_stats(model, tokens, batch_size=64, progress=False)
+    ref = naive_stats(model, tokens)
+    assert ref["mlp"]["count"][0, 0] > 1000
+    assert_matches(stats, ref, rtol=1e-5, atol=1e-6)
+    assert stats.mlp.mean.dtype == torch.float64
 
 
 def test_save_load_round_trip(gpt2, tmp_path):
@@ -133,7 +149,7 @@ def test_corrupt_and_foreign_files(gpt2, tmp_path):
     bad.write_bytes(b"\x00garbage")
     with pytest.raises(ul.UnlearnLensError, match="not a readable safetensors"):
         ul.ActivationStats.load(bad)
-    masks = ul.Masks.empty(ul.model_dims(gpt2))
+    masks = ul.Masks.empty(ul.ModelDims.of(gpt2))
     masks.save(tmp_path / "m.safetensors")
     with pytest.raises(ul.UnlearnLensError, match="not an unlearn_lens.ActivationStats file"):
         ul.ActivationStats.load(tmp_path / "m.safetensors")

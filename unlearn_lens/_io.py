@@ -1,12 +1,13 @@
-"""Atomic file output and checked safetensors input."""
+"""Atomic file and directory output, and checked safetensors input."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Callable
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,30 @@ import torch
 
 from unlearn_lens.errors import UnlearnLensError
 
-__all__ = ["atomic_write", "read_safetensors", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_write", "read_json", "read_safetensors", "write_json", "write_text"]
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _fresh_name(directory: Path, name: str, suffix: str) -> Path:
+    """A hidden name beside ``name`` that nothing uses yet."""
+    while True:
+        candidate = directory / f".{name}.{uuid.uuid4().hex[:12]}{suffix}"
+        if not candidate.exists():
+            return candidate
+
+
+def _temp_file(directory: Path, name: str) -> Path:
+    """Create an empty file beside ``name`` with the permissions a plain ``open`` would give.
+
+    ``os.open`` with mode 0o666 lets the kernel apply the process umask, so the umask
+    never has to be read (reading it means setting it, which races other threads).
+    """
+    while True:
+        tmp = _fresh_name(directory, name, ".tmp")
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return tmp
+        except FileExistsError:  # pragma: no cover - taken between the check and the open
+            continue
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
@@ -27,16 +48,54 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _temp_file(path.parent, path.name)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        write(tmp)
+        write(str(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory under a temporary name beside ``path``; rename it into place on success.
+
+    Yields the temporary directory to write into. If the block fails or is
+    interrupted, the temporary directory is removed and ``path`` is untouched.
+
+    Args:
+        path: the directory to create.
+        overwrite: replace an existing directory (it is removed only once the new one is complete).
+
+    Raises:
+        UnlearnLensError: ``path`` exists (and ``overwrite`` is False) or is a file.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UnlearnLensError(f"output path {str(path)!r} exists and is not a directory")
+    if path.exists() and not overwrite and any(path.iterdir()):
+        raise UnlearnLensError(f"output directory {str(path)!r} already exists and is not empty; choose another")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _fresh_name(path.parent, path.name, ".tmp")
+    os.mkdir(tmp, 0o777)  # the kernel applies the umask, as for any new directory
+    old: Path | None = None
+    try:
+        yield tmp
+        if path.exists():
+            old = _fresh_name(path.parent, path.name, ".old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None and not path.exists():
+            os.replace(old, path)
+            old = None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -47,6 +106,21 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Write JSON atomically (indented, keys in insertion order)."""
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file.
+
+    Raises:
+        UnlearnLensError: the file is missing or is not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnlearnLensError(f"file {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnlearnLensError(f"file {str(path)!r} is not readable JSON: {exc}") from exc
 
 
 def read_safetensors(

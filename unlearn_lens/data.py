@@ -14,6 +14,7 @@ since no real token attends to a later position.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,9 +24,11 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Int
 
+from unlearn_lens.demo import demo_texts
 from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.models import model_name
 
-__all__ = ["TokenBatch", "TokenSet", "load_texts", "tokenize_texts"]
+__all__ = ["TokenBatch", "TokenSet", "as_token_set", "default_seq_len", "load_texts", "tokenize_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +85,6 @@ def load_texts(
         texts = _non_empty(list(source))
         name = "the given list"
     elif str(source).startswith("demo:"):
-        from unlearn_lens.demo import demo_texts
-
         parts = str(source).split(":")
         texts = demo_texts(parts[1], parts[2] if len(parts) > 2 else "heldout")
         name = str(source)
@@ -96,11 +97,36 @@ def load_texts(
     return texts
 
 
-def _load_dataset_texts(source: str, *, split: str, text_field: str, limit: int | None) -> tuple[list[str], str]:
-    import datasets
+@contextlib.contextmanager
+def _quiet_datasets() -> Iterator[Any]:
+    """``datasets`` with its logging at ERROR and no progress bars, restored on exit.
 
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
+    The library's global settings are the user's: they are changed only for the
+    duration of one load.
+    """
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    verbosity = ds_logging.get_verbosity()
+    bars_were_off = datasets.utils.are_progress_bars_disabled()
+    ds_logging.set_verbosity_error()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield datasets
+    finally:
+        ds_logging.set_verbosity(verbosity)
+        if not bars_were_off:
+            datasets.utils.enable_progress_bars()
+
+
+def _load_dataset_texts(source: str, *, split: str, text_field: str, limit: int | None) -> tuple[list[str], str]:
+    with _quiet_datasets() as datasets:
+        return _read_dataset_texts(datasets, source, split=split, text_field=text_field, limit=limit)
+
+
+def _read_dataset_texts(
+    datasets: Any, source: str, *, split: str, text_field: str, limit: int | None
+) -> tuple[list[str], str]:
     path = Path(source).expanduser()
     if path.exists():
         files = sorted(p for p in path.rglob("*") if p.suffix in _LOCAL_FORMATS) if path.is_dir() else [path]
@@ -270,3 +296,29 @@ def tokenize_texts(
     valid[: len(stream)] = True
     valid = torch.cat([torch.zeros((n_rows, 1), dtype=torch.bool), valid.view(n_rows, body)], dim=1)
     return TokenSet(tokens, valid)
+
+
+def default_seq_len(model: Any) -> int:
+    """Row length used when none is given: the model's context, at most 256."""
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None) or 256
+    return int(min(n_ctx, 256))
+
+
+def as_token_set(
+    model: Any, texts: Sequence[str] | TokenSet, *, seq_len: int | None = None, max_tokens: int | None = None
+) -> TokenSet:
+    """Tokenise ``texts`` for ``model`` unless they already are a :class:`TokenSet`.
+
+    A :class:`TokenSet` longer than ``max_tokens`` is cut to its first ``max_tokens``
+    counted tokens.
+    """
+    if isinstance(texts, TokenSet):
+        if max_tokens is not None and texts.n_tokens > max_tokens:
+            return texts.split(max_tokens)[0]
+        return texts
+    if isinstance(texts, str):
+        raise UnlearnLensError("texts must be a list of strings, not one string (wrap it in a list)")
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise UnlearnLensError(f"model {model_name(model)!r} has no tokenizer")
+    return tokenize_texts(tokenizer, list(texts), seq_len=seq_len or default_seq_len(model), max_tokens=max_tokens)

@@ -8,7 +8,6 @@ by punctuation and whitespace.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -17,11 +16,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from unlearn_lens.data import TokenSet
+from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import model_device
-from unlearn_lens.pruning import pruned
-from unlearn_lens.stats import ActivationStats, as_token_set
 
 __all__ = ["EvalResult", "evaluate"]
 
@@ -78,13 +75,13 @@ def evaluate(
     seq_len: int | None = None,
     topk: int = 10,
     skip_common: int = 0,
-    masks: Any = None,
-    ablation: str = "zero",
-    means: ActivationStats | None = None,
     progress: bool = True,
     desc: str = "evaluate",
 ) -> EvalResult:
-    """Measure next-token accuracy and loss of ``model`` (optionally pruned) on a dataset.
+    """Measure next-token accuracy and loss of ``model`` on a dataset.
+
+    The model is evaluated as it runs: inside :func:`unlearn_lens.pruned` that is the
+    pruned model.
 
     Args:
         model: a TransformerLens model.
@@ -94,7 +91,6 @@ def evaluate(
         seq_len: row length (default: the model's context, at most 256).
         topk: the k of top-k accuracy.
         skip_common: leave out targets among the dataset's ``skip_common`` most common tokens.
-        masks, ablation, means: evaluate the pruned model (see :func:`unlearn_lens.pruned`).
         progress: show a progress bar.
         desc: progress bar label.
 
@@ -116,25 +112,23 @@ def evaluate(
     device = model_device(model)
     total_loss = torch.zeros((), dtype=torch.float64)
     n_top1 = n_topk = n = 0
-    context = pruned(model, masks, ablation=ablation, means=means) if masks is not None else contextlib.nullcontext()
     bar = tqdm(total=int(counted.sum()), desc=desc, unit="tok", disable=not progress, leave=False)
-    with context:
-        for start in range(0, len(tokens), batch_size):
-            rows = tokens.tokens[start : start + batch_size].to(device)
-            target = rows[:, 1:]
-            keep = counted[start : start + batch_size].to(device)
-            if skip is not None:
-                keep = keep & ~torch.isin(target, skip.to(device))
-            logits = model(rows)[:, :-1]
-            logits, target_kept = logits[keep].float(), target[keep]
-            bar.update(int(counted[start : start + batch_size].sum()))
-            if target_kept.numel() == 0:
-                continue
-            total_loss += torch.nn.functional.cross_entropy(logits, target_kept, reduction="sum").double().cpu()
-            top = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices
-            n_top1 += int((top[:, 0] == target_kept).sum())
-            n_topk += int((top == target_kept[:, None]).any(-1).sum())
-            n += target_kept.numel()
+    for start in range(0, len(tokens), batch_size):
+        rows = tokens.tokens[start : start + batch_size].to(device)
+        target = rows[:, 1:]
+        keep = counted[start : start + batch_size].to(device)
+        if skip is not None:
+            keep = keep & ~torch.isin(target, skip.to(device))
+        logits = model(rows)[:, :-1]
+        logits, target_kept = logits[keep].float(), target[keep]
+        bar.update(int(counted[start : start + batch_size].sum()))
+        if target_kept.numel() == 0:
+            continue
+        total_loss += torch.nn.functional.cross_entropy(logits, target_kept, reduction="sum").double().cpu()
+        top = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices
+        n_top1 += int((top[:, 0] == target_kept).sum())
+        n_topk += int((top == target_kept[:, None]).any(-1).sum())
+        n += target_kept.numel()
     bar.close()
     if n == 0:
         raise UnlearnLensError("no tokens left to evaluate (empty dataset, or skip_common removed every target)")

@@ -25,19 +25,25 @@ from typing import Any
 
 import torch
 
+from unlearn_lens.demo import demo_model_dir
 from unlearn_lens.errors import UnlearnLensError
 
 __all__ = [
+    "UNIT_KINDS",
     "ModelDims",
     "add_hook",
     "attached",
-    "remove_hook",
     "attn_hook_name",
     "check_hooks",
+    "hook_name",
     "load_model",
     "mlp_hook_name",
+    "model_device",
     "model_dims",
     "model_name",
+    "per_kind",
+    "remove_hook",
+    "underlying_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +59,40 @@ def attn_hook_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_z"
 
 
+UNIT_KINDS = ("mlp", "attn")
+"""The two kinds of unit: MLP neurons and attention neurons."""
+
+
+def per_kind(shared: str, mlp: str | None, attn: str | None, *, what: str, choices: Sequence[str]) -> dict[str, str]:
+    """A setting for each unit kind: ``mlp`` / ``attn`` where given, else ``shared``.
+
+    Args:
+        shared: the setting of both kinds unless overridden.
+        mlp, attn: per-kind overrides (None: use ``shared``).
+        what: the setting's name, for the error message.
+        choices: the allowed values.
+
+    Returns:
+        ``{"mlp": ..., "attn": ...}``.
+
+    Raises:
+        UnlearnLensError: a value outside ``choices``.
+    """
+    out = {"mlp": shared if mlp is None else mlp, "attn": shared if attn is None else attn}
+    for kind, value in out.items():
+        if value not in choices:
+            prefix = "" if value == shared else f"{kind}_"
+            raise UnlearnLensError(f"unknown {prefix}{what} {value!r}; choose one of {', '.join(choices)}")
+    return out
+
+
+def hook_name(kind: str, layer: int) -> str:
+    """Hook of the units of one kind (``"mlp"`` or ``"attn"``) in ``layer``."""
+    if kind not in UNIT_KINDS:
+        raise UnlearnLensError(f"unit kind must be 'mlp' or 'attn', got {kind!r}")
+    return mlp_hook_name(layer) if kind == "mlp" else attn_hook_name(layer)
+
+
 @dataclass(frozen=True)
 class ModelDims:
     """The unit shapes of a model: ``[n_layers, d_mlp]`` and ``[n_layers, n_heads, d_head]``."""
@@ -62,6 +102,11 @@ class ModelDims:
     n_heads: int
     d_head: int
 
+    @classmethod
+    def of(cls, model: Any) -> ModelDims:
+        """The unit shapes of ``model`` (see :func:`model_dims`)."""
+        return model_dims(model)
+
     @property
     def mlp_shape(self) -> tuple[int, int]:
         return (self.n_layers, self.d_mlp)
@@ -69,6 +114,20 @@ class ModelDims:
     @property
     def attn_shape(self) -> tuple[int, int, int]:
         return (self.n_layers, self.n_heads, self.d_head)
+
+    @property
+    def n_mlp(self) -> int:
+        """All MLP neurons of the model: ``n_layers * d_mlp``."""
+        return self.n_layers * self.d_mlp
+
+    @property
+    def n_attn(self) -> int:
+        """All attention neurons of the model: ``n_layers * n_heads * d_head``."""
+        return self.n_layers * self.n_heads * self.d_head
+
+    def n_units(self, kind: str) -> int:
+        """All units of one kind (``"mlp"`` or ``"attn"``)."""
+        return self.n_mlp if kind == "mlp" else self.n_attn
 
     def to_dict(self) -> dict[str, int]:
         return {"n_layers": self.n_layers, "d_mlp": self.d_mlp, "n_heads": self.n_heads, "d_head": self.d_head}
@@ -191,8 +250,6 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     source = str(model)
     if source == "demo":
-        from unlearn_lens.demo import demo_model_dir
-
         source = str(demo_model_dir())
     path = Path(source).expanduser()
     # Hub ids are "name" or "org/name"; anything else that does not exist is a missing path.

@@ -1,13 +1,13 @@
 """Applying masks: reversible hook ablation and permanent weight edits.
 
 A pruned unit's activation is replaced by 0 (``ablation="zero"``) or by its mean on
-the retain set (``ablation="mean"``, means from an :class:`ActivationStats`).
+the retain set (``ablation="mean"``, means from an :class:`ActivationStats`). MLP and
+attention neurons may be ablated differently (``mlp_ablation``, ``attn_ablation``).
 
-Reversible forms (weights untouched):
-
-* :func:`pruned` — a context manager; on exit, also after an exception, every hook
-  it added is gone;
-* :func:`add_pruning` — the persistent form, returning a handle with ``remove()``.
+Reversible form (weights untouched): :func:`pruned` adds the hooks at once and
+returns a :class:`Pruning` handle. Use it as a context manager (the hooks go on
+exit, also after an exception), call :meth:`Pruning.remove`, or make it permanent
+with :meth:`Pruning.make_permanent`.
 
 Permanent form, :func:`prune_weights_`: the unit's row of the output projection is
 zeroed and, for mean ablation, ``mean * row`` is folded into the output bias:
@@ -17,15 +17,16 @@ zeroed and, for mean ablation, ``mean * row`` is folded into the output bias:
 
 The edit is made on the underlying weights (the Hugging Face module for a bridge,
 ``W_out``/``W_O`` for a legacy HookedTransformer), so ``save_pretrained`` exports
-the pruned model, and it gives the same logits as the hook form.
+the pruned model, and it gives the same logits as the hook form. A model without
+output biases (Llama-style) gets zero biases first when its config has a switch for
+them (``mlp_bias``, ``attention_bias``); the switch is turned on so that the exported
+model reloads with them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,38 +34,33 @@ import torch
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import (
+    UNIT_KINDS,
     add_hook,
-    attached,
-    attn_hook_name,
-    mlp_hook_name,
+    hook_name,
     model_dims,
     model_name,
+    per_kind,
     remove_hook,
     underlying_model,
 )
 from unlearn_lens.stats import ActivationStats
 
-__all__ = [
-    "ABLATIONS",
-    "PruningHandle",
-    "add_pruning",
-    "hf_state_dict",
-    "prune_weights_",
-    "pruned",
-    "pruning_hooks",
-    "save_pruned",
-]
+__all__ = ["ABLATIONS", "BIAS_SWITCHES", "Pruning", "hf_state_dict", "prune_weights_", "pruned", "save_pruned"]
 
 logger = logging.getLogger(__name__)
 
 ABLATIONS = ("zero", "mean")
 
+BIAS_SWITCHES = {"mlp": "mlp_bias", "attn": "attention_bias"}
+"""Config switches that give a Hugging Face architecture its output-projection biases."""
 
-def _check(model: Any, masks: Masks, ablation: str, means: ActivationStats | None) -> None:
-    if ablation not in ABLATIONS:
-        raise UnlearnLensError(f"unknown ablation {ablation!r}; choose one of {ABLATIONS}")
-    if ablation == "mean" and means is None:
-        raise UnlearnLensError("ablation='mean' needs means= (retain ActivationStats)")
+
+def _resolve(
+    model: Any, masks: Masks, ablation: str, mlp_ablation: str | None, attn_ablation: str | None,
+    means: ActivationStats | None,
+) -> dict[str, str]:
+    """Check the arguments of a pruning call; return the ablation of each unit kind."""
+    ablations = per_kind(ablation, mlp_ablation, attn_ablation, what="ablation", choices=ABLATIONS)
     if not isinstance(masks, Masks):
         raise UnlearnLensError(f"masks must be a Masks, got {type(masks).__name__}")
     dims = model_dims(model)
@@ -72,10 +68,14 @@ def _check(model: Any, masks: Masks, ablation: str, means: ActivationStats | Non
         raise UnlearnLensError(
             f"masks for a model with {masks.dims.to_dict()} do not fit {model_name(model)!r} ({dims.to_dict()})"
         )
-    if ablation == "mean" and means is not None and means.dims != dims:
-        raise UnlearnLensError(
-            f"means come from a model with {means.dims.to_dict()}, not {model_name(model)!r} ({dims.to_dict()})"
-        )
+    if any(ablations[kind] == "mean" and bool(getattr(masks, kind).any()) for kind in UNIT_KINDS):
+        if means is None:
+            raise UnlearnLensError("ablation 'mean' needs means= (retain ActivationStats)")
+        if means.dims != dims:
+            raise UnlearnLensError(
+                f"means come from a model with {means.dims.to_dict()}, not {model_name(model)!r} ({dims.to_dict()})"
+            )
+    return ablations
 
 
 def _replace_hook(mask: torch.Tensor, values: torch.Tensor | None) -> Any:
@@ -90,74 +90,103 @@ def _replace_hook(mask: torch.Tensor, values: torch.Tensor | None) -> Any:
     return fn
 
 
-def pruning_hooks(
-    model: Any, masks: Masks, *, ablation: str = "zero", means: ActivationStats | None = None
-) -> list[tuple[str, Any]]:
+def _pruning_hooks(masks: Masks, ablations: dict[str, str], means: ActivationStats | None) -> list[tuple[str, Any]]:
     """The ``(hook_name, forward_hook)`` pairs that apply ``masks``; layers with nothing pruned get none."""
-    _check(model, masks, ablation, means)
     hooks: list[tuple[str, Any]] = []
     for layer in range(masks.dims.n_layers):
-        for name, mask, stats in (
-            (mlp_hook_name(layer), masks.mlp[layer], means.mlp if means is not None else None),
-            (attn_hook_name(layer), masks.attn[layer], means.attn if means is not None else None),
-        ):
+        for kind in UNIT_KINDS:
+            mask = getattr(masks, kind)[layer]
             if not bool(mask.any()):
                 continue
-            values = stats.mean[layer].float() if ablation == "mean" and stats is not None else None
-            hooks.append((name, _replace_hook(mask, values)))
+            values = getattr(means, kind).mean[layer].float() if ablations[kind] == "mean" else None
+            hooks.append((hook_name(kind, layer), _replace_hook(mask, values)))
     return hooks
 
 
-@contextlib.contextmanager
-def pruned(
-    model: Any, masks: Masks, *, ablation: str = "zero", means: ActivationStats | None = None
-) -> Iterator[Any]:
-    """Run ``model`` with the masked units ablated, inside a ``with`` block.
+class Pruning:
+    """Pruning hooks on a model, from :func:`pruned`.
 
-    Args:
-        model: a TransformerLens model.
-        masks: units to prune.
-        ablation: ``"zero"`` or ``"mean"``.
-        means: retain statistics, required for ``"mean"`` and ignored for ``"zero"``.
-
-    Yields:
-        The model. Hooks are removed on exit, also after an exception.
+    The hooks are in place from the moment :func:`pruned` returns until
+    :meth:`remove` (or the end of a ``with`` block). :meth:`make_permanent` swaps them
+    for the equivalent weight edit.
     """
-    with attached(model, pruning_hooks(model, masks, ablation=ablation, means=means)):
-        yield model
 
+    def __init__(self, model: Any, masks: Masks, ablations: dict[str, str], means: ActivationStats | None):
+        self.model = model
+        self.masks = masks
+        self.ablations = ablations
+        self.means = means
+        self._tokens: list[Any] = []
+        try:
+            for name, fn in _pruning_hooks(masks, ablations, means):
+                self._tokens.append(add_hook(model, name, fn))
+        except BaseException:
+            self.remove()
+            raise
 
-class PruningHandle:
-    """Persistent pruning hooks; call :meth:`remove` to restore the model."""
-
-    def __init__(self, tokens: list[Any]):
-        self._tokens = tokens
+    @property
+    def active(self) -> bool:
+        """Whether the hooks are still in place."""
+        return bool(self._tokens)
 
     def remove(self) -> None:
-        for token in reversed(self._tokens):
-            remove_hook(token)
-        self._tokens = []
+        """Remove the hooks (idempotent); the model computes as before pruning."""
+        while self._tokens:
+            remove_hook(self._tokens.pop())
 
-    def __enter__(self) -> PruningHandle:
+    def make_permanent(self) -> Any:
+        """Remove the hooks and edit the weights instead (see :func:`prune_weights_`).
+
+        Returns:
+            The model, edited in place.
+        """
+        self.remove()
+        return prune_weights_(self.model, self.masks, mlp_ablation=self.ablations["mlp"],
+                              attn_ablation=self.ablations["attn"], means=self.means)
+
+    def __enter__(self) -> Pruning:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
 
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return (f"Pruning({model_name(self.model)!r}, {self.masks.n_mlp} MLP + {self.masks.n_attn} attention "
+                f"neurons, ablation {self.ablations}, {state})")
 
-def add_pruning(
-    model: Any, masks: Masks, *, ablation: str = "zero", means: ActivationStats | None = None
-) -> PruningHandle:
-    """Ablate the masked units until ``handle.remove()`` is called (weights untouched)."""
-    tokens = []
-    try:
-        for name, fn in pruning_hooks(model, masks, ablation=ablation, means=means):
-            tokens.append(add_hook(model, name, fn))
-    except BaseException:
-        for token in reversed(tokens):
-            remove_hook(token)
-        raise
-    return PruningHandle(tokens)
+
+def pruned(
+    model: Any,
+    masks: Masks,
+    *,
+    ablation: str = "zero",
+    mlp_ablation: str | None = None,
+    attn_ablation: str | None = None,
+    means: ActivationStats | None = None,
+) -> Pruning:
+    """Ablate the masked units with hooks (weights untouched).
+
+    Statistics and evaluation compose with it by nesting::
+
+        with ul.pruned(model, masks, ablation="mean", means=retain_stats):
+            stats = ul.collect_stats(model, forget)
+            result = ul.evaluate(model, retain)
+
+    Args:
+        model: a TransformerLens model.
+        masks: units to prune.
+        ablation: ``"zero"`` or ``"mean"``, for both unit kinds unless overridden.
+        mlp_ablation: the ablation of MLP neurons (default ``ablation``).
+        attn_ablation: the ablation of attention neurons (default ``ablation``).
+        means: retain statistics, required for ``"mean"``.
+
+    Returns:
+        A :class:`Pruning` handle; the hooks are already in place. If adding them
+        fails part-way, those already added are removed before the error propagates.
+    """
+    ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, means)
+    return Pruning(model, masks, ablations, means)
 
 
 def _in_rows(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -175,57 +204,116 @@ def _in_rows(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def _projections(model: Any, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Row views ``[units, d_model]`` and biases of the MLP output and attention output projections."""
+    """Row views ``[units, d_model]`` and biases of the MLP output and attention output projections.
+
+    A bridge's own modules come first (``mlp.out`` / ``attn.o`` wrap the Hugging Face
+    projections); a legacy HookedTransformer has ``W_out`` / ``W_O`` and their biases.
+    """
     block = model.blocks[layer]
-    if hasattr(block.mlp, "W_out"):  # legacy HookedTransformer
+    mlp_out = getattr(getattr(getattr(block.mlp, "out", None), "original_component", None), "weight", None)
+    attn_out = getattr(getattr(getattr(block.attn, "o", None), "original_component", None), "weight", None)
+    if mlp_out is not None and attn_out is not None:
+        return {"mlp": _in_rows(block.mlp.out.original_component), "attn": _in_rows(block.attn.o.original_component)}
+    if hasattr(block.mlp, "W_out") and hasattr(block.attn, "W_O"):  # legacy HookedTransformer
         w_o = block.attn.W_O
         return {"mlp": (block.mlp.W_out, block.mlp.b_out), "attn": (w_o.view(-1, w_o.shape[-1]), block.attn.b_O)}
-    try:
-        mlp_out = block.mlp.out.original_component
-        attn_out = block.attn.o.original_component
-    except AttributeError as exc:
+    raise UnlearnLensError(f"model {model_name(model)!r}: cannot find the output projections of layer {layer}")
+
+
+def _plain_name(name: str) -> str:
+    """A module or parameter path of a bridged model under its plain Hugging Face name."""
+    return name.replace("._original_component", "").replace("_original_component.", "")
+
+
+def _add_zero_biases(model: Any, kind: str) -> None:
+    """Give every projection governed by the config switch of ``kind`` a zero bias, and turn the switch on.
+
+    Which projections the switch governs is read off the architecture itself: the
+    parameters a model built from the switched config has and this one lacks.
+
+    Raises:
+        UnlearnLensError: the architecture has no such switch.
+    """
+    hf = underlying_model(model)
+    config = getattr(hf, "config", None)
+    switch = BIAS_SWITCHES[kind]
+    if config is None or not isinstance(getattr(config, switch, None), bool):
+        families = ", ".join(f"{k}: `{v}`" for k, v in BIAS_SWITCHES.items())
         raise UnlearnLensError(
-            f"model {model_name(model)!r}: cannot find the output projections of layer {layer} ({exc})"
-        ) from exc
-    return {"mlp": _in_rows(mlp_out), "attn": _in_rows(attn_out)}
+            f"model {model_name(model)!r} has no {kind} output bias and its config has no {switch!r} switch, so "
+            f"mean ablation cannot be folded into the weights (architectures with a switch ({families}), such as "
+            "Llama, get zero biases added); use ablation='zero' or the hook form"
+        )
+    from transformers import AutoModelForCausalLM
+
+    setattr(config, switch, True)
+    try:
+        with torch.device("meta"):
+            wanted = dict(AutoModelForCausalLM.from_config(config).named_parameters())
+    except BaseException:
+        setattr(config, switch, False)
+        raise
+    have = {_plain_name(n) for n, _ in hf.named_parameters()}
+    modules = {_plain_name(n): m for n, m in hf.named_modules() if isinstance(m, torch.nn.Linear)}
+    for name, param in wanted.items():
+        owner = name.rsplit(".", 1)[0]
+        if name in have or not name.endswith(".bias") or owner not in modules:
+            continue
+        linear = modules[owner]
+        w = linear.weight
+        linear.bias = torch.nn.Parameter(torch.zeros(param.shape, dtype=w.dtype, device=w.device),
+                                         requires_grad=w.requires_grad)
+    logger.info("model %s: %s turned on; zero biases added", model_name(model), switch)
 
 
 @torch.no_grad()
 def prune_weights_(
-    model: Any, masks: Masks, *, ablation: str = "zero", means: ActivationStats | None = None
+    model: Any,
+    masks: Masks,
+    *,
+    ablation: str = "zero",
+    mlp_ablation: str | None = None,
+    attn_ablation: str | None = None,
+    means: ActivationStats | None = None,
 ) -> Any:
     """Prune permanently by editing the output projections in place.
 
     Zeroes row i of ``W_out[l]`` for every pruned MLP neuron and ``W_O[l][h, d, :]``
-    for every pruned attention neuron; with ``ablation="mean"`` first adds
-    ``mean * row`` to ``b_out[l]`` / ``b_O[l]``, so the model computes exactly what
-    :func:`pruned` computes.
+    for every pruned attention neuron; with mean ablation first adds ``mean * row``
+    to ``b_out[l]`` / ``b_O[l]``, so the model computes exactly what :func:`pruned`
+    computes. A Hugging Face architecture without those biases gets zero biases
+    when its config can switch them on (``mlp_bias`` / ``attention_bias``, as Llama's).
+
+    Args:
+        model, masks, ablation, mlp_ablation, attn_ablation, means: as :func:`pruned`.
 
     Returns:
         The model (edited in place).
 
     Raises:
-        UnlearnLensError: bad masks/means, or mean ablation on a projection without a bias.
+        UnlearnLensError: bad masks/means, or mean ablation on a projection without a
+            bias whose architecture has no switch for one.
     """
-    _check(model, masks, ablation, means)
+    ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, means)
+    for kind in UNIT_KINDS:
+        needs_bias = ablations[kind] == "mean" and bool(getattr(masks, kind).any())
+        if needs_bias and any(_projections(model, layer)[kind][1] is None for layer in range(masks.dims.n_layers)):
+            _add_zero_biases(model, kind)
     for layer in range(masks.dims.n_layers):
         projections = _projections(model, layer)
-        for kind, mask, stats in (
-            ("mlp", masks.mlp[layer].reshape(-1), means.mlp if means is not None else None),
-            ("attn", masks.attn[layer].reshape(-1), means.attn if means is not None else None),
-        ):
+        for kind in UNIT_KINDS:
+            mask = getattr(masks, kind)[layer].reshape(-1)
             if not bool(mask.any()):
                 continue
             rows, bias = projections[kind]
             mask = mask.to(rows.device)
-            if ablation == "mean":
-                assert stats is not None
+            if ablations[kind] == "mean":
                 if bias is None:
                     raise UnlearnLensError(
                         f"model {model_name(model)!r} has no {kind} output bias in layer {layer}, so mean "
                         "ablation cannot be folded into the weights; use ablation='zero' or the hook form"
                     )
-                mu = stats.mean[layer].reshape(-1).to(device=rows.device, dtype=torch.float64)[mask]
+                mu = getattr(means, kind).mean[layer].reshape(-1).to(device=rows.device, dtype=torch.float64)[mask]
                 bias.add_((mu @ rows[mask].double()).to(bias.dtype))
             rows[mask] = 0
     return model
@@ -238,11 +326,9 @@ def hf_state_dict(model: Any) -> dict[str, torch.Tensor]:
     same tensors under several paths (``..._original_component...``); the plain path
     of each is recovered by dropping those segments.
     """
-    hf = underlying_model(model)
     state: dict[str, torch.Tensor] = {}
-    for key, value in hf.state_dict().items():
-        plain = key.replace("._original_component", "").replace("_original_component.", "")
-        state.setdefault(plain, value)
+    for key, value in underlying_model(model).state_dict().items():
+        state.setdefault(_plain_name(key), value)
     return state
 
 

@@ -1,4 +1,4 @@
-"""Importance of each unit for a dataset, and the forget-vs-retain score.
+"""Scoring units, and choosing which to prune.
 
 For a scoring method with an importance function I (statistics -> per-unit value)
 the score of a unit is ``I_forget / (I_retain + eps)``: large when the unit matters
@@ -17,32 +17,48 @@ for the forget set and not for the retain set.
 Unlike the reference implementation (which keeps the variance in its "std" field
 and uses sqrt(var^2 + mean^2) as "rms"), ``std`` and ``rms`` here are the textbook
 quantities. ``eps`` defaults to 1e-3 for MLP neurons and 1e-4 for attention neurons.
+MLP and attention neurons may be scored by different methods (``mlp_method``,
+``attn_method``), as in the paper's code.
+
+:func:`select` takes the top ``frac`` of *all* units of a kind by score, globally
+across layers (the paper's choice) or within each layer, never choosing a unit in
+``exclude`` (already pruned). Ties break towards the lower flat index, so the same
+scores always give the same masks. :func:`random_masks` draws given numbers of units
+per layer uniformly at random: the baseline selective pruning must beat.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import einops
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 
 from unlearn_lens._io import atomic_write, read_safetensors
 from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.masks import Masks
+from unlearn_lens.models import UNIT_KINDS, per_kind
 from unlearn_lens.stats import ActivationStats, RunningStats
 
 __all__ = [
+    "HEAD_AGGREGATIONS",
     "IMPORTANCE",
+    "RATIO_METHODS",
     "SCORING_METHODS",
     "Scores",
     "head_scores",
     "importance",
-    "load_scores",
-    "save_scores",
+    "random_masks",
+    "random_masks_like",
     "score",
+    "select",
+    "top_units",
 ]
 
 IMPORTANCE: dict[str, Callable[[RunningStats], torch.Tensor]] = {
@@ -52,7 +68,10 @@ IMPORTANCE: dict[str, Callable[[RunningStats], torch.Tensor]] = {
     "std": lambda s: s.std,
     "sqrt": lambda s: s.sqrt_abs_mean,
 }
+RATIO_METHODS = tuple(IMPORTANCE)
+"""Methods whose score is a forget/retain importance ratio."""
 SCORING_METHODS = (*IMPORTANCE, "mean", "rand")
+HEAD_AGGREGATIONS = ("mean", "median")
 
 
 def importance(stats: RunningStats, method: str = "abs") -> torch.Tensor:
@@ -62,6 +81,15 @@ def importance(stats: RunningStats, method: str = "abs") -> torch.Tensor:
     return IMPORTANCE[method](stats)
 
 
+def head_scores(attn: Float[torch.Tensor, "layer head d_head"], agg: str = "mean") -> Float[torch.Tensor, "layer head"]:
+    """Aggregate attention-neuron scores per head with ``agg`` (``mean`` or ``median``)."""
+    if agg == "mean":
+        return einops.reduce(attn, "layer head d_head -> layer head", "mean")
+    if agg == "median":
+        return attn.median(-1).values
+    raise UnlearnLensError(f"head_agg must be 'mean' or 'median', got {agg!r}")
+
+
 @dataclass
 class Scores:
     """Forget-vs-retain scores of every unit (higher = more forget-specific).
@@ -69,30 +97,59 @@ class Scores:
     Attributes:
         mlp: ``[layer d_mlp]`` float64.
         attn: ``[layer head d_head]`` float64.
-        method: the scoring method.
+        mlp_method: the scoring method of the MLP neurons.
+        attn_method: the scoring method of the attention neurons.
         config: the arguments that produced them.
     """
 
     mlp: Float[torch.Tensor, "layer d_mlp"]
     attn: Float[torch.Tensor, "layer head d_head"]
-    method: str = "abs"
+    mlp_method: str = "abs"
+    attn_method: str = "abs"
     config: dict[str, Any] = field(default_factory=dict)
+
+    def method_of(self, kind: str) -> str:
+        """The scoring method of one unit kind (``"mlp"`` or ``"attn"``)."""
+        return self.mlp_method if kind == "mlp" else self.attn_method
+
+    def of(self, kind: str) -> torch.Tensor:
+        """The scores of one unit kind: ``mlp`` ``[layer d_mlp]`` or ``attn`` ``[layer head d_head]``."""
+        return self.mlp if kind == "mlp" else self.attn
 
     def heads(self, agg: str = "mean") -> Float[torch.Tensor, "layer head"]:
         """Whole-head scores: the mean or median of each head's neuron scores."""
         return head_scores(self.attn, agg)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write to a safetensors file (atomically)."""
+        from safetensors.torch import save_file
 
-def head_scores(attn: Float[torch.Tensor, "layer head d_head"], agg: str = "mean") -> Float[torch.Tensor, "layer head"]:
-    """Aggregate attention-neuron scores per head with ``agg`` (``mean`` or ``median``)."""
-    if agg == "mean":
-        return attn.mean(-1)
-    if agg == "median":
-        return attn.median(-1).values
-    raise UnlearnLensError(f"head_agg must be 'mean' or 'median', got {agg!r}")
+        tensors = {"mlp": self.mlp.cpu().contiguous(), "attn": self.attn.cpu().contiguous()}
+        metadata = {"format": "unlearn_lens.Scores", "mlp_method": self.mlp_method,
+                    "attn_method": self.attn_method, "config": json.dumps(self.config)}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Scores:
+        """Read scores written by :meth:`save`.
+
+        Raises:
+            UnlearnLensError: the file is missing, corrupt, or not a scores file.
+        """
+        tensors, metadata = read_safetensors(path, "unlearn_lens.Scores")
+        if "mlp" not in tensors or "attn" not in tensors:
+            raise UnlearnLensError(f"scores file {str(path)!r} lacks the mlp or attn tensor")
+        return cls(tensors["mlp"], tensors["attn"], metadata.get("mlp_method", "?"),
+                   metadata.get("attn_method", "?"), json.loads(metadata.get("config", "{}")))
 
 
-def _ratio(forget: RunningStats, retain: RunningStats, method: str, eps: float) -> torch.Tensor:
+def _score_block(
+    forget: RunningStats, retain: RunningStats, method: str, eps: float, gen: torch.Generator
+) -> torch.Tensor:
+    if method == "rand":
+        return torch.randn(forget.unit_shape, generator=gen, dtype=torch.float64).to(forget.count.device)
+    if method == "mean":
+        return (forget.mean - retain.mean).abs()
     return importance(forget, method) / (importance(retain, method) + eps)
 
 
@@ -101,6 +158,8 @@ def score(
     retain_stats: ActivationStats,
     *,
     method: str = "abs",
+    mlp_method: str | None = None,
+    attn_method: str | None = None,
     mlp_eps: float = 1e-3,
     attn_eps: float = 1e-4,
     seed: int = 0,
@@ -110,7 +169,10 @@ def score(
     Args:
         forget_stats: statistics on the forget dataset.
         retain_stats: statistics on the retain dataset (same model).
-        method: one of ``abs freq rms std sqrt mean rand`` (see the module docstring).
+        method: one of ``abs freq rms std sqrt mean rand`` (see the module docstring),
+            for both unit kinds unless overridden.
+        mlp_method: the method for MLP neurons (default ``method``).
+        attn_method: the method for attention neurons (default ``method``).
         mlp_eps: denominator offset for MLP neurons.
         attn_eps: denominator offset for attention neurons.
         seed: seed of the ``rand`` control.
@@ -118,8 +180,7 @@ def score(
     Returns:
         :class:`Scores` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``.
     """
-    if method not in SCORING_METHODS:
-        raise UnlearnLensError(f"unknown scoring method {method!r}; choose one of {', '.join(SCORING_METHODS)}")
+    methods = per_kind(method, mlp_method, attn_method, what="scoring method", choices=SCORING_METHODS)
     if forget_stats.dims != retain_stats.dims:
         raise UnlearnLensError(
             f"forget and retain statistics come from different models ({forget_stats.dims} vs {retain_stats.dims})"
@@ -129,34 +190,173 @@ def score(
             raise UnlearnLensError(f"the {name} statistics hold no tokens")
     if mlp_eps < 0 or attn_eps < 0:
         raise UnlearnLensError("eps must be non-negative")
-    config = {"method": method, "mlp_eps": mlp_eps, "attn_eps": attn_eps, "seed": seed}
-    if method == "rand":
-        gen = torch.Generator().manual_seed(seed)
-        mlp = torch.randn(forget_stats.mlp.unit_shape, generator=gen, dtype=torch.float64)
-        attn = torch.randn(forget_stats.attn.unit_shape, generator=gen, dtype=torch.float64)
-        device = forget_stats.mlp.count.device
-        return Scores(mlp.to(device), attn.to(device), method, config)
-    if method == "mean":
-        mlp = (forget_stats.mlp.mean - retain_stats.mlp.mean).abs()
-        attn = (forget_stats.attn.mean - retain_stats.attn.mean).abs()
-        return Scores(mlp, attn, method, config)
-    mlp = _ratio(forget_stats.mlp, retain_stats.mlp, method, mlp_eps)
-    attn = _ratio(forget_stats.attn, retain_stats.attn, method, attn_eps)
-    return Scores(mlp, attn, method, config)
+    eps = {"mlp": mlp_eps, "attn": attn_eps}
+    gen = torch.Generator().manual_seed(seed)
+    blocks = {kind: _score_block(getattr(forget_stats, kind), getattr(retain_stats, kind), methods[kind],
+                                 eps[kind], gen) for kind in UNIT_KINDS}
+    config = {"mlp_method": methods["mlp"], "attn_method": methods["attn"], "mlp_eps": mlp_eps,
+              "attn_eps": attn_eps, "seed": seed}
+    return Scores(blocks["mlp"], blocks["attn"], methods["mlp"], methods["attn"], config)
 
 
-def save_scores(scores: Scores, path: str | os.PathLike) -> None:
-    """Write scores to a safetensors file (atomically)."""
-    from safetensors.torch import save_file
+def top_units(scores: Scores, n: int, kind: str = "mlp", exclude_nonfinite: bool = True) -> list[tuple[int, int]]:
+    """The ``n`` units with the highest score, as ``(layer, unit)`` (unit flat for ``attn``).
 
-    tensors = {"mlp": scores.mlp.cpu().contiguous(), "attn": scores.attn.cpu().contiguous()}
-    metadata = {"format": "unlearn_lens.Scores", "method": scores.method, "config": json.dumps(scores.config)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    Args:
+        scores: unit scores.
+        n: how many.
+        kind: ``"mlp"`` or ``"attn"`` (flat index ``head * d_head + d``).
+        exclude_nonfinite: skip NaN and infinite scores. Otherwise +inf ranks first,
+            -inf last, and NaN is never returned.
+    """
+    values = scores.mlp if kind == "mlp" else einops.rearrange(scores.attn, "layer head d -> layer (head d)")
+    flat = values.detach().to("cpu", torch.float64).reshape(-1)
+    keep = torch.isfinite(flat) if exclude_nonfinite else ~torch.isnan(flat)
+    candidates = keep.nonzero().squeeze(1)
+    order = candidates[torch.sort(flat[candidates], descending=True, stable=True).indices][: max(n, 0)]
+    width = values.shape[1]
+    return [divmod(int(i), width) for i in order]
 
 
-def load_scores(path: str | os.PathLike) -> Scores:
-    """Read scores written by :func:`save_scores`."""
-    tensors, metadata = read_safetensors(path, "unlearn_lens.Scores")
-    if "mlp" not in tensors or "attn" not in tensors:
-        raise UnlearnLensError(f"scores file {str(path)!r} lacks the mlp or attn tensor")
-    return Scores(tensors["mlp"], tensors["attn"], metadata.get("method", "?"), json.loads(metadata.get("config", "{}")))
+# --- selection ------------------------------------------------------------------------------------------------
+
+
+def _check_frac(name: str, frac: float) -> None:
+    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0.0 <= float(frac) <= 1.0:
+        raise UnlearnLensError(f"{name} must be a fraction in [0, 1], got {frac!r}")
+
+
+def _top_k(values: torch.Tensor, blocked: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` largest ``values`` not ``blocked``; ties go to the lower index.
+
+    ``values`` and ``blocked`` are 1-D. At most the number of free entries is chosen.
+    """
+    out = torch.zeros_like(blocked)
+    free = (~blocked).nonzero().squeeze(1)
+    k = min(k, free.numel())
+    if k <= 0:
+        return out
+    v = values[free].double().nan_to_num(nan=-math.inf)
+    order = torch.sort(v, descending=True, stable=True).indices[:k]
+    out[free[order]] = True
+    return out
+
+
+def _select_blocks(values: torch.Tensor, blocked: torch.Tensor, frac: float, per_layer: bool) -> torch.Tensor:
+    """Select ``round(frac * values.numel())`` entries, globally or per layer (dim 0)."""
+    if per_layer:
+        k = round(frac * values[0].numel())
+        return torch.stack([
+            _top_k(values[l].reshape(-1), blocked[l].reshape(-1), k).view(values.shape[1:])
+            for l in range(values.shape[0])
+        ])
+    k = round(frac * values.numel())
+    return _top_k(values.reshape(-1), blocked.reshape(-1), k).view(values.shape)
+
+
+def _expand_heads(chosen: Bool[torch.Tensor, "layer head"], d_head: int) -> Bool[torch.Tensor, "layer head d_head"]:
+    return einops.repeat(chosen, "layer head -> layer head d_head", d_head=d_head).clone()
+
+
+def select(
+    scores: Scores,
+    *,
+    mlp_frac: float = 0.02,
+    attn_frac: float = 0.0,
+    per_layer: bool = False,
+    exclude: Masks | None = None,
+    heads: bool = False,
+    head_agg: str = "mean",
+) -> Masks:
+    """Pick the most forget-specific units.
+
+    Args:
+        scores: unit scores.
+        mlp_frac: fraction of *all* MLP neurons to select, in [0, 1].
+        attn_frac: fraction of *all* attention neurons to select (with ``heads``, of all heads).
+        per_layer: select that fraction within each layer instead of globally.
+        exclude: units never to select (e.g. those already pruned).
+        heads: select whole attention heads, ranked by the ``head_agg`` of their
+            neuron scores; a head with any excluded neuron is not selected.
+        head_agg: ``"mean"`` or ``"median"``.
+
+    Returns:
+        :class:`Masks` of the newly selected units only.
+    """
+    _check_frac("mlp_frac", mlp_frac)
+    _check_frac("attn_frac", attn_frac)
+    device = scores.mlp.device
+    if exclude is None:
+        exclude = Masks(torch.zeros(scores.mlp.shape, dtype=torch.bool, device=device),
+                        torch.zeros(scores.attn.shape, dtype=torch.bool, device=device))
+    if exclude.mlp.shape != scores.mlp.shape or exclude.attn.shape != scores.attn.shape:
+        raise UnlearnLensError(
+            f"exclude masks {tuple(exclude.mlp.shape)}/{tuple(exclude.attn.shape)} do not fit scores "
+            f"{tuple(scores.mlp.shape)}/{tuple(scores.attn.shape)}"
+        )
+    exclude = exclude.to(device)
+    mlp = _select_blocks(scores.mlp, exclude.mlp, mlp_frac, per_layer)
+    if heads:
+        chosen = _select_blocks(head_scores(scores.attn, head_agg), exclude.attn.any(-1), attn_frac, per_layer)
+        attn = _expand_heads(chosen, scores.attn.shape[-1])
+    else:
+        attn = _select_blocks(scores.attn, exclude.attn, attn_frac, per_layer)
+    return Masks(mlp, attn)
+
+
+def _random_per_layer(counts: Sequence[int], blocked: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per layer (dim 0), ``counts[l]`` entries chosen uniformly among those not blocked."""
+    out = torch.zeros(blocked.shape, dtype=torch.bool)
+    for layer in range(blocked.shape[0]):
+        free = (~blocked[layer].reshape(-1).cpu()).nonzero().squeeze(1)
+        k = min(int(counts[layer]), free.numel())
+        pick = free[torch.randperm(free.numel(), generator=gen)[:k]]
+        out[layer].view(-1)[pick] = True
+    return out.to(blocked.device)
+
+
+def random_masks(
+    mlp_counts: Sequence[int],
+    attn_counts: Sequence[int],
+    *,
+    exclude: Masks,
+    seed: int = 0,
+    heads: bool = False,
+) -> Masks:
+    """Masks with the given number of pruned units per layer, chosen uniformly at random.
+
+    Args:
+        mlp_counts: MLP neurons to choose in each layer.
+        attn_counts: attention neurons to choose in each layer (with ``heads``, whole
+            heads are chosen: ``attn_counts[l] // d_head`` of them).
+        exclude: units never to choose (a head with any excluded neuron, with
+            ``heads``); also gives the shapes.
+        seed: random seed.
+        heads: choose whole heads.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    mlp = _random_per_layer(mlp_counts, exclude.mlp, gen)
+    if heads:
+        d_head = exclude.attn.shape[-1]
+        chosen = _random_per_layer([c // d_head for c in attn_counts], exclude.attn.any(-1), gen)
+        attn = _expand_heads(chosen, d_head)
+    else:
+        attn = _random_per_layer(attn_counts, exclude.attn, gen)
+    return Masks(mlp, attn)
+
+
+def random_masks_like(
+    masks: Masks, seed: int = 0, *, exclude: Masks | None = None, heads: bool | None = None
+) -> Masks:
+    """Random masks with the same number of pruned units per layer as ``masks``.
+
+    Args:
+        masks: the masks whose per-layer counts to copy.
+        seed: random seed.
+        exclude: units never to choose (e.g. already pruned in the baseline run).
+        heads: choose whole heads; by default, when ``masks`` prunes whole heads only.
+    """
+    exclude = exclude if exclude is not None else Masks(torch.zeros_like(masks.mlp), torch.zeros_like(masks.attn))
+    masks._check_same(exclude)
+    heads = masks.whole_heads if heads is None else heads
+    return random_masks(masks.mlp_counts(), masks.attn_counts(), exclude=exclude, seed=seed, heads=heads)

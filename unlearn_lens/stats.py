@@ -12,8 +12,9 @@ From these: ``mean``, ``std``, ``abs_mean`` = mean |x|, ``rms`` = sqrt(mean x^2)
 = sqrt(var + mean^2), ``sqrt_abs_mean`` = mean sqrt|x|, ``freq`` = P(x > 0), ``max``.
 
 Activations are never stored per token: a forward hook reduces each batch to
-per-unit sums (in the activation's own precision, after subtracting a shift close
-to the mean, so no precision is lost) and merges them into the float64 totals.
+per-unit sums (in float32 at least, whatever the model's dtype, after subtracting a
+shift close to the mean, so no precision is lost) and merges them into the float64
+totals.
 Two runs merge exactly: ``a.merge(b)`` equals collecting on the concatenation.
 """
 
@@ -31,7 +32,7 @@ from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
 from unlearn_lens._io import atomic_write, read_safetensors
-from unlearn_lens.data import TokenSet, tokenize_texts
+from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import (
     ModelDims,
@@ -43,7 +44,7 @@ from unlearn_lens.models import (
     model_name,
 )
 
-__all__ = ["ActivationStats", "RunningStats", "collect_stats", "default_seq_len"]
+__all__ = ["ActivationStats", "RunningStats", "collect_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -308,12 +309,6 @@ class ActivationStats:
         return cls(mlp, attn, json.loads(metadata.get("meta", "{}")))
 
 
-def default_seq_len(model: Any) -> int:
-    """Row length used when none is given: the model's context, at most 256."""
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None) or 256
-    return int(min(n_ctx, 256))
-
-
 class _StopForward(Exception):
     """Raised by the last statistics hook of a batch: nothing after it is needed."""
 
@@ -361,20 +356,6 @@ class _Collector:
             pass
 
 
-def as_token_set(model: Any, texts: Sequence[str] | TokenSet, *, seq_len: int | None, max_tokens: int | None) -> TokenSet:
-    """Tokenise ``texts`` for ``model`` unless they already are a :class:`TokenSet`."""
-    if isinstance(texts, TokenSet):
-        if max_tokens is not None and texts.n_tokens > max_tokens:
-            return texts.split(max_tokens)[0]
-        return texts
-    if isinstance(texts, str):
-        raise UnlearnLensError("texts must be a list of strings, not one string (wrap it in a list)")
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise UnlearnLensError(f"model {model_name(model)!r} has no tokenizer")
-    return tokenize_texts(tokenizer, list(texts), seq_len=seq_len or default_seq_len(model), max_tokens=max_tokens)
-
-
 @torch.no_grad()
 def collect_stats(
     model: Any,
@@ -383,9 +364,6 @@ def collect_stats(
     max_tokens: int | None = 100_000,
     batch_size: int = 8,
     seq_len: int | None = None,
-    masks: Any = None,
-    ablation: str = "zero",
-    means: ActivationStats | None = None,
     progress: bool = True,
     desc: str = "collect",
 ) -> ActivationStats:
@@ -394,24 +372,25 @@ def collect_stats(
     Each forward pass stops once the last MLP and attention hooks have fired, so the
     logits are never computed (and hooks on later hook points do not fire).
 
+    Statistics describe the model as it runs: to collect them on a pruned model,
+    call this inside :func:`unlearn_lens.pruned` (its hooks were added first, so the
+    statistics see the ablated values)::
+
+        with ul.pruned(model, masks, ablation="mean", means=retain_stats):
+            stats = ul.collect_stats(model, forget)
+
     Args:
         model: a TransformerLens model (see :func:`unlearn_lens.load_model`).
         texts: the dataset, as texts or an already tokenised :class:`TokenSet`.
         max_tokens: counted tokens to use (BOS and padding excluded); None for all.
         batch_size: rows per forward pass.
         seq_len: row length (default: the model's context, at most 256).
-        masks: optional :class:`unlearn_lens.Masks`; statistics are then collected on
-            the pruned model (pruned units read 0, or their mean with ``ablation="mean"``).
-        ablation: ``"zero"`` or ``"mean"`` (with ``masks``).
-        means: retain statistics giving the means for ``ablation="mean"``.
         progress: show a progress bar.
         desc: progress bar label.
 
     Returns:
         :class:`ActivationStats` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``.
     """
-    from unlearn_lens.pruning import pruning_hooks
-
     if batch_size <= 0:
         raise UnlearnLensError(f"batch_size must be positive, got {batch_size}")
     dims = model_dims(model)
@@ -419,7 +398,7 @@ def collect_stats(
     tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
     stats = ActivationStats.empty(dims, device)
     collector = _Collector(stats)
-    hooks = pruning_hooks(model, masks, ablation=ablation, means=means) if masks is not None else []
+    hooks = []
     for layer in range(dims.n_layers):
         hooks.append((mlp_hook_name(layer), collector.hook("mlp", layer)))
         hooks.append((attn_hook_name(layer), collector.hook("attn", layer)))
