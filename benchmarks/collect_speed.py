@@ -89,6 +89,7 @@ def main() -> None:
         return
 
     import unlearn_lens as ul
+    from unlearn_lens.models import attached, mlp_hook_name
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(tmp)
@@ -106,8 +107,8 @@ def main() -> None:
             raise Stop
 
         def to_last_hook() -> None:
-            last = ul.mlp_hook_name(ul.model_dims(model).n_layers - 1)
-            with torch.no_grad(), ul.models.attached(model, [(last, stop)]):
+            last = mlp_hook_name(ul.ModelDims.of(model).n_layers - 1)
+            with torch.no_grad(), attached(model, [(last, stop)]):
                 for batch in tokens.batches(args.batch_size):
                     try:
                         model(batch.tokens)

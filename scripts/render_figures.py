@@ -16,9 +16,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import unlearn_lens as ul
 from unlearn_lens import viz
-from unlearn_lens.report import load_runs
-from unlearn_lens.scoring import load_scores
 
 
 def main() -> None:
@@ -27,12 +26,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets"))
     args = parser.parse_args()
     run_dir, out = Path(args.run_dir), Path(args.out)
-    _, runs = load_runs(run_dir)
-    selective = runs["selective"]
-    scores = load_scores(run_dir / "initial_scores.safetensors")
+    selective = ul.PruneRun.load(run_dir)  # with its random baseline
+    scores = selective.initial_scores
     figures = {
-        "pruning_effects": (viz.pruning_effects(runs), 1200, 700),
-        "separability": (viz.separability_trajectory(runs), 800, 650),
+        "pruning_effects": (viz.pruning_effects(selective), 1200, 700),
+        "separability": (viz.separability_trajectory(selective), 800, 650),
         "specialisation_mlp": (viz.specialisation_map(scores, selective.masks, kind="mlp"), 1200, 500),
         "head_map": (viz.head_map(scores, selective.masks), 1100, 450),
         "pruned_per_layer": (viz.pruned_per_layer(selective), 900, 500),

@@ -25,7 +25,7 @@ def data_dir(tmp_path_factory):
 
 def _args(gpt2_dir, data_dir, out, *extra):
     return ["prune", "--model", str(gpt2_dir), "--forget", str(data_dir / "code.jsonl"), "--text-field", "content",
-            "--retain", str(data_dir / "prose"), "--ff-frac", "0.1", "--steps", "2", "--collect-tokens", "300",
+            "--retain", str(data_dir / "prose"), "--mlp-frac", "0.1", "--n-steps", "2", "--collect-tokens", "300",
             "--eval-tokens", "300", "--seq-len", "32", "--out", str(out), "--quiet", "--no-report", *extra]
 
 
@@ -33,17 +33,64 @@ def test_prune_writes_results(gpt2_dir, data_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_args(gpt2_dir, data_dir, out)) == 0
     printed = capsys.readouterr().out
-    assert "separability area" in printed and "selective" in printed and "random" in printed
+    assert "retain top1 at forget top1 = 50%" in printed and "selective" in printed and "random" in printed
     results = json.loads((out / "results.json").read_text())
-    assert results["version"] == ul.__version__ and results["config"]["ff_frac"] == 0.1
-    sel = results["runs"]["selective"]
-    assert len(sel["steps"]) == 3 and sel["steps"][2]["mlp_counts"] == ul.PruneRun.from_dict(sel).final.mlp_counts
-    assert results["runs"]["random"]["steps"][1]["new_mlp"] == sel["steps"][1]["new_mlp"]
-    masks = ul.Masks.load(out / "masks.safetensors", dims=ul.ModelDims(**results["dims"]))
-    assert masks.n_mlp == sel["steps"][-1]["n_mlp"] == 2 * round(0.1 * 128)
-    forget = ul.ActivationStats.load(out / "forget_stats.safetensors")
-    assert forget.n_tokens == 300
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    assert results["version"] == ul.__version__ and results["run"]["config"]["mlp_frac"] == 0.1
+    sel = results["run"]
+    assert sel["info"]["forget"] == str(data_dir / "code.jsonl") and sel["info"]["forget_field"] == "content"
+    assert len(sel["steps"]) == 3 and results["baseline"]["steps"][1]["new_mlp"] == sel["steps"][1]["new_mlp"]
+    run = ul.PruneRun.load(out)
+    assert run.masks.n_mlp == sel["steps"][-1]["n_mlp"] == 2 * round(0.1 * 128)
+    assert run.forget_stats.n_tokens == 300 and run.baseline.strategy == "random"
+    assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))
+
+
+def test_deprecated_flags_still_work(gpt2_dir, data_dir, tmp_path, capsys):
+    args = _args(gpt2_dir, data_dir, tmp_path / "run", "--baseline", "none")
+    args[args.index("--mlp-frac")] = "--ff-frac"
+    args[args.index("--n-steps")] = "--steps"
+    assert main(args + ["--stop-at", "0.99"]) == 0
+    err = capsys.readouterr().err
+    assert "--ff-frac is deprecated; use --mlp-frac" in err and "--steps is deprecated; use --n-steps" in err
+    config = json.loads((tmp_path / "run" / "results.json").read_text())["run"]["config"]
+    assert (config["mlp_frac"], config["stop_at_forget"]) == (0.1, 0.99)
+
+
+def test_per_kind_flags(gpt2_dir, data_dir, tmp_path):
+    args = _args(gpt2_dir, data_dir, tmp_path / "run", "--baseline", "none", "--attn-frac", "0.05",
+                 "--ablation", "mean", "--attn-ablation", "zero", "--mlp-scoring", "freq")
+    assert main(args) == 0
+    run = ul.PruneRun.load(tmp_path / "run")
+    assert run.config.ablations == {"mlp": "mean", "attn": "zero"}
+    assert (run.scores.mlp_method, run.scores.attn_method) == ("freq", "abs")
+
+
+def test_existing_output_directory_is_refused_before_any_work(gpt2_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(_args(gpt2_dir, data_dir, out)) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_interruption_messages(gpt2_dir, data_dir, tmp_path, capsys, monkeypatch):
+    import unlearn_lens.report as report
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ul.PruneRun, "save", interrupt)
+    assert main(_args(gpt2_dir, data_dir, tmp_path / "a")) == 130
+    assert "interrupted; nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(report, "write_report", interrupt)
+    args = [a for a in _args(gpt2_dir, data_dir, tmp_path / "b") if a != "--no-report"]
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert "results in" in err and "are complete, report.html was not written" in err
+    assert (tmp_path / "b" / "results.json").is_file() and not (tmp_path / "b" / "report.html").exists()
 
 
 def test_separate_text_fields(gpt2_dir, data_dir, tmp_path, capsys):
@@ -55,9 +102,9 @@ def test_separate_text_fields(gpt2_dir, data_dir, tmp_path, capsys):
     assert main(args) == 2 and not out.exists()  # the retain file has no "text" column
     assert "no text field 'text'" in capsys.readouterr().err
     assert main(args + ["--retain-field", "body"]) == 0
-    results = json.loads((out / "results.json").read_text())
-    assert (results["forget_field"], results["retain_field"]) == ("content", "body")
-    assert results["runs"]["selective"]["steps"][0]["retain"]["n_tokens"] == 300
+    info = json.loads((out / "results.json").read_text())["run"]["info"]
+    assert (info["forget_field"], info["retain_field"]) == ("content", "body")
+    assert json.loads((out / "results.json").read_text())["run"]["steps"][0]["retain"]["n_tokens"] == 300
     # the report reads each dataset back with its own column for the neuron cards
     page = ul.write_report(out, load_model_from_results=True, n_cards=1, card_tokens=200,
                            device="cpu").read_text(encoding="utf-8")
@@ -67,9 +114,10 @@ def test_separate_text_fields(gpt2_dir, data_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--ff-frac", "1.5"], "ff_frac must be a fraction in [0, 1]"),
+        (["--mlp-frac", "1.5"], "mlp_frac must be a fraction in [0, 1]"),
         (["--text-field", "body"], "no text field 'body'"),
-        (["--scoring", "freq", "--steps", "0"], "n_steps must be at least 1"),
+        (["--scoring", "freq", "--n-steps", "0"], "n_steps must be at least 1"),
+        (["--collect-tokens", "100000"], "evaluation needs tokens apart from them"),
     ],
 )
 def test_bad_input_is_one_clear_error_and_no_output(gpt2_dir, data_dir, tmp_path, capsys, extra, message):

@@ -4,7 +4,9 @@ Runs the real default job (demo model, forget = demo:code, retain = demo:prose, 
 demo settings, with the random baseline and the report) once, and checks the science:
 the unpruned model is good at both domains; selective pruning takes code top-1 to at
 most 50 % of its unpruned value while prose top-1 stays at 90 % or more; the random
-baseline with the same per-layer counts does much worse on that trade-off.
+baseline with the same per-layer counts does much worse on that trade-off. All
+numbers are on the held-out split of the demo corpora (files the model never saw),
+evaluation tokens apart from the statistics tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import pytest
 
 import unlearn_lens as ul
 from unlearn_lens.cli import main
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,7 @@ def demo_run(tmp_path_factory):
 
 def test_unpruned_demo_model_is_good_at_both_domains(demo_run):
     _, results = demo_run
-    base = results["runs"]["selective"]["steps"][0]
+    base = results["run"]["steps"][0]
     assert base["forget"]["top1"] > 0.30  # code
     assert base["retain"]["top1"] > 0.20  # prose
     assert base["forget"]["n_tokens"] == base["retain"]["n_tokens"] == 20_000
@@ -38,23 +42,26 @@ def test_unpruned_demo_model_is_good_at_both_domains(demo_run):
 
 def test_selective_pruning_meets_the_bar(demo_run):
     _, results = demo_run
-    summary = results["runs"]["selective"]["summary"]
+    summary = results["run"]["summary"]
     assert summary["forget_rel"]["top1"] <= 0.50
     assert summary["retain_rel"]["top1"] >= 0.90
-    assert summary["frac_mlp"] > 0
+    assert summary["retain_at_forget"]["level"] == 0.5 and summary["retain_at_forget"]["value"] >= 0.90
 
 
 def test_random_baseline_does_much_worse(demo_run):
     _, results = demo_run
-    sel, rnd = results["runs"]["selective"], results["runs"]["random"]
+    sel, rnd = results["run"], results["baseline"]
     assert [s["mlp_counts"] for s in rnd["steps"]] == [s["mlp_counts"] for s in sel["steps"]]
+    assert [s["attn_counts"] for s in rnd["steps"]] == [s["attn_counts"] for s in sel["steps"]]
+    assert rnd["config"] == sel["config"]
     assert rnd["summary"]["forget_rel"]["top1"] > 0.75  # same units per layer barely touch code
-    assert sel["summary"]["separability_area"] > rnd["summary"]["separability_area"] + 0.1
+    assert rnd["summary"]["retain_at_forget"]["value"] is None  # never reaches half of code accuracy
 
 
 def test_outputs_are_complete(demo_run):
     out, results = demo_run
-    masks = ul.Masks.load(out / "masks.safetensors", dims=ul.ModelDims(**results["dims"]))
-    assert masks.n_mlp == results["runs"]["selective"]["summary"]["frac_mlp"] * masks.mlp.numel()
+    run = ul.PruneRun.load(out)
+    assert run.masks.n_mlp == round(results["run"]["summary"]["frac_mlp"] * run.dims.n_mlp)
+    assert run.baseline is not None and run.means is not None
     html = (out / "report.html").read_text()
-    assert "separability" in html.lower() and html.count("plotly-graph-div") >= 6
+    assert "retain top-1 at forget top-1" in html.lower() and html.count("plotly-graph-div") >= 6

@@ -8,9 +8,12 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_wheel_carries_the_demo_model(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -30,7 +33,7 @@ def test_wheel_carries_the_demo_model(tmp_path):
         archive.extractall(tmp_path / "site")
     # Imported from the unpacked wheel (no assets/ beside it), the demo model is found in the package.
     code = ("import unlearn_lens as ul; from unlearn_lens.demo import demo_model_dir; "
-            "print(demo_model_dir()); print(ul.model_dims(ul.load_model('demo', device='cpu')))")
+            "print(demo_model_dir()); print(ul.ModelDims.of(ul.load_model('demo', device='cpu')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin",
                               "HOME": str(tmp_path)})

@@ -11,65 +11,76 @@ Typical use::
     import unlearn_lens as ul
 
     model = ul.load_model("demo")
-    run = ul.selective_prune(model, ul.load_texts("demo:code"), ul.load_texts("demo:prose"),
-                             ul.PruneConfig(ff_frac=0.05, n_steps=5))
-    print(run.summary())
+    forget, retain = ul.load_texts("demo:code"), ul.load_texts("demo:prose")
+    run = ul.selective_prune(model, forget, retain, ul.PruneConfig(mlp_frac=0.05, n_steps=5))
+    run.baseline = ul.random_baseline(model, forget, retain, run)
+    print(run.retain_at_forget(0.5), run.baseline.retain_at_forget(0.5))
+
+The stages compose by nesting, the TransformerLens way::
+
+    with ul.pruned(model, masks, ablation="mean", means=retain_stats):
+        stats = ul.collect_stats(model, forget)
+        result = ul.evaluate(model, retain)
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from unlearn_lens._version import __version__
 
-from unlearn_lens import viz  # figures; plotly is imported on first use
+# models and data
+from unlearn_lens.models import ModelDims, load_model
 from unlearn_lens.data import TokenSet, load_texts, tokenize_texts
-from unlearn_lens.demo import demo_texts
-from unlearn_lens.errors import UnlearnLensError
+
+# statistics, scores and masks
+from unlearn_lens.stats import ActivationStats, collect_stats
+from unlearn_lens.masks import Masks
+from unlearn_lens.scoring import Scores, random_masks, score, select
+
+# pruning and evaluation
+from unlearn_lens.pruning import prune_weights_, pruned, save_pruned
 from unlearn_lens.evaluate import EvalResult, evaluate
-from unlearn_lens.masks import Masks, random_masks, random_masks_like, select
-from unlearn_lens.models import ModelDims, attn_hook_name, load_model, mlp_hook_name, model_dims
-from unlearn_lens.pipeline import PruneConfig, PruneRun, StepRecord, selective_prune, separability_area
-from unlearn_lens.pruning import PruningHandle, add_pruning, prune_weights_, pruned, save_pruned
+
+# the iterative loop and its record
+from unlearn_lens.results import PruneConfig, PruneRun
+from unlearn_lens.pipeline import random_baseline, selective_prune
+
+# looking at results
+from unlearn_lens import cards, viz
 from unlearn_lens.report import write_report
-from unlearn_lens.scoring import SCORING_METHODS, Scores, head_scores, load_scores, save_scores, score
-from unlearn_lens.stats import ActivationStats, RunningStats, collect_stats
+
+from unlearn_lens.errors import UnlearnLensError
 
 __all__ = [
-    "SCORING_METHODS",
-    "ActivationStats",
-    "EvalResult",
-    "Masks",
-    "ModelDims",
-    "PruneConfig",
-    "PruneRun",
-    "PruningHandle",
-    "RunningStats",
-    "Scores",
-    "StepRecord",
-    "TokenSet",
-    "UnlearnLensError",
     "__version__",
-    "add_pruning",
-    "attn_hook_name",
-    "collect_stats",
-    "demo_texts",
-    "evaluate",
-    "head_scores",
+    # models and data
+    "ModelDims",
     "load_model",
-    "load_scores",
+    "TokenSet",
     "load_texts",
-    "mlp_hook_name",
-    "model_dims",
-    "prune_weights_",
-    "pruned",
+    "tokenize_texts",
+    # statistics, scores and masks
+    "ActivationStats",
+    "collect_stats",
+    "Masks",
+    "Scores",
     "random_masks",
-    "random_masks_like",
-    "save_pruned",
-    "save_scores",
     "score",
     "select",
+    # pruning and evaluation
+    "prune_weights_",
+    "pruned",
+    "save_pruned",
+    "EvalResult",
+    "evaluate",
+    # the iterative loop and its record
+    "PruneConfig",
+    "PruneRun",
+    "random_baseline",
     "selective_prune",
-    "separability_area",
-    "tokenize_texts",
+    # looking at results
+    "cards",
     "viz",
     "write_report",
+    # errors
+    "UnlearnLensError",
 ]

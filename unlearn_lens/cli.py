@@ -2,7 +2,9 @@
 
 ``unlearn-lens prune`` with no arguments runs the bundled demo offline: the demo
 model, forget = Python code, retain = English prose, with settings sized to finish
-in a few minutes on a laptop CPU.
+in a few minutes on a laptop CPU. Flags carry the names of the
+:class:`~unlearn_lens.results.PruneConfig` fields (``--mlp-frac`` is ``mlp_frac``);
+this module only parses arguments and calls the library.
 """
 
 from __future__ import annotations
@@ -11,49 +13,66 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from unlearn_lens.errors import UnlearnLensError
 
-__all__ = ["DEMO_SETTINGS", "main", "write_run"]
+__all__ = ["DEMO_SETTINGS", "main", "summary_table"]
 
 logger = logging.getLogger("unlearn_lens")
 
 # Settings of the default (demo) run; a flag given on the command line wins.
 DEMO_SETTINGS: dict[str, Any] = {
-    "ff_frac": 0.045,
+    "mlp_frac": 0.045,
     "attn_frac": 0.02,
     "n_steps": 11,
     "ablation": "mean",
     "collect_tokens": 20_000,
     "eval_tokens": 20_000,
     "batch_size": 16,
-    "stop_at_forget_top1": 0.5,
+    "stop_at_forget": 0.5,
 }
 
-_FLAG_TO_FIELD = {
-    "ff_frac": "ff_frac",
-    "attn_frac": "attn_frac",
-    "steps": "n_steps",
-    "scoring": "scoring",
-    "ablation": "ablation",
-    "collect_tokens": "collect_tokens",
-    "eval_tokens": "eval_tokens",
-    "seq_len": "seq_len",
-    "batch_size": "batch_size",
-    "seed": "seed",
-    "stop_at": "stop_at_forget_top1",
-    "per_layer": "per_layer",
-    "heads": "heads",
-    "skip_common": "skip_common",
-    "topk": "topk",
+# Older flag spellings, still accepted: alias -> field.
+_DEPRECATED_FLAGS = {"--ff-frac": "mlp_frac", "--steps": "n_steps", "--stop-at": "stop_at_forget"}
+
+_HELP = {
+    "mlp_frac": "fraction of all MLP neurons pruned per step (default 0.02; demo 0.045)",
+    "attn_frac": "fraction of all attention neurons (or heads, with --heads) pruned per step (default 0; demo 0.02)",
+    "n_steps": "maximum pruning steps (default 10; demo 11)",
+    "scoring": "scoring method of both unit kinds (default abs)",
+    "mlp_scoring": "scoring method of MLP neurons (default: --scoring)",
+    "attn_scoring": "scoring method of attention neurons (default: --scoring)",
+    "ablation": "pruned units read 0, or their mean on the retain set (default zero; demo mean)",
+    "mlp_ablation": "ablation of MLP neurons (default: --ablation)",
+    "attn_ablation": "ablation of attention neurons (default: --ablation)",
+    "collect_tokens": "tokens per dataset for statistics, each step (default 100000; demo 20000)",
+    "eval_tokens": "tokens per dataset for evaluation, apart from the statistics tokens (default 100000; demo 20000)",
+    "seq_len": "tokens per row (default: the model's context, at most 256)",
+    "batch_size": "rows per forward pass (default 8; demo 16)",
+    "seed": "random seed ('rand' scoring, the random baseline; default 0)",
+    "stop_at_forget": "stop once forget top-1 falls to this fraction of its unpruned value (demo 0.5)",
+    "per_layer": "select within each layer, not globally",
+    "heads": "prune whole attention heads",
+    "head_agg": "how neuron scores make a head score: mean or median (default mean)",
+    "mlp_eps": "offset of the MLP score denominator (default 1e-3)",
+    "attn_eps": "offset of the attention score denominator (default 1e-4)",
+    "topk": "k of top-k accuracy (default 10)",
+    "skip_common": "leave the N most common target tokens out of evaluation (default 0)",
 }
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from unlearn_lens import __version__
-    from unlearn_lens.scoring import SCORING_METHODS
+    from unlearn_lens._version import __version__
+    from unlearn_lens.pruning import ABLATIONS
+    from unlearn_lens.results import PruneConfig
+    from unlearn_lens.scoring import HEAD_AGGREGATIONS, SCORING_METHODS
 
     parser = argparse.ArgumentParser(
         prog="unlearn-lens",
@@ -65,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "prune",
         help="score and prune forget-specific units step by step, evaluate, write results",
-        description="Iterative selective pruning. With no arguments: the bundled demo model, "
-        "forget = demo:code, retain = demo:prose, offline.",
+        description="Iterative selective pruning and its random baseline. With no arguments: the bundled demo "
+        "model, forget = demo:code, retain = demo:prose, offline.",
     )
     p.add_argument("--model", default="demo", help="'demo' (default), a local HF model directory, or a Hub id")
     p.add_argument("--forget", default="demo:code", help="forget dataset: demo:code, a local file/folder, or a Hub id")
@@ -75,27 +94,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-field", help="text column of the forget dataset (default: --text-field)")
     p.add_argument("--retain-field", help="text column of the retain dataset (default: --text-field)")
     p.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
-    p.add_argument("--ff-frac", type=float, help="fraction of all MLP neurons pruned per step (default 0.02; demo 0.045)")
-    p.add_argument("--attn-frac", type=float, help="fraction of all attention neurons pruned per step (default 0; demo 0.02)")
-    p.add_argument("--steps", type=int, help="maximum pruning steps (default 10; demo 11)")
-    p.add_argument("--scoring", choices=SCORING_METHODS, help="scoring method (default abs)")
-    p.add_argument("--ablation", choices=("zero", "mean"), help="replace pruned units by 0 or their retain mean (default zero; demo mean)")
-    p.add_argument("--collect-tokens", type=int, help="tokens per dataset for statistics (default 100000; demo 20000)")
-    p.add_argument("--eval-tokens", type=int, help="tokens per dataset for evaluation (default 100000; demo 20000)")
-    p.add_argument("--seq-len", type=int, help="tokens per row (default: the model's context, at most 256)")
-    p.add_argument("--batch-size", type=int, help="rows per forward pass (default 8; demo 16)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--stop-at", type=float,
-                   help="stop once forget top-1 falls to this fraction of its unpruned value (demo 0.5)")
-    p.add_argument("--per-layer", action="store_true", default=None, help="select within each layer, not globally")
-    p.add_argument("--heads", action="store_true", default=None, help="prune whole attention heads")
-    p.add_argument("--skip-common", type=int, help="leave the N most common tokens out of evaluation")
-    p.add_argument("--topk", type=int, help="k of top-k accuracy (default 10)")
+    choices = {"scoring": SCORING_METHODS, "ablation": ABLATIONS, "head_agg": HEAD_AGGREGATIONS}
+    for f in fields(PruneConfig):
+        names = [_flag(f.name), *(alias for alias, field in _DEPRECATED_FLAGS.items() if field == f.name)]
+        kind = f.name.split("_", 1)[-1] if f.name.startswith(("mlp_", "attn_")) else f.name
+        if f.type in ("bool",):
+            p.add_argument(*names, dest=f.name, action="store_true", default=None, help=_HELP[f.name])
+            continue
+        convert = float if "float" in str(f.type) else int
+        if kind in choices:
+            p.add_argument(*names, dest=f.name, choices=choices[kind], help=_HELP[f.name])
+        else:
+            p.add_argument(*names, dest=f.name, type=convert, help=_HELP[f.name])
     p.add_argument("--baseline", choices=("random", "none"), default="random",
                    help="also run the random baseline with the same per-layer counts (default random)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", help="model dtype: float32 (default), bfloat16, float16")
-    p.add_argument("--out", help="output directory (default: unlearn_lens_runs/<model>-<time>)")
+    p.add_argument("--out", help="output directory, which must not exist yet (default: unlearn_lens_runs/<model>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not write report.html into the output directory")
 
@@ -110,63 +125,50 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--model", help="model for the neuron cards (default: the one named in results.json)")
     r.add_argument("--device", help="device for the model (default: cuda if available)")
     r.add_argument("--no-cards", action="store_true", help="no neuron cards (does not load the model)")
-
     return parser
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
-    from unlearn_lens.pipeline import PruneConfig
+    from unlearn_lens.results import PruneConfig
 
     settings: dict[str, Any] = dict(DEMO_SETTINGS) if args.model == "demo" else {}
-    for flag, name in _FLAG_TO_FIELD.items():
-        value = getattr(args, flag)
+    for f in fields(PruneConfig):
+        value = getattr(args, f.name)
         if value is not None:
-            settings[name] = value
+            settings[f.name] = value
     return PruneConfig(**settings)
 
 
-def write_run(out: Path, runs: dict[str, Any], extra: dict[str, Any]) -> None:
-    """Write the outputs of a prune command into ``out`` (each file atomically, results.json last)."""
-    from unlearn_lens._io import write_json
-    from unlearn_lens.scoring import save_scores
-
-    out.mkdir(parents=True, exist_ok=True)
-    selective = runs["selective"]
-    selective.masks.save(out / "masks.safetensors", meta={"kind": "selective", "model": selective.model})
-    if "random" in runs:
-        runs["random"].masks.save(out / "random_masks.safetensors", meta={"kind": "random"})
-    if selective.forget_stats is not None and selective.retain_stats is not None:
-        selective.forget_stats.save(out / "forget_stats.safetensors")
-        selective.retain_stats.save(out / "retain_stats.safetensors")
-    if selective.means is not None:
-        selective.means.save(out / "means.safetensors")
-    if selective.initial_scores is not None:
-        save_scores(selective.initial_scores, out / "initial_scores.safetensors")
-    if selective.scores is not None:
-        save_scores(selective.scores, out / "scores.safetensors")
-    results = {**extra, "runs": {name: run.to_dict() for name, run in runs.items()}}
-    write_json(out / "results.json", results)
+def _warn_deprecated(argv: list[str]) -> None:
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if name in _DEPRECATED_FLAGS:
+            print(f"unlearn-lens: {name} is deprecated; use {_flag(_DEPRECATED_FLAGS[name])}", file=sys.stderr)
 
 
-def summary_table(runs: dict[str, Any]) -> str:
-    """A one-screen text table: unpruned vs each run's final step."""
-    sel = runs["selective"]
-    base = sel.base
-    names = list(runs)
-    rows: list[list[str]] = [["", "unpruned", *names]]
+def summary_table(run: Any, level: float = 0.5) -> str:
+    """A one-screen text table: the unpruned model vs the final step of the run and of its baseline."""
+    runs = run.runs()
+    base = run.base
+    rows: list[list[str]] = [["", "unpruned", *runs]]
 
     def rel(value: float, ref: float) -> str:
         return f"{value:.4f} ({value / ref:.0%})" if ref else f"{value:.4f}"
 
     rows.append(["steps", "0", *[str(len(r.history) - 1) for r in runs.values()]])
-    rows.append(["MLP units pruned", "0%", *[f"{r.summary()['frac_mlp']:.1%}" for r in runs.values()]])
-    rows.append(["attention units pruned", "0%", *[f"{r.summary()['frac_attn']:.1%}" for r in runs.values()]])
+    rows.append(["MLP neurons pruned", "0%", *[f"{r.final.n_mlp / r.dims.n_mlp:.1%}" for r in runs.values()]])
+    rows.append(["attention neurons pruned", "0%", *[f"{r.final.n_attn / r.dims.n_attn:.1%}" for r in runs.values()]])
     for dataset in ("forget", "retain"):
         for metric in ("top1", "topk", "loss"):
             b = getattr(getattr(base, dataset), metric)
             label = f"{dataset} {metric if metric != 'topk' else f'top{base.forget.k}'}"
             rows.append([label, f"{b:.4f}", *[rel(getattr(getattr(r.final, dataset), metric), b) for r in runs.values()]])
-    rows.append(["separability area", "-", *[f"{r.separability_area():.3f}" for r in runs.values()]])
+    headline = []
+    for r in runs.values():
+        value = r.retain_at_forget(level)
+        headline.append(f"{value:.1%}" if value is not None else f"not reached ({r.relative_path()[0][-1]:.0%})")
+    rows.append([f"retain top1 at forget top1 = {level:.0%}", "-", *headline])
+    rows.append(["separability area (to last step)", "-", *[f"{r.separability_area():.3f}" for r in runs.values()]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -174,13 +176,29 @@ def summary_table(runs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _cmd_prune(args: argparse.Namespace) -> int:
-    from unlearn_lens import __version__
+class _Progress:
+    """What a prune command has written so far, for the message after an interruption."""
+
+    def __init__(self) -> None:
+        self.saved: Path | None = None
+
+    def interrupted(self) -> str:
+        if self.saved is None:
+            return "unlearn-lens: interrupted; nothing was written"
+        return (f"unlearn-lens: interrupted while writing the report; the results in {self.saved} are complete, "
+                f"report.html was not written (rebuild it with `unlearn-lens report {self.saved}`)")
+
+
+def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
     from unlearn_lens.data import load_texts
-    from unlearn_lens.models import load_model, model_dims
-    from unlearn_lens.pipeline import selective_prune
+    from unlearn_lens.models import load_model
+    from unlearn_lens.pipeline import random_baseline, selective_prune
 
     config = _config_from_args(args)
+    out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
+        f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UnlearnLensError(f"output directory {str(out)!r} already exists and is not empty; choose another --out")
     progress = not args.quiet
     if args.quiet:
         import transformers
@@ -192,32 +210,19 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     retain_field = args.retain_field or args.text_field
     forget = load_texts(args.forget, split=args.split, text_field=forget_field)
     retain = load_texts(args.retain, split=args.split, text_field=retain_field)
-    runs = {"selective": selective_prune(model, forget, retain, config, progress=progress)}
+    run = selective_prune(model, forget, retain, config, progress=progress)
+    run.info = {"model": str(args.model), "forget": str(args.forget), "retain": str(args.retain),
+                "forget_field": forget_field, "retain_field": retain_field, "split": args.split}
     if args.baseline == "random":
-        runs["random"] = selective_prune(model, forget, retain, config, baseline="random",
-                                         reference=runs["selective"], progress=progress)
-    out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
-        f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    extra = {
-        "library": "unlearn_lens",
-        "version": __version__,
-        "model": str(args.model),
-        "dims": model_dims(model).to_dict(),
-        "forget": str(args.forget),
-        "retain": str(args.retain),
-        "forget_field": forget_field,
-        "retain_field": retain_field,
-        "split": args.split,
-        "config": config.to_dict(),
-        "seconds": round(time.time() - t0, 1),
-    }
-    write_run(out, runs, extra)
-    print(summary_table(runs))
+        run.baseline = random_baseline(model, forget, retain, run, progress=progress)
+    run.save(out)
+    progress_state.saved = out
+    print(summary_table(run))
     print(f"results: {out / 'results.json'}  ({time.time() - t0:.0f}s)")
     if not args.no_report:
         from unlearn_lens.report import write_report
 
-        report = write_report(out, runs=runs, model=model, forget_texts=forget, retain_texts=retain, info=extra)
+        report = write_report(run, out, model=model, forget_texts=forget, retain_texts=retain)
         print(f"report: {report}")
     return 0
 
@@ -233,17 +238,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``unlearn-lens``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    _warn_deprecated(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    state = _Progress()
     try:
         if args.command == "report":
             return _cmd_report(args)
-        return _cmd_prune(args)
+        return _cmd_prune(args, state)
     except UnlearnLensError as exc:
         print(f"unlearn-lens: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("unlearn-lens: interrupted; no partial output was left behind", file=sys.stderr)
+        print(state.interrupted(), file=sys.stderr)
         return 130
 
 

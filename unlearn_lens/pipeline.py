@@ -1,318 +1,137 @@
-"""The iterative selective-pruning loop, the random baseline, and the run history.
+"""The iterative selective-pruning loop and its random baseline.
 
 One step of the paper's loop (Pochinkov & Schoots 2024):
 
 1. collect statistics on forget and retain with the model as pruned so far;
 2. score every unit (forget importance over retain importance);
-3. select ``ff_frac`` of all MLP neurons and ``attn_frac`` of all attention
+3. select ``mlp_frac`` of all MLP neurons and ``attn_frac`` of all attention
    neurons among those not yet pruned, and prune them;
-4. evaluate on held-out forget and retain tokens.
+4. evaluate on held-out forget and retain tokens (never the collection tokens).
 
 Step 0 is the unpruned model. The loop stops after ``n_steps``, or once forget
-top-1 falls to ``stop_at_forget_top1`` times its unpruned value.
+top-1 falls to ``stop_at_forget`` times its unpruned value.
 
-The random baseline prunes, at every step, the same number of units in each layer
-as selective pruning does, chosen uniformly at random. Given a selective run as
-``reference`` it copies that run's per-layer counts and needs no statistics.
-
-The **separability area** summarises a run: the area under the curve of retain
-top-1 against forget top-1 (both relative to the unpruned model) traced by the
-steps, from (1, 1) and closed at (0, 0), so that runs stopping at different points
-compare on the same [0, 1] range. Random pruning that hurts both domains alike
-stays near 0.5; perfect unlearning (forget falls to 0, retain stays) approaches 1.
+:func:`random_baseline` prunes, at every step of a selective run, exactly as many
+units in each layer as that run did, chosen uniformly at random, under the run's
+own config (ablation, token budgets, row length): the control selective pruning
+must beat. Both return a :class:`~unlearn_lens.results.PruneRun`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from unlearn_lens.data import TokenSet
+from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult, evaluate
-from unlearn_lens.masks import Masks, random_masks, select
-from unlearn_lens.models import ModelDims, model_dims, model_name
-from unlearn_lens.pruning import ABLATIONS
-from unlearn_lens.scoring import SCORING_METHODS, Scores, score
-from unlearn_lens.stats import ActivationStats, as_token_set, collect_stats
+from unlearn_lens.masks import Masks
+from unlearn_lens.models import model_dims, model_name
+from unlearn_lens.pruning import pruned
+from unlearn_lens.results import PruneConfig, PruneRun, StepRecord
+from unlearn_lens.scoring import random_masks, score, select
+from unlearn_lens.stats import ActivationStats, collect_stats
 
-__all__ = ["PruneConfig", "PruneRun", "StepRecord", "selective_prune", "separability_area"]
+__all__ = ["random_baseline", "selective_prune"]
 
 logger = logging.getLogger(__name__)
 
-BASELINES = ("random",)
-
-
-def _version() -> str:
-    from unlearn_lens import __version__
-
-    return __version__
-
 
 @dataclass
-class PruneConfig:
-    """Settings of one selective-pruning run (validated on creation).
+class _Data:
+    """Collection and held-out evaluation tokens of both datasets."""
 
-    Attributes:
-        ff_frac: fraction of all MLP neurons pruned per step.
-        attn_frac: fraction of all attention neurons (or heads, with ``heads``) per step.
-        n_steps: maximum number of pruning steps.
-        scoring: scoring method (``abs freq rms std sqrt mean rand``).
-        ablation: ``"zero"`` or ``"mean"`` (retain means of the unpruned model).
-        collect_tokens: tokens per dataset for statistics, each step.
-        eval_tokens: held-out tokens per dataset for evaluation (disjoint from the
-            collection tokens when the dataset is long enough).
-        seq_len: row length (None: the model's context, at most 256).
-        batch_size: rows per forward pass.
-        seed: seed of random choices (``rand`` scoring, the random baseline).
-        stop_at_forget_top1: stop once forget top-1 is at most this fraction of its
-            unpruned value (None: run all steps).
-        per_layer: select within each layer instead of globally.
-        heads: prune whole attention heads.
-        head_agg: ``"mean"`` or ``"median"`` of neuron scores for head scores.
-        mlp_eps, attn_eps: score denominators' offsets.
-        topk: k of top-k accuracy.
-        skip_common: leave the N most common tokens out of evaluation.
-    """
-
-    ff_frac: float = 0.02
-    attn_frac: float = 0.0
-    n_steps: int = 10
-    scoring: str = "abs"
-    ablation: str = "zero"
-    collect_tokens: int = 100_000
-    eval_tokens: int = 100_000
-    seq_len: int | None = None
-    batch_size: int = 8
-    seed: int = 0
-    stop_at_forget_top1: float | None = None
-    per_layer: bool = False
-    heads: bool = False
-    head_agg: str = "mean"
-    mlp_eps: float = 1e-3
-    attn_eps: float = 1e-4
-    topk: int = 10
-    skip_common: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("ff_frac", "attn_frac"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise UnlearnLensError(f"{name} must be a fraction in [0, 1], got {value!r}")
-        if self.ff_frac == 0 and self.attn_frac == 0:
-            raise UnlearnLensError("ff_frac and attn_frac are both 0: nothing would be pruned")
-        for name in ("n_steps", "collect_tokens", "eval_tokens", "batch_size", "topk"):
-            if int(getattr(self, name)) < 1:
-                raise UnlearnLensError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if self.seq_len is not None and self.seq_len < 2:
-            raise UnlearnLensError(f"seq_len must be at least 2, got {self.seq_len}")
-        if self.scoring not in SCORING_METHODS:
-            raise UnlearnLensError(f"unknown scoring method {self.scoring!r}; choose one of {', '.join(SCORING_METHODS)}")
-        if self.ablation not in ABLATIONS:
-            raise UnlearnLensError(f"unknown ablation {self.ablation!r}; choose one of {', '.join(ABLATIONS)}")
-        if self.head_agg not in ("mean", "median"):
-            raise UnlearnLensError(f"head_agg must be 'mean' or 'median', got {self.head_agg!r}")
-        if self.stop_at_forget_top1 is not None and not 0.0 <= self.stop_at_forget_top1 <= 1.0:
-            raise UnlearnLensError(f"stop_at_forget_top1 must be in [0, 1], got {self.stop_at_forget_top1!r}")
-        if self.skip_common < 0:
-            raise UnlearnLensError(f"skip_common must be non-negative, got {self.skip_common}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    forget_collect: TokenSet
+    forget_eval: TokenSet
+    retain_collect: TokenSet
+    retain_eval: TokenSet
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise UnlearnLensError(f"unknown PruneConfig fields: {sorted(unknown)}")
-        return cls(**data)
+    def split(cls, model: Any, forget: Sequence[str] | TokenSet, retain: Sequence[str] | TokenSet,
+              cfg: PruneConfig) -> _Data:
+        parts = []
+        for name, texts in (("forget", forget), ("retain", retain)):
+            tokens = as_token_set(model, texts, seq_len=cfg.seq_len, max_tokens=cfg.collect_tokens + cfg.eval_tokens)
+            collect, held = tokens.split(cfg.collect_tokens)
+            if held.n_tokens == 0:
+                raise UnlearnLensError(
+                    f"the {name} dataset has {tokens.n_tokens:,} tokens, all taken for statistics "
+                    f"(collect_tokens={cfg.collect_tokens:,}); evaluation needs tokens apart from them: "
+                    "give more text or lower collect_tokens"
+                )
+            if held.n_tokens < cfg.eval_tokens:
+                logger.warning("the %s dataset leaves %d evaluation tokens (eval_tokens=%d)", name, held.n_tokens,
+                               cfg.eval_tokens)
+            parts += [collect, held]
+        return cls(*parts)
 
 
-@dataclass
-class StepRecord:
-    """One point of a run's history.
-
-    Attributes:
-        step: 0 for the unpruned model.
-        new_mlp, new_attn: units pruned at this step, per layer.
-        mlp_counts, attn_counts: units pruned so far, per layer.
-        forget, retain: evaluation after this step.
-        masks: cumulative masks after this step (not kept in JSON).
-        seconds: wall time of the step.
-    """
-
-    step: int
-    new_mlp: list[int]
-    new_attn: list[int]
-    mlp_counts: list[int]
-    attn_counts: list[int]
-    forget: EvalResult
-    retain: EvalResult
-    masks: Masks | None = None
-    seconds: float = 0.0
-
-    @property
-    def n_mlp(self) -> int:
-        return sum(self.mlp_counts)
-
-    @property
-    def n_attn(self) -> int:
-        return sum(self.attn_counts)
-
-    def to_dict(self, dims: ModelDims, base: StepRecord | None = None) -> dict[str, Any]:
-        out = {
-            "step": self.step,
-            "n_mlp": self.n_mlp,
-            "n_attn": self.n_attn,
-            "frac_mlp": self.n_mlp / (dims.n_layers * dims.d_mlp),
-            "frac_attn": self.n_attn / (dims.n_layers * dims.n_heads * dims.d_head),
-            "new_mlp": self.new_mlp,
-            "new_attn": self.new_attn,
-            "mlp_counts": self.mlp_counts,
-            "attn_counts": self.attn_counts,
-            "forget": self.forget.to_dict(),
-            "retain": self.retain.to_dict(),
-            "seconds": round(self.seconds, 3),
-        }
-        if base is not None:
-            out["forget_rel"] = self.forget.relative_to(base.forget)
-            out["retain_rel"] = self.retain.relative_to(base.retain)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StepRecord:
-        return cls(
-            step=data["step"], new_mlp=list(data["new_mlp"]), new_attn=list(data["new_attn"]),
-            mlp_counts=list(data["mlp_counts"]), attn_counts=list(data["attn_counts"]),
-            forget=EvalResult.from_dict(data["forget"]), retain=EvalResult.from_dict(data["retain"]),
-            seconds=float(data.get("seconds", 0.0)),
-        )
+def _evaluate_both(model: Any, data: _Data, cfg: PruneConfig, progress: bool) -> tuple[EvalResult, EvalResult]:
+    kw = {"batch_size": cfg.batch_size, "max_tokens": None, "topk": cfg.topk, "skip_common": cfg.skip_common,
+          "progress": progress}
+    return (evaluate(model, data.forget_eval, desc="eval forget", **kw),
+            evaluate(model, data.retain_eval, desc="eval retain", **kw))
 
 
-def separability_area(history: Sequence[StepRecord], metric: str = "top1") -> float:
-    """Area under retain-vs-forget (relative to step 0), from (1, 1) and closed at (0, 0).
-
-    Args:
-        history: a run's steps, step 0 first.
-        metric: ``"top1"`` or ``"topk"``.
-    """
-    if not history:
-        raise UnlearnLensError("empty history")
-    base = history[0]
-    f0, r0 = getattr(base.forget, metric), getattr(base.retain, metric)
-    if not f0 or not r0:
-        raise UnlearnLensError(f"unpruned {metric} is zero; the relative curve is undefined")
-    xs = [1.0] + [max(getattr(s.forget, metric) / f0, 0.0) for s in history[1:]] + [0.0]
-    ys = [1.0] + [max(getattr(s.retain, metric) / r0, 0.0) for s in history[1:]] + [0.0]
-    # Trapezoids along the traced path; the path runs from x = 1 towards x = 0.
-    area = 0.0
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), zip(xs[1:], ys[1:])):
-        area += (x0 - x1) * (y0 + y1) / 2
-    return area
+def _pruned(model: Any, masks: Masks, means: ActivationStats | None, cfg: PruneConfig) -> Any:
+    """The run's pruning so far, as hooks (nothing is pruned before the first step)."""
+    return pruned(model, masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"], means=means)
 
 
-@dataclass
-class PruneRun:
-    """The result of :func:`selective_prune`.
-
-    Attributes:
-        config: the settings.
-        history: per step (step 0 = unpruned), see :class:`StepRecord`.
-        masks: the final cumulative masks.
-        means: retain statistics of the unpruned model (used for mean ablation), or None.
-        kind: ``"selective"`` or ``"random"``.
-        dims: the model's unit shapes.
-        model: the model's name.
-        version: unlearn_lens version that made the run.
-        initial_scores: scores on the unpruned model (selective runs).
-        scores: scores of the last step (selective runs).
-        forget_stats, retain_stats: statistics of the last step (selective runs).
-        seconds: total wall time.
-    """
-
-    config: PruneConfig
-    history: list[StepRecord]
-    masks: Masks
-    means: ActivationStats | None
-    kind: str
-    dims: ModelDims
-    model: str = ""
-    version: str = field(default_factory=_version)
-    initial_scores: Scores | None = None
-    scores: Scores | None = None
-    forget_stats: ActivationStats | None = None
-    retain_stats: ActivationStats | None = None
-    seconds: float = 0.0
-
-    @property
-    def base(self) -> StepRecord:
-        return self.history[0]
-
-    @property
-    def final(self) -> StepRecord:
-        return self.history[-1]
-
-    def separability_area(self, metric: str = "top1") -> float:
-        return separability_area(self.history, metric)
-
-    def summary(self) -> dict[str, Any]:
-        """Unpruned and final metrics, relative drops, pruned shares and separability area."""
-        d = self.dims
-        return {
-            "kind": self.kind,
-            "steps": len(self.history) - 1,
-            "frac_mlp": self.final.n_mlp / (d.n_layers * d.d_mlp),
-            "frac_attn": self.final.n_attn / (d.n_layers * d.n_heads * d.d_head),
-            "forget_top1": [self.base.forget.top1, self.final.forget.top1],
-            "retain_top1": [self.base.retain.top1, self.final.retain.top1],
-            "forget_rel": self.final.forget.relative_to(self.base.forget),
-            "retain_rel": self.final.retain.relative_to(self.base.retain),
-            "separability_area": self.separability_area(),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "model": self.model,
-            "version": self.version,
-            "dims": self.dims.to_dict(),
-            "config": self.config.to_dict(),
-            "seconds": round(self.seconds, 3),
-            "summary": self.summary(),
-            "steps": [s.to_dict(self.dims, self.base) for s in self.history],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], masks: Masks | None = None) -> PruneRun:
-        """Rebuild a run from :meth:`to_dict` (masks, scores and statistics are stored apart)."""
-        dims = ModelDims(**data["dims"])
-        history = [StepRecord.from_dict(s) for s in data["steps"]]
-        return cls(
-            config=PruneConfig.from_dict(data["config"]), history=history,
-            masks=masks if masks is not None else Masks.empty(dims), means=None, kind=data["kind"], dims=dims,
-            model=data.get("model", ""), version=data.get("version", "?"), seconds=float(data.get("seconds", 0.0)),
-        )
+def _prune_and_evaluate(
+    model: Any, masks: Masks, means: ActivationStats | None, data: _Data, cfg: PruneConfig, progress: bool
+) -> tuple[EvalResult, EvalResult]:
+    with _pruned(model, masks, means, cfg):
+        return _evaluate_both(model, data, cfg, progress)
 
 
-def _split_tokens(model: Any, texts: Sequence[str] | TokenSet, cfg: PruneConfig, name: str) -> tuple[TokenSet, TokenSet]:
-    tokens = as_token_set(model, texts, seq_len=cfg.seq_len, max_tokens=cfg.collect_tokens + cfg.eval_tokens)
-    collect, held = tokens.split(cfg.collect_tokens)
-    if held.n_tokens == 0:
-        logger.warning(
-            "the %s dataset has only %d tokens: evaluation reuses the collection tokens", name, tokens.n_tokens
-        )
-        held = collect
-    return collect, held
+def _collect_both(
+    model: Any, masks: Masks, means: ActivationStats | None, data: _Data, cfg: PruneConfig, progress: bool
+) -> tuple[ActivationStats, ActivationStats]:
+    kw = {"batch_size": cfg.batch_size, "max_tokens": None, "progress": progress}
+    with _pruned(model, masks, means, cfg):
+        return (collect_stats(model, data.forget_collect, desc="collect forget", **kw),
+                collect_stats(model, data.retain_collect, desc="collect retain", **kw))
+
+
+class _Recorder:
+    """Builds the history of a run step by step, with a progress bar and a log line per step."""
+
+    def __init__(self, model: Any, data: _Data, cfg: PruneConfig, strategy: str, n_steps: int, progress: bool):
+        self.dims = model_dims(model)
+        self.t_start = time.time()
+        forget, retain = _evaluate_both(model, data, cfg, progress)
+        zeros = [0] * self.dims.n_layers
+        self.masks = Masks.empty(self.dims)
+        self.history = [StepRecord(0, zeros, zeros, zeros, zeros, forget, retain, self.masks.clone(),
+                                   time.time() - self.t_start)]
+        self.strategy = strategy
+        self.bar = tqdm(total=n_steps, desc=f"{strategy} pruning", unit="step", disable=not progress)
+
+    def add(self, chosen: Masks, forget: EvalResult, retain: EvalResult, t_step: float) -> float:
+        """Record a step that pruned ``chosen`` (already merged into ``self.masks``); return relative forget top-1."""
+        step = len(self.history)
+        m = self.masks
+        self.history.append(StepRecord(step, chosen.mlp_counts(), chosen.attn_counts(), m.mlp_counts(),
+                                       m.attn_counts(), forget, retain, m.clone(), time.time() - t_step))
+        base = self.history[0]
+        rel_f = forget.top1 / base.forget.top1 if base.forget.top1 else math.nan
+        rel_r = retain.top1 / base.retain.top1 if base.retain.top1 else math.nan
+        self.bar.update(1)
+        self.bar.set_postfix(mlp=f"{m.n_mlp / self.dims.n_mlp:.0%}", forget=f"{rel_f:.2f}", retain=f"{rel_r:.2f}")
+        logger.info("%s step %d: %d MLP, %d attn pruned; forget top1 %.4f (%.2f), retain top1 %.4f (%.2f)",
+                    self.strategy, step, m.n_mlp, m.n_attn, forget.top1, rel_f, retain.top1, rel_r)
+        return rel_f
+
+    def close(self) -> float:
+        self.bar.close()
+        return time.time() - self.t_start
 
 
 def selective_prune(
@@ -321,101 +140,114 @@ def selective_prune(
     retain_texts: Sequence[str] | TokenSet,
     config: PruneConfig | None = None,
     *,
-    baseline: str | None = None,
-    reference: PruneRun | None = None,
     progress: bool = True,
 ) -> PruneRun:
-    """Run iterative selective pruning (or its random baseline) and record every step.
+    """Run iterative selective pruning and record every step.
+
+    Each step collects statistics on the first ``collect_tokens`` tokens of each
+    dataset with the model as pruned so far, scores and selects among the units not
+    yet pruned, and evaluates on the next ``eval_tokens`` tokens (which statistics
+    never see).
 
     Args:
         model: a TransformerLens model; it is not modified (pruning is by hooks).
         forget_texts: the capability to remove (texts or a TokenSet).
         retain_texts: the capability to keep.
         config: settings (default :class:`PruneConfig`).
-        baseline: None for selective pruning, or ``"random"``: the same number of
-            units per layer and step, chosen uniformly at random.
-        reference: for ``baseline="random"``, a selective run whose per-layer counts
-            to copy (then no statistics are collected). Without it, each step
-            collects statistics to find how many units selective pruning would take
-            from each layer.
         progress: show progress bars.
 
     Returns:
-        :class:`PruneRun`.
+        A :class:`PruneRun` with ``strategy="selective"``; compare it with
+        :func:`random_baseline`.
     """
     cfg = config or PruneConfig()
-    if baseline not in (None, *BASELINES):
-        raise UnlearnLensError(f"unknown baseline {baseline!r}; choose one of {BASELINES}")
-    if reference is not None and baseline is None:
-        raise UnlearnLensError("reference= is only used with baseline='random'")
+    if not isinstance(cfg, PruneConfig):
+        raise UnlearnLensError(f"config must be a PruneConfig, got {type(cfg).__name__}")
     dims = model_dims(model)
-    if reference is not None and reference.dims != dims:
-        raise UnlearnLensError(f"the reference run is for a model with {reference.dims}, not {dims}")
-    t_start = time.time()
-    forget_collect, forget_eval = _split_tokens(model, forget_texts, cfg, "forget")
-    retain_collect, retain_eval = _split_tokens(model, retain_texts, cfg, "retain")
-    common = {"batch_size": cfg.batch_size, "max_tokens": None, "progress": progress}
-
-    def run_eval(masks: Masks | None, means: ActivationStats | None) -> tuple[EvalResult, EvalResult]:
-        kw = {**common, "topk": cfg.topk, "skip_common": cfg.skip_common, "masks": masks,
-              "ablation": cfg.ablation, "means": means}
-        return (evaluate(model, forget_eval, desc="eval forget", **kw),
-                evaluate(model, retain_eval, desc="eval retain", **kw))
-
-    masks = Masks.empty(dims)
-    forget0, retain0 = run_eval(None, None)
-    zeros = [0] * dims.n_layers
-    history = [StepRecord(0, zeros, zeros, zeros, zeros, forget0, retain0, masks.clone(), time.time() - t_start)]
+    data = _Data.split(model, forget_texts, retain_texts, cfg)
+    rec = _Recorder(model, data, cfg, "selective", cfg.n_steps, progress)
     means: ActivationStats | None = None
-    initial_scores = scores = None
-    forget_stats = retain_stats = None
-    n_steps = cfg.n_steps if reference is None else min(cfg.n_steps, len(reference.history) - 1)
-    kind = baseline or "selective"
-    bar = tqdm(range(1, n_steps + 1), desc=f"{kind} pruning", unit="step", disable=not progress)
-    for step in bar:
+    initial_scores = scores = forget_stats = retain_stats = None
+    for step in range(1, cfg.n_steps + 1):
         t_step = time.time()
-        active = masks if step > 1 else None
-        if reference is not None:
-            ref = reference.history[step]
-            new_mlp_counts, new_attn_counts = ref.new_mlp, ref.new_attn
-            if cfg.ablation == "mean" and means is None:
-                means = reference.means
-                if means is None:
-                    raise UnlearnLensError("the reference run has no means for mean ablation")
-        else:
-            stat_kw = {**common, "masks": active, "ablation": cfg.ablation, "means": means}
-            forget_stats = collect_stats(model, forget_collect, desc="collect forget", **stat_kw)
-            retain_stats = collect_stats(model, retain_collect, desc="collect retain", **stat_kw)
-            if step == 1 and cfg.ablation == "mean":
-                means = retain_stats
-            scores = score(forget_stats, retain_stats, method=cfg.scoring, mlp_eps=cfg.mlp_eps,
-                           attn_eps=cfg.attn_eps, seed=cfg.seed + step)
-            if step == 1:
-                initial_scores = scores
-            chosen = select(scores, mlp_frac=cfg.ff_frac, attn_frac=cfg.attn_frac, per_layer=cfg.per_layer,
-                            exclude=masks, heads=cfg.heads, head_agg=cfg.head_agg)
-            new_mlp_counts, new_attn_counts = chosen.mlp_counts(), chosen.attn_counts()
-        if baseline == "random":
-            chosen = random_masks(new_mlp_counts, new_attn_counts, exclude=masks, seed=cfg.seed * 1000 + step,
-                                  heads=cfg.heads)
+        forget_stats, retain_stats = _collect_both(model, rec.masks, means, data, cfg, progress)
+        if step == 1 and cfg.needs_means:
+            means = retain_stats  # the unpruned model's retain means, kept for every later step
+        scores = score(forget_stats, retain_stats, mlp_method=cfg.scorings["mlp"], attn_method=cfg.scorings["attn"],
+                       mlp_eps=cfg.mlp_eps, attn_eps=cfg.attn_eps, seed=cfg.seed + step)
+        if step == 1:
+            initial_scores = scores
+        chosen = select(scores, mlp_frac=cfg.mlp_frac, attn_frac=cfg.attn_frac, per_layer=cfg.per_layer,
+                        exclude=rec.masks, heads=cfg.heads, head_agg=cfg.head_agg)
         if chosen.n_mlp + chosen.n_attn == 0:
             logger.info("step %d: no units left to prune; stopping", step)
             break
-        masks = masks | chosen
-        forget, retain = run_eval(masks, means)
-        record = StepRecord(step, chosen.mlp_counts(), chosen.attn_counts(), masks.mlp_counts(),
-                            masks.attn_counts(), forget, retain, masks.clone(), time.time() - t_step)
-        history.append(record)
-        rel_f, rel_r = forget.top1 / forget0.top1 if forget0.top1 else 0, retain.top1 / retain0.top1 if retain0.top1 else 0
-        bar.set_postfix(mlp=f"{record.n_mlp / (dims.n_layers * dims.d_mlp):.0%}", forget=f"{rel_f:.2f}",
-                        retain=f"{rel_r:.2f}")
-        logger.info("%s step %d: %d MLP, %d attn pruned; forget top1 %.4f (%.2f), retain top1 %.4f (%.2f)",
-                    kind, step, record.n_mlp, record.n_attn, forget.top1, rel_f, retain.top1, rel_r)
-        if cfg.stop_at_forget_top1 is not None and rel_f <= cfg.stop_at_forget_top1:
+        rec.masks = rec.masks | chosen
+        forget, retain = _prune_and_evaluate(model, rec.masks, means, data, cfg, progress)
+        rel_f = rec.add(chosen, forget, retain, t_step)
+        if cfg.stop_at_forget is not None and rel_f <= cfg.stop_at_forget:
             break
-    bar.close()
+    seconds = rec.close()
     return PruneRun(
-        config=cfg, history=history, masks=masks, means=means, kind=kind, dims=dims, model=model_name(model),
-        initial_scores=initial_scores, scores=scores, forget_stats=forget_stats, retain_stats=retain_stats,
-        seconds=time.time() - t_start,
+        config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="selective", model=model_name(model),
+        means=means, initial_scores=initial_scores, scores=scores, forget_stats=forget_stats,
+        retain_stats=retain_stats, seconds=seconds,
     )
+
+
+def random_baseline(
+    model: Any,
+    forget_texts: Sequence[str] | TokenSet,
+    retain_texts: Sequence[str] | TokenSet,
+    reference: PruneRun,
+    *,
+    progress: bool = True,
+) -> PruneRun:
+    """The random baseline of a selective run: the same units per layer and step, chosen at random.
+
+    At every step of ``reference`` this prunes exactly as many MLP and attention
+    neurons (or whole heads) in each layer as ``reference`` did at that step, chosen
+    uniformly among those not yet pruned, and evaluates exactly as ``reference``
+    did: its config (ablation, token budgets, row length, batch size) is used, never
+    a default. Mean ablation uses the reference's retain means (or, for a run read
+    back without them, the same means collected again on the unpruned model).
+
+    Args:
+        model: the model ``reference`` was made on.
+        forget_texts, retain_texts: the datasets ``reference`` was made on.
+        reference: a selective run (from :func:`selective_prune` or :meth:`PruneRun.load`).
+        progress: show progress bars.
+
+    Returns:
+        A :class:`PruneRun` with ``strategy="random"`` and as many steps as ``reference``.
+    """
+    if not isinstance(reference, PruneRun):
+        raise UnlearnLensError(f"reference must be a PruneRun, got {type(reference).__name__}")
+    if reference.strategy != "selective":
+        raise UnlearnLensError(f"the reference of a random baseline must be a selective run, not {reference.strategy!r}")
+    dims = model_dims(model)
+    if reference.dims != dims:
+        raise UnlearnLensError(f"the reference run is for a model with {reference.dims.to_dict()}, not "
+                               f"{model_name(model)!r} ({dims.to_dict()})")
+    cfg = reference.config
+    data = _Data.split(model, forget_texts, retain_texts, cfg)
+    n_steps = len(reference.history) - 1
+    rec = _Recorder(model, data, cfg, "random", n_steps, progress)
+    if rec.history[0].forget != reference.base.forget or rec.history[0].retain != reference.base.retain:
+        logger.warning("the unpruned model scores differently than in the reference run: are the model and "
+                       "texts the ones it was made on?")
+    means = reference.means
+    if cfg.needs_means and means is None:
+        kw = {"batch_size": cfg.batch_size, "max_tokens": None, "progress": progress, "desc": "collect retain"}
+        means = collect_stats(model, data.retain_collect, **kw)
+    for ref in reference.history[1:]:
+        t_step = time.time()
+        chosen = random_masks(ref.new_mlp, ref.new_attn, exclude=rec.masks, seed=cfg.seed * 1000 + ref.step,
+                              heads=cfg.heads)
+        rec.masks = rec.masks | chosen
+        forget, retain = _prune_and_evaluate(model, rec.masks, means, data, cfg, progress)
+        rec.add(chosen, forget, retain, t_step)
+    seconds = rec.close()
+    return PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="random",
+                    model=model_name(model), means=means if cfg.needs_means else None, info=dict(reference.info),
+                    seconds=seconds)

@@ -1,0 +1,460 @@
+"""The record of a pruning run: its config, its steps, its separation numbers, and its directory.
+
+:class:`PruneConfig` holds the settings of a run; :class:`StepRecord` one step's
+evaluation; :class:`PruneRun` the whole run (and the random baseline compared with
+it), with :meth:`PruneRun.save` / :meth:`PruneRun.load` owning the run directory.
+
+The headline number of a run is :func:`retain_at_forget`: retain top-1 (relative to
+the unpruned model) where forget top-1 first falls to a level (0.5 by default),
+interpolated linearly between steps. It does not depend on where the run stopped,
+unlike :func:`separability_area`, which closes the path with a straight line from
+the last step to (0, 0).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from unlearn_lens._io import atomic_dir, read_json, write_json
+from unlearn_lens._version import __version__
+from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.evaluate import EvalResult
+from unlearn_lens.masks import Masks
+from unlearn_lens.models import ModelDims, per_kind
+from unlearn_lens.pruning import ABLATIONS
+from unlearn_lens.scoring import HEAD_AGGREGATIONS, SCORING_METHODS, Scores
+from unlearn_lens.stats import ActivationStats
+
+__all__ = [
+    "RESULTS_FORMAT",
+    "STRATEGIES",
+    "PruneConfig",
+    "PruneRun",
+    "StepRecord",
+    "relative_path",
+    "retain_at_forget",
+    "separability_area",
+]
+
+RESULTS_FORMAT = 2
+"""Version of the run directory layout written by :meth:`PruneRun.save`."""
+
+STRATEGIES = ("selective", "random")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclass
+class PruneConfig:
+    """Settings of one selective-pruning run (validated on creation).
+
+    The same names are used by the command line (``--mlp-frac``, ``--n-steps``, ...)
+    and in ``results.json``.
+
+    Attributes:
+        mlp_frac: fraction of all MLP neurons pruned per step.
+        attn_frac: fraction of all attention neurons (or heads, with ``heads``) per step.
+        n_steps: maximum number of pruning steps.
+        scoring: scoring method of both unit kinds (``abs freq rms std sqrt mean rand``).
+        mlp_scoring, attn_scoring: per-kind scoring methods (None: ``scoring``).
+        ablation: ``"zero"`` or ``"mean"`` (retain means of the unpruned model) for both kinds.
+        mlp_ablation, attn_ablation: per-kind ablations (None: ``ablation``).
+        collect_tokens: tokens per dataset for statistics, each step.
+        eval_tokens: tokens per dataset for evaluation, apart from the collection tokens.
+        seq_len: row length (None: the model's context, at most 256).
+        batch_size: rows per forward pass.
+        seed: seed of random choices (``rand`` scoring, the random baseline).
+        stop_at_forget: stop once forget top-1 is at most this fraction of its
+            unpruned value (None: run all steps).
+        per_layer: select within each layer instead of globally.
+        heads: prune whole attention heads.
+        head_agg: ``"mean"`` or ``"median"`` of neuron scores for head scores.
+        mlp_eps, attn_eps: score denominators' offsets.
+        topk: k of top-k accuracy.
+        skip_common: leave the N most common tokens out of evaluation.
+    """
+
+    mlp_frac: float = 0.02
+    attn_frac: float = 0.0
+    n_steps: int = 10
+    scoring: str = "abs"
+    mlp_scoring: str | None = None
+    attn_scoring: str | None = None
+    ablation: str = "zero"
+    mlp_ablation: str | None = None
+    attn_ablation: str | None = None
+    collect_tokens: int = 100_000
+    eval_tokens: int = 100_000
+    seq_len: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    stop_at_forget: float | None = None
+    per_layer: bool = False
+    heads: bool = False
+    head_agg: str = "mean"
+    mlp_eps: float = 1e-3
+    attn_eps: float = 1e-4
+    topk: int = 10
+    skip_common: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("mlp_frac", "attn_frac"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+                raise UnlearnLensError(f"{name} must be a fraction in [0, 1], got {value!r}")
+        if self.mlp_frac == 0 and self.attn_frac == 0:
+            raise UnlearnLensError("mlp_frac and attn_frac are both 0: nothing would be pruned")
+        for name, least in (("n_steps", 1), ("collect_tokens", 1), ("eval_tokens", 1), ("batch_size", 1),
+                            ("topk", 1), ("skip_common", 0), ("seed", None)):
+            value = getattr(self, name)
+            if not _is_int(value):
+                raise UnlearnLensError(f"{name} must be an integer, got {value!r}")
+            if least is not None and value < least:
+                raise UnlearnLensError(f"{name} must be at least {least}, got {value!r}")
+        if self.seq_len is not None and (not _is_int(self.seq_len) or self.seq_len < 2):
+            raise UnlearnLensError(f"seq_len must be an integer of at least 2, got {self.seq_len!r}")
+        self.scorings  # noqa: B018 - validates the scoring methods
+        self.ablations  # noqa: B018 - validates the ablations
+        if self.head_agg not in HEAD_AGGREGATIONS:
+            raise UnlearnLensError(f"head_agg must be 'mean' or 'median', got {self.head_agg!r}")
+        if self.stop_at_forget is not None and (
+            isinstance(self.stop_at_forget, bool) or not isinstance(self.stop_at_forget, numbers.Real)
+            or not 0.0 <= self.stop_at_forget <= 1.0
+        ):
+            raise UnlearnLensError(f"stop_at_forget must be in [0, 1], got {self.stop_at_forget!r}")
+        for name in ("mlp_eps", "attn_eps"):
+            if not isinstance(getattr(self, name), numbers.Real) or getattr(self, name) < 0:
+                raise UnlearnLensError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
+
+    @property
+    def scorings(self) -> dict[str, str]:
+        """The scoring method of each unit kind: ``{"mlp": ..., "attn": ...}``."""
+        return per_kind(self.scoring, self.mlp_scoring, self.attn_scoring, what="scoring", choices=SCORING_METHODS)
+
+    @property
+    def ablations(self) -> dict[str, str]:
+        """The ablation of each unit kind: ``{"mlp": ..., "attn": ...}``."""
+        return per_kind(self.ablation, self.mlp_ablation, self.attn_ablation, what="ablation", choices=ABLATIONS)
+
+    @property
+    def needs_means(self) -> bool:
+        """Whether some unit kind is mean-ablated (retain means are then collected)."""
+        return "mean" in self.ablations.values()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UnlearnLensError(f"unknown PruneConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class StepRecord:
+    """One point of a run's history.
+
+    Attributes:
+        step: 0 for the unpruned model.
+        new_mlp, new_attn: units pruned at this step, per layer.
+        mlp_counts, attn_counts: units pruned so far, per layer.
+        forget, retain: evaluation after this step (held-out tokens).
+        masks: cumulative masks after this step (in memory only, not saved).
+        seconds: wall time of the step.
+    """
+
+    step: int
+    new_mlp: list[int]
+    new_attn: list[int]
+    mlp_counts: list[int]
+    attn_counts: list[int]
+    forget: EvalResult
+    retain: EvalResult
+    masks: Masks | None = None
+    seconds: float = 0.0
+
+    @property
+    def n_mlp(self) -> int:
+        return sum(self.mlp_counts)
+
+    @property
+    def n_attn(self) -> int:
+        return sum(self.attn_counts)
+
+    def to_dict(self, dims: ModelDims, base: StepRecord | None = None) -> dict[str, Any]:
+        out = {
+            "step": self.step,
+            "n_mlp": self.n_mlp,
+            "n_attn": self.n_attn,
+            "frac_mlp": self.n_mlp / dims.n_mlp,
+            "frac_attn": self.n_attn / dims.n_attn,
+            "new_mlp": self.new_mlp,
+            "new_attn": self.new_attn,
+            "mlp_counts": self.mlp_counts,
+            "attn_counts": self.attn_counts,
+            "forget": self.forget.to_dict(),
+            "retain": self.retain.to_dict(),
+            "seconds": round(self.seconds, 3),
+        }
+        if base is not None:
+            out["forget_rel"] = self.forget.relative_to(base.forget)
+            out["retain_rel"] = self.retain.relative_to(base.retain)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepRecord:
+        return cls(
+            step=data["step"], new_mlp=list(data["new_mlp"]), new_attn=list(data["new_attn"]),
+            mlp_counts=list(data["mlp_counts"]), attn_counts=list(data["attn_counts"]),
+            forget=EvalResult.from_dict(data["forget"]), retain=EvalResult.from_dict(data["retain"]),
+            seconds=float(data.get("seconds", 0.0)),
+        )
+
+
+def relative_path(history: Sequence[StepRecord], metric: str = "top1") -> tuple[list[float], list[float]]:
+    """Forget and retain ``metric`` of every step relative to step 0: ``(xs, ys)``, starting at (1, 1)."""
+    if metric not in ("top1", "topk"):
+        raise UnlearnLensError(f"metric must be 'top1' or 'topk', got {metric!r}")
+    if not history:
+        raise UnlearnLensError("empty history")
+    f0, r0 = getattr(history[0].forget, metric), getattr(history[0].retain, metric)
+    if not f0 or not r0:
+        raise UnlearnLensError(f"unpruned {metric} is zero; the relative curve is undefined")
+    xs = [1.0] + [max(getattr(s.forget, metric) / f0, 0.0) for s in history[1:]]
+    ys = [1.0] + [max(getattr(s.retain, metric) / r0, 0.0) for s in history[1:]]
+    return xs, ys
+
+
+def retain_at_forget(history: Sequence[StepRecord], level: float = 0.5, metric: str = "top1") -> float | None:
+    """Relative retain ``metric`` where relative forget ``metric`` first falls to ``level``.
+
+    The path runs from (1, 1) through the steps; between the last step above ``level``
+    and the first at or below it, retain is interpolated linearly in forget.
+
+    Returns:
+        The relative retain value there, or None if forget never falls to ``level``.
+    """
+    if not 0.0 <= level <= 1.0:
+        raise UnlearnLensError(f"level must be in [0, 1], got {level!r}")
+    xs, ys = relative_path(history, metric)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if x <= level:
+            if i == 0 or x == xs[i - 1]:
+                return y
+            t = (xs[i - 1] - level) / (xs[i - 1] - x)
+            return ys[i - 1] + t * (y - ys[i - 1])
+    return None
+
+
+def separability_area(history: Sequence[StepRecord], metric: str = "top1") -> float:
+    """Area under the retain-vs-forget path (relative to step 0), closed from its last step to (0, 0).
+
+    The closing segment is a straight line from wherever the run stopped, so the area
+    depends on the stop: a perfect run stopped at forget 0.5 scores at most 0.75,
+    and two runs compare fairly only when they stop at similar forget levels. Prefer
+    :func:`retain_at_forget` as a headline.
+    """
+    xs, ys = relative_path(history, metric)
+    xs, ys = xs + [0.0], ys + [0.0]
+    return sum((x0 - x1) * (y0 + y1) / 2 for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]))
+
+
+_TENSOR_FILES = {  # attribute -> (file, loader)
+    "means": ("means.safetensors", ActivationStats.load),
+    "forget_stats": ("forget_stats.safetensors", ActivationStats.load),
+    "retain_stats": ("retain_stats.safetensors", ActivationStats.load),
+    "initial_scores": ("initial_scores.safetensors", Scores.load),
+    "scores": ("scores.safetensors", Scores.load),
+}
+
+
+@dataclass
+class PruneRun:
+    """A pruning run: its config, every step's evaluation, and what it leaves behind.
+
+    Attributes:
+        config: the settings.
+        history: per step (step 0 = unpruned), see :class:`StepRecord`.
+        masks: the final cumulative masks.
+        dims: the model's unit shapes.
+        strategy: ``"selective"`` or ``"random"`` (from :func:`random_baseline`).
+        model: the model's name.
+        means: retain statistics of the unpruned model (mean ablation), or None.
+        initial_scores: scores on the unpruned model (selective runs).
+        scores: scores of the last step (selective runs).
+        forget_stats, retain_stats: statistics of the last step (selective runs).
+        baseline: the random baseline compared with this run, if one was made.
+        info: where the data came from (dataset names, text fields, split), as the
+            command line records it.
+        version: unlearn_lens version that made the run.
+        seconds: total wall time.
+    """
+
+    config: PruneConfig
+    history: list[StepRecord]
+    masks: Masks
+    dims: ModelDims
+    strategy: str = "selective"
+    model: str = ""
+    means: ActivationStats | None = None
+    initial_scores: Scores | None = None
+    scores: Scores | None = None
+    forget_stats: ActivationStats | None = None
+    retain_stats: ActivationStats | None = None
+    baseline: PruneRun | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    version: str = __version__
+    seconds: float = 0.0
+
+    @property
+    def base(self) -> StepRecord:
+        """Step 0: the unpruned model."""
+        return self.history[0]
+
+    @property
+    def final(self) -> StepRecord:
+        return self.history[-1]
+
+    def runs(self) -> dict[str, PruneRun]:
+        """This run under its strategy's name, and its baseline (if any) under ``"random"``."""
+        out = {self.strategy: self}
+        if self.baseline is not None:
+            out[self.baseline.strategy] = self.baseline
+        return out
+
+    def relative_path(self, metric: str = "top1") -> tuple[list[float], list[float]]:
+        """Forget and retain ``metric`` of every step relative to the unpruned model."""
+        return relative_path(self.history, metric)
+
+    def retain_at_forget(self, level: float = 0.5, metric: str = "top1") -> float | None:
+        """Relative retain top-1 where relative forget top-1 first falls to ``level``.
+
+        Linear interpolation between steps; None if forget never falls that far. This
+        is the headline separation number: it does not depend on where the run stopped.
+        """
+        return retain_at_forget(self.history, level, metric)
+
+    def separability_area(self, metric: str = "top1") -> float:
+        """See :func:`separability_area` (depends on where the run stopped)."""
+        return separability_area(self.history, metric)
+
+    def summary(self, level: float = 0.5) -> dict[str, Any]:
+        """Unpruned and final metrics, relative drops, pruned shares and the separation numbers."""
+        return {
+            "strategy": self.strategy,
+            "steps": len(self.history) - 1,
+            "frac_mlp": self.final.n_mlp / self.dims.n_mlp,
+            "frac_attn": self.final.n_attn / self.dims.n_attn,
+            "forget_top1": [self.base.forget.top1, self.final.forget.top1],
+            "retain_top1": [self.base.retain.top1, self.final.retain.top1],
+            "forget_rel": self.final.forget.relative_to(self.base.forget),
+            "retain_rel": self.final.retain.relative_to(self.base.retain),
+            "retain_at_forget": {"level": level, "metric": "top1", "value": self.retain_at_forget(level)},
+            "separability_area": self.separability_area(),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the tensors (masks, statistics, scores), as JSON-ready data."""
+        return {
+            "strategy": self.strategy,
+            "model": self.model,
+            "version": self.version,
+            "dims": self.dims.to_dict(),
+            "config": self.config.to_dict(),
+            "info": self.info,
+            "seconds": round(self.seconds, 3),
+            "summary": self.summary(),
+            "steps": [s.to_dict(self.dims, self.base) for s in self.history],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], masks: Masks | None = None) -> PruneRun:
+        """Rebuild a run from :meth:`to_dict` (masks, scores and statistics are stored apart)."""
+        dims = ModelDims(**data["dims"])
+        return cls(
+            config=PruneConfig.from_dict(data["config"]), history=[StepRecord.from_dict(s) for s in data["steps"]],
+            masks=masks if masks is not None else Masks.empty(dims), dims=dims, strategy=data["strategy"],
+            model=data.get("model", ""), info=dict(data.get("info") or {}), version=data.get("version", "?"),
+            seconds=float(data.get("seconds", 0.0)),
+        )
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the run (and its baseline) into the directory ``path``.
+
+        The directory is built under a temporary name and renamed into place, so an
+        interruption leaves either the complete directory or nothing. It holds
+        ``results.json`` (config, history, summaries, data sources),
+        ``masks.safetensors``, ``baseline_masks.safetensors`` (with a baseline), and
+        those of ``means``, ``forget_stats``, ``retain_stats``, ``initial_scores`` and
+        ``scores`` that the run has, each as ``<name>.safetensors``.
+
+        Args:
+            path: the run directory to create.
+            overwrite: replace an existing directory (only once the new one is complete).
+
+        Returns:
+            The directory.
+
+        Raises:
+            UnlearnLensError: ``path`` exists and is not empty (without ``overwrite``).
+        """
+        path = Path(path)
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            self.masks.save(tmp / "masks.safetensors", meta={"strategy": self.strategy, "model": self.model})
+            if self.baseline is not None:
+                self.baseline.masks.save(tmp / "baseline_masks.safetensors",
+                                         meta={"strategy": self.baseline.strategy, "model": self.model})
+            for attr, (name, _) in _TENSOR_FILES.items():
+                value = getattr(self, attr)
+                if value is not None:
+                    value.save(tmp / name)
+            write_json(tmp / "results.json", {
+                "library": "unlearn_lens", "format": RESULTS_FORMAT, "version": self.version,
+                "run": self.to_dict(), "baseline": self.baseline.to_dict() if self.baseline is not None else None,
+            })
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruneRun:
+        """Read a run directory written by :meth:`save` (with its baseline, masks, statistics and scores).
+
+        Raises:
+            UnlearnLensError: a missing or corrupt file, named in the message.
+        """
+        path = Path(path)
+        results_path = path / "results.json"
+        if not results_path.is_file():
+            raise UnlearnLensError(f"{str(path)!r} is not a run directory: it has no results.json")
+        data = read_json(results_path)
+        if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT or not isinstance(data.get("run"), dict):
+            raise UnlearnLensError(
+                f"file {str(results_path)!r} is not a results file of this version of unlearn_lens "
+                f"(format {data.get('format') if isinstance(data, dict) else None!r}, expected {RESULTS_FORMAT})"
+            )
+        try:
+            run = cls.from_dict(data["run"])
+            baseline = cls.from_dict(data["baseline"]) if data.get("baseline") else None
+        except UnlearnLensError as exc:
+            raise UnlearnLensError(f"file {str(results_path)!r}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise UnlearnLensError(f"file {str(results_path)!r} is incomplete or corrupt ({exc!r})") from exc
+        run.masks = Masks.load(path / "masks.safetensors", dims=run.dims)
+        if baseline is not None:
+            baseline.masks = Masks.load(path / "baseline_masks.safetensors", dims=run.dims)
+            run.baseline = baseline
+        for attr, (name, loader) in _TENSOR_FILES.items():
+            if (path / name).is_file():
+                setattr(run, attr, loader(path / name))
+        if baseline is not None:
+            baseline.means = run.means
+        return run
