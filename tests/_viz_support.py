@@ -1,11 +1,14 @@
 """Shared inputs of test_viz.py and test_report.py: a tiny random GPT-2 and two real pruning runs.
 
 Built once per test session (the first test module that asks builds it) and cached here,
-so that both modules look at the same runs.
+so that both modules look at the same runs: a selective run and its random baseline
+(``run.baseline``), made with :func:`unlearn_lens.selective_prune` and
+:func:`unlearn_lens.random_baseline`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ PROSE = [
 
 @dataclass
 class Tiny:
-    """A tiny model, its texts and a selective run with its random baseline."""
+    """A tiny model, its texts and a selective run with its random baseline (also ``run.baseline``)."""
 
     model_dir: Path
     model: Any
@@ -70,8 +73,35 @@ def tiny(tmp_path_factory: Any) -> Tiny:
 
         model_dir = build_model_dir(tmp_path_factory.mktemp("viz-gpt2"))
         model = ul.load_model(str(model_dir), device="cpu")
-        config = ul.PruneConfig(ff_frac=0.1, attn_frac=0.02, n_steps=2, collect_tokens=500, eval_tokens=500)
+        config = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.02, n_steps=2, collect_tokens=500, eval_tokens=500)
         run = ul.selective_prune(model, CODE, PROSE, config, progress=False)
-        random_run = ul.selective_prune(model, CODE, PROSE, config, baseline="random", reference=run, progress=False)
+        random_run = ul.random_baseline(model, CODE, PROSE, run, progress=False)
+        run.baseline = random_run
         _CACHE["tiny"] = Tiny(model_dir, model, CODE, PROSE, config, run, random_run)
     return _CACHE["tiny"]
+
+
+def forget_falling(run: Any, levels: tuple[float, ...] = (0.8, 0.3)) -> Any:
+    """A copy of ``run`` whose forget top-1 after step i is ``levels[i - 1]`` times its unpruned value.
+
+    The tiny model is untrained, so pruning it never halves forget top-1 and the headline
+    point (retain where forget falls to 50 %) is never reached. This copy keeps everything
+    else as measured (retain, masks, scores, the baseline) and only moves forget top-1, so
+    that the headline is reached between steps 1 and 2.
+    """
+    f0 = run.base.forget.top1
+    history = [run.history[0]] + [
+        dataclasses.replace(s, forget=dataclasses.replace(s.forget, top1=f0 * level))
+        for s, level in zip(run.history[1:], levels, strict=True)
+    ]
+    return dataclasses.replace(run, history=history)
+
+
+def interpolated_retain(run: Any, level: float = 0.5) -> float | None:
+    """Relative retain top-1 where relative forget top-1 first falls to ``level``, computed here from the steps."""
+    f0, r0 = run.base.forget.top1, run.base.retain.top1
+    points = [(s.forget.top1 / f0, s.retain.top1 / r0) for s in run.history]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 > level >= x1:
+            return y0 + (y1 - y0) * (x0 - level) / (x0 - x1)
+    return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import json
 import os
 import re
@@ -10,13 +12,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _viz_support import tiny
+from _viz_support import forget_falling, interpolated_retain, tiny
 
 import unlearn_lens as ul
-from unlearn_lens.cli import main, write_run
-from unlearn_lens.report import load_runs, top_units, write_report
+from unlearn_lens.cli import main
+from unlearn_lens.report import write_report
+from unlearn_lens.scoring import top_units
 
 N_FIGURES = 9  # effects, separability, 2 maps, heads, 2 distributions, 2 per-layer bars (attention was pruned)
+HEADLINE = "retain top-1 at forget top-1 = 50 %"
+AREA = "separability area (top-1)"
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,7 @@ def t(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_dirs(tmp_path_factory, t):
-    """The forget and retain texts as folders of .txt files (what results.json can name)."""
+    """The forget and retain texts as folders of .txt files (what a run's data sources can name)."""
     root = tmp_path_factory.mktemp("texts")
     for name, texts in (("code", t.code), ("prose", t.prose)):
         folder = root / name
@@ -37,21 +42,23 @@ def text_dirs(tmp_path_factory, t):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, t, text_dirs):
-    """A run directory as `unlearn-lens prune` writes it."""
-    out = tmp_path_factory.mktemp("run")
-    extra = {"library": "unlearn_lens", "model": str(t.model_dir), "forget": str(text_dirs[0]),
-             "retain": str(text_dirs[1]), "config": t.config.to_dict(), "seconds": 1.0}
-    write_run(out, t.runs, extra)
-    return out
+def run(t, text_dirs):
+    """The tiny selective run (with its random baseline) and the data sources the command line records."""
+    info = {"model": str(t.model_dir), "forget": str(text_dirs[0]), "retain": str(text_dirs[1]),
+            "forget_field": "text", "retain_field": "text", "split": "train"}
+    return dataclasses.replace(t.run, info=info)
 
 
 @pytest.fixture(scope="module")
-def memory_report(tmp_path_factory, t):
+def run_dir(tmp_path_factory, run):
+    """The run directory, as `unlearn-lens prune` writes it (PruneRun.save)."""
+    return run.save(tmp_path_factory.mktemp("runs") / "run")
+
+
+@pytest.fixture(scope="module")
+def memory_report(tmp_path_factory, run, t):
     out = tmp_path_factory.mktemp("memory-report")
-    path = write_report(out, runs=t.runs, model=t.model, forget_texts=t.code, retain_texts=t.prose,
-                        info={"model": "tiny-gpt2", "forget": "code", "retain": "prose"}, card_tokens=400)
-    return path
+    return write_report(run, out, model=t.model, forget_texts=t.code, retain_texts=t.prose, card_tokens=400)
 
 
 def _figure_data(page: str) -> dict[str, list]:
@@ -70,19 +77,63 @@ def _assert_self_contained(page: str) -> None:
     assert not re.search(r"<link[^>]*\shref\s*=", page, re.I), "no external style sheets"
     assert not re.search(r"url\(\s*['\"]?https?:", page, re.I)
     assert page.count("* plotly.js v") == 1, "plotly.js is embedded exactly once"
-    assert page.index("* plotly.js v") < page.index("Plotly.newPlot"), "plotly.js comes before the first figure"
-
-
-def _summary_values(run) -> list[str]:
-    return [f"{run.final.forget.top1:.4f}", f"{run.final.retain.top1:.4f}", f"{run.final.forget.topk:.4f}",
-            f"{run.final.retain.loss:.4f}", f"{run.separability_area():.3f}", f"{run.base.forget.top1:.4f}"]
+    assert page.index("* plotly.js v") < page.index("</head>") < page.index("Plotly.newPlot"), \
+        "plotly.js is in the head, before the first figure"
 
 
 def _summary_table(page: str) -> str:
     return re.search(r'<table class="summary">.*?</table>', page, re.S).group(0)
 
 
-def test_report_from_memory(memory_report, t):
+_CELL = re.compile(r'<td(?: class="[^"]*")?(?: data-value="([^"]*)")?>(.*?)</td>', re.S)
+
+
+def _summary_rows(page: str) -> dict[str, list[tuple[str, str, float | None]]]:
+    """{row label: [(text, bracketed text, exact value or None) per run]} of the summary table.
+
+    Rows of the forget and retain groups are named "forget top-1 accuracy", "retain loss (nats)", ...
+    """
+    rows, group = {}, ""
+    for cls, row in re.findall(r'<tr(?: class="(\w+)")?>(.*?)</tr>', _summary_table(page), re.S):
+        if cls == "group":
+            group = re.sub(r"<[^>]+>", "", row).split()[0]
+            continue
+        cells = _CELL.findall(row)
+        if not cells:
+            continue
+        label = html.unescape(re.sub(r'<div class="def">.*?</div>', "", cells[0][1]))
+        parsed = []
+        for value, body in cells[2:]:
+            text, _, rel = body.partition('<span class="rel">(')
+            parsed.append((html.unescape(text), html.unescape(rel.removesuffix(")</span>")),
+                           float(value) if value else None))
+        rows[f"{group} {label}" if group in ("forget", "retain") else label] = parsed
+    return rows
+
+
+def _row_definition(page: str, label: str) -> str:
+    return re.search(re.escape(label) + r'<div class="def">(.*?)</div>', _summary_table(page), re.S).group(1)
+
+
+def _assert_summary_numbers(page: str, runs: dict) -> None:
+    rows = _summary_rows(page)
+    for i, r in enumerate(runs.values()):
+        for label, metric, fmt in (("top-1 accuracy", "top1", ".4f"), ("top-10 accuracy", "topk", ".4f"),
+                                   ("loss (nats)", "loss", ".4f"), ("perplexity", "perplexity", ".2f")):
+            for dataset in ("forget", "retain"):
+                value, unpruned = (getattr(getattr(step, dataset), metric) for step in (r.final, r.base))
+                assert rows[f"{dataset} {label}"][i] == (f"{value:{fmt}}", f"{value / unpruned:.0%}", value)
+        text, rel, value = rows[AREA][i]
+        assert value == r.separability_area() and text == f"{value:.3f}"
+        assert rel == f"stopped with forget at {r.relative_path()[0][-1]:.0%} after step {r.final.step}"
+        assert rows["steps"][i][0] == str(len(r.history) - 1)
+        assert rows["MLP neurons"][i][:2] == (f"{r.final.n_mlp:,}", f"{r.final.n_mlp / r.dims.n_mlp:.1%}")
+
+
+# --- content --------------------------------------------------------------------------------------------------
+
+
+def test_report_from_memory(memory_report, run, t):
     assert memory_report.name == "report.html" and memory_report.is_file()
     page = memory_report.read_text(encoding="utf-8")
     _assert_self_contained(page)
@@ -90,69 +141,126 @@ def test_report_from_memory(memory_report, t):
     assert len(figures) == N_FIGURES
     assert set(figures) >= {"fig-effects", "fig-separability", "fig-map-mlp", "fig-heads", "fig-pl-mlp"}
     table = _summary_table(page)
-    for run in t.runs.values():
-        for value in _summary_values(run):
-            assert value in table
     assert "<th>selective<br>" in table and "<th>random<br>" in table
+    _assert_summary_numbers(page, run.runs())
     for key, value in t.config.to_dict().items():
         assert f"<td>{key}</td><td><code>{value}</code></td>" in page
-    assert "tiny-gpt2" in page
+    assert f"<td>forget dataset</td><td><code>{run.info['forget']}</code></td>" in page
+    assert f"<title>Selective pruning report: {t.model_dir}</title>" in page
     cards = re.findall(r'<div class="ul-card" data-layer="(\d+)" data-unit="(\d+)" data-kind="mlp">', page)
     assert [(int(a), int(b)) for a, b in cards] == top_units(t.run.initial_scores, 4)
     assert page.count("Top 5 contexts on forget") == 4 and page.count("Top 5 contexts on retain") == 4
     assert page.count("<style>") == 1, "the card style sheet is included once, in the head"
+    # Every step of both runs is in the step tables.
+    for name, r in run.runs().items():
+        steps = re.search(rf"Step by step: {name} run</summary>(.*?)</details>", page, re.S).group(1)
+        values = [float(v) for v in re.findall(r'data-value="([^"]+)"', steps)]
+        assert values == [getattr(getattr(s, ds), m) for s in r.history for ds in ("forget", "retain")
+                          for m in ("top1", "topk", "loss")]
 
 
-def test_top_units_are_the_highest_initial_scores(t):
-    units = top_units(t.run.initial_scores, 5)
-    values = [float(t.run.initial_scores.mlp[layer, unit]) for layer, unit in units]
-    assert values == sorted(values, reverse=True)
-    assert values[0] == float(t.run.initial_scores.mlp.max())
-    assert len(set(units)) == 5
+def test_report_headline_is_retain_where_forget_halves(t, tmp_path):
+    run = forget_falling(t.run, (0.8, 0.3))  # the untrained model never halves forget; see _viz_support
+    expected = interpolated_retain(run, 0.5)
+    assert expected is not None
+    page = write_report(run, tmp_path, n_cards=0).read_text(encoding="utf-8")
+    rows = _summary_rows(page)
+    (selective, random) = rows[HEADLINE]
+    assert selective[2] == pytest.approx(expected, abs=1e-12)
+    assert selective[0] == f"{expected:.1%}"
+    assert selective[1] == f"top-1 {expected * run.base.retain.top1:.4f}"
+    # The random baseline does not get there; the table says so, with where it stopped.
+    assert run.baseline.retain_at_forget(0.5) is None
+    x_last = run.baseline.relative_path()[0][-1]
+    assert random == ("not reached", f"forget at {x_last:.0%} after step {run.baseline.final.step}", None)
+    # The headline is the first row of the table; the area comes with its definition and its dependence on the stop.
+    assert list(rows)[:2] == [HEADLINE, AREA]
+    definition = _row_definition(page, AREA)
+    assert "closed by a straight line from the last step to (0, 0)" in definition
+    assert "depends on where the run stopped" in definition
+    assert rows[AREA][0][2] == run.separability_area() != t.run.separability_area()
+    # The separability figure marks the same point.
+    sep = _figure_data(page)["fig-separability"]
+    (star,) = [tr for tr in sep if tr.get("marker", {}).get("symbol") == "star"]
+    assert star["x"] == [0.5] and star["y"][0] == pytest.approx(expected, abs=1e-12)
 
 
-def test_report_from_run_dir_without_model(run_dir, t):
+def test_report_headline_not_reached_on_the_real_runs(memory_report, run):
+    rows = _summary_rows(memory_report.read_text(encoding="utf-8"))
+    for cells, r in zip(rows[HEADLINE], run.runs().values()):
+        assert r.retain_at_forget(0.5) is None
+        assert cells == ("not reached", f"forget at {r.relative_path()[0][-1]:.0%} after step {r.final.step}", None)
+
+
+def test_report_escapes_data_sources(run, tmp_path):
+    evil = dataclasses.replace(run, info={**run.info, "forget": "<script>alert(1)</script>"})
+    page = write_report(evil, tmp_path, n_cards=0).read_text(encoding="utf-8")
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def _comparable(page: str) -> str:
+    """The page without what may differ between two writes: the meta line (time, directory) and timings."""
+    page = re.sub(r'<div class="meta">.*?</div>', "", page, count=1, flags=re.S)
+    page = re.sub(r'<td class="secs">[^<]*</td>', "", page)
+    return re.sub(r"<tr><td>run time \(\w+\)</td><td><code>[^<]*</code></td></tr>", "", page)
+
+
+def test_report_from_run_dir_equals_report_from_memory(memory_report, run_dir, run, t, tmp_path):
+    rebuilt = write_report(run_dir, tmp_path / "rebuilt", model=t.model, forget_texts=t.code, retain_texts=t.prose,
+                           card_tokens=400)
+    assert rebuilt == tmp_path / "rebuilt" / "report.html"
+    memory, disk = memory_report.read_text(encoding="utf-8"), rebuilt.read_text(encoding="utf-8")
+    assert _summary_rows(disk) == _summary_rows(memory)
+    assert _figure_data(disk) == _figure_data(memory)
+    assert _comparable(disk) == _comparable(memory)
+    assert _comparable(disk) != disk and disk.count('<div class="ul-card"') == 4
+    _assert_summary_numbers(disk, run.runs())
+
+
+def test_report_from_run_dir_without_model(run_dir, run):
     path = write_report(run_dir)
     assert path == run_dir / "report.html"
     page = path.read_text(encoding="utf-8")
     _assert_self_contained(page)
     assert len(_figure_data(page)) == N_FIGURES
-    table = _summary_table(page)
-    for run in t.runs.values():
-        for value in _summary_values(run):
-            assert value in table
+    _assert_summary_numbers(page, run.runs())
     assert "No model was given, so there are no neuron cards" in page
+    assert "<code>unlearn-lens report RUN_DIR</code>" in page
     assert 'class="ul-card"' not in page
-    assert str(t.model_dir) in page
+    assert run.info["model"] in page
 
 
-def test_report_loads_model_from_results(run_dir, t):
+def test_report_loads_model_and_texts_named_in_the_run(run_dir, t):
     page = write_report(run_dir, load_model_from_results=True, n_cards=2, card_tokens=300,
                         device="cpu").read_text(encoding="utf-8")
-    assert page.count('<div class="ul-card"') == 2
-    assert "Top 5 contexts on retain" in page
+    cards = re.findall(r'<div class="ul-card" data-layer="(\d+)" data-unit="(\d+)"', page)
+    assert [(int(a), int(b)) for a, b in cards] == top_units(t.run.initial_scores, 2)
+    assert page.count("Top 5 contexts on forget") == 2 and page.count("Top 5 contexts on retain") == 2
 
 
 def test_report_says_when_the_model_is_unavailable(run_dir, tmp_path):
-    page = write_report(run_dir, model=str(tmp_path / "no-such-model")).read_text(encoding="utf-8")
+    page = write_report(run_dir, tmp_path, model=str(tmp_path / "no-such-model")).read_text(encoding="utf-8")
     assert "is unavailable, so there are no neuron cards" in page
     assert "no-such-model" in page
     assert len(_figure_data(page)) == N_FIGURES
 
 
-def test_load_runs_roundtrip(run_dir, t):
-    results, runs = load_runs(run_dir)
-    assert list(runs) == ["selective", "random"]
-    assert results["model"] == str(t.model_dir)
-    for name, run in runs.items():
-        original = t.runs[name]
-        assert run.masks == original.masks
-        assert run.to_dict()["steps"] == original.to_dict()["steps"]
-        assert run.separability_area() == pytest.approx(original.separability_area())
-    sel = runs["selective"]
-    assert sel.initial_scores.method == "abs"
-    assert sel.initial_scores.mlp.equal(t.run.initial_scores.mlp.cpu())
-    assert sel.forget_stats.n_tokens == t.run.forget_stats.n_tokens
+def test_report_says_when_the_texts_are_unavailable(run, t, tmp_path):
+    lost = dataclasses.replace(run, info={**run.info, "forget": str(tmp_path / "gone")})
+    page = write_report(lost, tmp_path, model=t.model).read_text(encoding="utf-8")
+    assert "The forget texts are unavailable, so there are no neuron cards" in page
+    assert "gone" in page and 'class="ul-card"' not in page
+    bare = dataclasses.replace(run, info={})
+    page = write_report(bare, tmp_path, model=t.model).read_text(encoding="utf-8")
+    assert "none named in the run&#39;s data sources" in page
+
+
+def test_write_report_needs_a_directory_for_a_run_in_memory(run):
+    with pytest.raises(ul.UnlearnLensError, match="out_dir"):
+        write_report(run)
+    with pytest.raises(ul.UnlearnLensError, match="PruneRun or a run directory"):
+        write_report(42, "somewhere")
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
@@ -168,13 +276,13 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
         (lambda d: (d / "results.json").unlink(), "results.json"),
         (lambda d: (d / "results.json").write_text("{not json", encoding="utf-8"), "results.json"),
         (lambda d: (d / "results.json").write_text('{"model": "x"}', encoding="utf-8"), "results.json"),
-        (lambda d: (d / "results.json").write_text('{"runs": {"selective": {"kind": "selective"}}}'), "results.json"),
+        (lambda d: (d / "results.json").write_text('{"format": 2, "run": {"strategy": "selective"}}'), "results.json"),
         (lambda d: (d / "masks.safetensors").unlink(), "masks.safetensors"),
-        (lambda d: (d / "random_masks.safetensors").write_bytes(b"garbage"), "random_masks.safetensors"),
+        (lambda d: (d / "baseline_masks.safetensors").write_bytes(b"garbage"), "baseline_masks.safetensors"),
         (lambda d: (d / "initial_scores.safetensors").write_bytes(b"\x00" * 64), "initial_scores.safetensors"),
         (lambda d: (d / "forget_stats.safetensors").write_bytes(b"junk"), "forget_stats.safetensors"),
     ],
-    ids=["no-results", "bad-json", "no-runs", "incomplete-run", "no-masks", "bad-random-masks", "bad-scores",
+    ids=["no-results", "bad-json", "old-format", "incomplete-run", "no-masks", "bad-baseline-masks", "bad-scores",
          "bad-stats"],
 )
 def test_broken_run_dir_names_the_file(run_dir, tmp_path, damage, named):
@@ -190,20 +298,32 @@ def test_missing_run_dir(tmp_path):
         write_report(tmp_path / "nothing-here")
 
 
-def test_cli_report(run_dir, tmp_path, capsys):
+# --- command line ---------------------------------------------------------------------------------------------
+
+
+def test_cli_report(run_dir, run, tmp_path, capsys):
     copy = _copy(run_dir, tmp_path)
     assert main(["report", str(copy), "--no-cards"]) == 0
     assert f"report: {copy / 'report.html'}" in capsys.readouterr().out
     page = (copy / "report.html").read_text(encoding="utf-8")
     assert '<div class="ul-card"' not in page and len(_figure_data(page)) == N_FIGURES
     assert "Neuron cards were switched off" in page
+    _assert_summary_numbers(page, run.runs())
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "results.json" in capsys.readouterr().err
 
 
+def test_cli_report_loads_the_model(run_dir, t, tmp_path, capsys):
+    copy = _copy(run_dir, tmp_path)
+    assert main(["report", str(copy), "--device", "cpu"]) == 0
+    page = (copy / "report.html").read_text(encoding="utf-8")
+    cards = re.findall(r'<div class="ul-card" data-layer="(\d+)" data-unit="(\d+)"', page)
+    assert [(int(a), int(b)) for a, b in cards] == top_units(t.run.initial_scores, 4)
+
+
 def test_cli_prune_writes_the_report(t, text_dirs, tmp_path, capsys):
     common = ["prune", "--model", str(t.model_dir), "--forget", str(text_dirs[0]), "--retain", str(text_dirs[1]),
-              "--ff-frac", "0.1", "--steps", "1", "--collect-tokens", "300", "--eval-tokens", "300", "--quiet",
+              "--mlp-frac", "0.1", "--n-steps", "1", "--collect-tokens", "300", "--eval-tokens", "300", "--quiet",
               "--device", "cpu"]
     assert main([*common, "--out", str(tmp_path / "with")]) == 0
     out = capsys.readouterr().out
@@ -212,8 +332,11 @@ def test_cli_prune_writes_the_report(t, text_dirs, tmp_path, capsys):
     page = report.read_text(encoding="utf-8")
     _assert_self_contained(page)
     assert page.count('<div class="ul-card"') == 4
+    saved = ul.PruneRun.load(tmp_path / "with")
+    rows = _summary_rows(page)
+    assert [cells[2] for cells in rows[AREA]] == [r.separability_area() for r in saved.runs().values()]
     results = json.loads((tmp_path / "with" / "results.json").read_text())
-    assert f"{results['runs']['selective']['summary']['separability_area']:.3f}" in _summary_table(page)
+    assert rows[AREA][0][2] == results["run"]["summary"]["separability_area"]
     assert main([*common, "--out", str(tmp_path / "without"), "--no-report"]) == 0
     assert "report:" not in capsys.readouterr().out
     assert (tmp_path / "without" / "results.json").is_file()
@@ -247,6 +370,7 @@ def _rendered_traces(dom: str, div_id: str) -> tuple[bool, int]:
     return has_svg, traces
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(memory_report, tmp_path):
     chromium = _chromium()

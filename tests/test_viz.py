@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import re
@@ -9,12 +10,13 @@ import re
 import numpy as np
 import pytest
 import torch
-from _viz_support import tiny
+from _viz_support import forget_falling, interpolated_retain, tiny
 
 import unlearn_lens as ul
 from unlearn_lens import viz
+from unlearn_lens.cards import neuron_card
 from unlearn_lens.models import attached, attn_hook_name, mlp_hook_name
-from unlearn_lens.scoring import Scores, head_scores
+from unlearn_lens.scoring import Scores, head_scores, top_units
 from unlearn_lens.stats import as_token_set
 
 
@@ -68,13 +70,13 @@ def test_specialisation_map_attn(t):
 def test_specialisation_map_without_masks_and_non_ratio_scores(t):
     fig = viz.specialisation_map(t.run.initial_scores)
     assert [tr.type for tr in fig.data] == ["heatmap"]
-    mean = Scores(torch.rand(2, 64, dtype=torch.float64), torch.rand(2, 4, 8, dtype=torch.float64), method="mean")
+    mean = Scores(torch.rand(2, 64, dtype=torch.float64), torch.rand(2, 4, 8, dtype=torch.float64), "mean", "mean")
     fig = viz.specialisation_map(mean, t.run.masks)
     heat = fig.data[0]
     assert "log10" not in heat.colorbar.title.text and "log10" not in fig.layout.title.subtitle.text
     assert "not a ratio" in fig.layout.title.subtitle.text
     np.testing.assert_allclose(np.asarray(heat.z)[0], np.sort(mean.mlp[0].numpy())[::-1])
-    rand = Scores(torch.randn(2, 64, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64), method="rand")
+    rand = Scores(torch.randn(2, 64, dtype=torch.float64), torch.randn(2, 4, 8, dtype=torch.float64), "rand", "rand")
     assert "random" in viz.specialisation_map(rand).layout.title.subtitle.text
     with pytest.raises(ul.UnlearnLensError, match="kind"):
         viz.specialisation_map(t.run.initial_scores, kind="heads")
@@ -111,6 +113,11 @@ def test_score_distributions(t):
     assert fig.layout.yaxis.title.text.startswith("log10 score")
     attn = viz.score_distributions(scores, kind="attn")
     assert all(len(tr.y) == dims.n_heads * dims.d_head for tr in attn.data)
+    # Attention neurons are flattened head-major: unit head * d_head + d.
+    for layer, trace in enumerate(attn.data):
+        expected = [float(np.log10(max(float(scores.attn[layer, h, d]), 1e-6)))
+                    for h in range(dims.n_heads) for d in range(dims.d_head)]
+        np.testing.assert_allclose(np.asarray(trace.y), expected)
 
 
 # --- run histories -------------------------------------------------------------------------------------------
@@ -134,8 +141,9 @@ def test_pruning_effects(t):
                 np.testing.assert_allclose(trace.y, [getattr(getattr(s, dataset), metric) for s in run.history])
     assert fig.layout.xaxis.title.text == "share of MLP + attention neurons pruned"
     assert fig.layout.yaxis.title.text == "accuracy" and fig.layout.yaxis3.title.text == "loss"
-    single = viz.pruning_effects(t.run)
-    assert len(single.data) == 6
+    assert len(viz.pruning_effects(t.run).data) == 12, "a single run brings its baseline"
+    alone = dataclasses.replace(t.run, baseline=None)
+    assert len(viz.pruning_effects(alone).data) == 6
 
 
 def test_pruning_effects_mlp_only_x_axis(t):
@@ -157,17 +165,24 @@ def _shoelace(xs, ys) -> float:
 def test_separability_trajectory(t):
     runs = t.runs
     fig = viz.separability_trajectory(runs)
+    # Neither run of the untrained tiny model halves forget top-1: no headline markers.
+    assert all(run.retain_at_forget(0.5) is None for run in runs.values())
     assert len(fig.data) == 1 + 3 * len(runs)
     assert fig.data[0].name.startswith("equal damage")
+    (vline,) = fig.layout.shapes
+    assert (vline.x0, vline.x1) == (0.5, 0.5)
     annotations = [a.text for a in fig.layout.annotations]
-    assert len(annotations) == len(runs)
+    assert len(annotations) == len(runs) + 1 and "forget top-1 = 50%" in annotations
     for name, run in runs.items():
         area = run.separability_area()
+        xs, _ = run.relative_path()
         fill = next(tr for tr in fig.data if tr.fill == "toself" and tr.name.startswith(f"{name}:"))
         assert fill.meta["separability_area"] == pytest.approx(area, abs=1e-12)
-        assert f"{area:.3f}" in fill.name
-        assert any(name in a and f"separability area = {area:.3f}" in a for a in annotations)
-        # The shaded polygon has exactly the area the pipeline reports (clockwise, so negative).
+        assert fill.name == f"{name}: area {area:.3f} (closed from step {run.final.step} to (0, 0))"
+        (text,) = [a for a in annotations if a.startswith(f"<b>{name}</b>")]
+        assert f"forget never reached 50% (last step: {xs[-1]:.0%})" in text
+        assert f"area {area:.3f}, closed from the last step (depends on where the run stopped)" in text
+        # The shaded polygon has exactly the area the run reports (clockwise, so negative).
         assert abs(_shoelace(list(fill.x), list(fill.y))) == pytest.approx(area, abs=1e-9)
         path = next(tr for tr in fig.data if tr.name == f"{name} steps")
         assert (path.x[0], path.y[0]) == (1.0, 1.0)
@@ -175,12 +190,43 @@ def test_separability_trajectory(t):
         f0, r0 = run.base.forget.top1, run.base.retain.top1
         np.testing.assert_allclose(path.x[1:], [s.forget.top1 / f0 for s in run.history[1:]])
         np.testing.assert_allclose(path.y[1:], [s.retain.top1 / r0 for s in run.history[1:]])
+        closure = next(tr for tr in fig.data if tr.name == f"{name} closure")
+        assert (closure.x, closure.y) == ((path.x[-1], 0.0), (path.y[-1], 0.0))
     assert fig.layout.xaxis.title.text == "forget top-1 / unpruned"
     assert fig.layout.yaxis.title.text == "retain top-1 / unpruned"
     topk = viz.separability_trajectory(t.run, metric="topk")
     assert topk.data[1].meta["separability_area"] == pytest.approx(t.run.separability_area("topk"))
     with pytest.raises(ul.UnlearnLensError):
         viz.separability_trajectory(t.run, metric="loss")
+
+
+def test_separability_trajectory_marks_where_forget_halves(t):
+    run = forget_falling(t.run, (0.8, 0.3))
+    expected = interpolated_retain(run, 0.5)
+    assert expected is not None and run.retain_at_forget(0.5) == pytest.approx(expected, abs=1e-12)
+    fig = viz.separability_trajectory(run)  # with its (random) baseline, which does not get there
+    stars = [tr for tr in fig.data if tr.meta and "retain_at_forget" in tr.meta]
+    assert len(stars) == 1 and len(fig.data) == 1 + 3 * 2 + 1
+    (star,) = stars
+    assert star.meta == {"retain_at_forget": pytest.approx(expected, abs=1e-12), "level": 0.5}
+    assert (tuple(star.x), star.y[0]) == ((0.5,), pytest.approx(expected, abs=1e-12))
+    assert star.marker.symbol == "star" and star.showlegend is not False
+    assert star.name == f"selective: retain {expected:.1%} at forget 50%"
+    annotations = [a.text for a in fig.layout.annotations]
+    assert any(a.startswith("<b>selective</b>") and f"retain top-1 = {expected:.1%} at forget 50%" in a
+               for a in annotations)
+    # The star lies on the path: between steps 1 and 2, on the straight segment joining them.
+    path = next(tr for tr in fig.data if tr.name == "selective steps")
+    (x1, x2), (y1, y2) = path.x[1:3], path.y[1:3]
+    assert (x1, x2) == pytest.approx((0.8, 0.3))
+    assert star.y[0] == pytest.approx(y1 + (y2 - y1) * (x1 - 0.5) / (x1 - x2))
+    # Another level moves the marker; one that is never reached removes it.
+    at_70 = viz.separability_trajectory(dataclasses.replace(run, baseline=None), level=0.7)
+    (star70,) = [tr for tr in at_70.data if tr.meta and "retain_at_forget" in tr.meta]
+    assert star70.x[0] == 0.7 and star70.y[0] == pytest.approx(interpolated_retain(run, 0.7))
+    at_10 = viz.separability_trajectory(dataclasses.replace(run, baseline=None), level=0.1)
+    assert not [tr for tr in at_10.data if tr.meta and "retain_at_forget" in tr.meta]
+    assert any("forget never reached 10% (last step: 30%)" in a.text for a in at_10.layout.annotations)
 
 
 def test_pruned_per_layer(t):
@@ -213,6 +259,47 @@ def test_figures_never_show(t, monkeypatch):
     viz.pruned_per_layer(t.run)
 
 
+# --- top units (the report's choice of neuron cards) ----------------------------------------------------------
+
+
+def test_top_units_are_the_highest_initial_scores(t):
+    scores = t.run.initial_scores
+    units = top_units(scores, 5)
+    values = [float(scores.mlp[layer, unit]) for layer, unit in units]
+    assert values == sorted(values, reverse=True)
+    assert values[0] == float(scores.mlp.max())
+    assert len(set(units)) == 5
+    assert values == scores.mlp.reshape(-1).topk(5).values.tolist()
+
+
+def test_top_units_nonfinite_scores(t):
+    base = t.run.initial_scores
+    assert torch.isfinite(base.mlp).all() and torch.isfinite(base.attn).all()
+    mlp, attn = base.mlp.clone(), base.attn.clone()
+    mlp[1, 3], mlp[0, 7], mlp[0, 2] = math.inf, math.nan, -math.inf
+    attn[1, 2, 3], attn[0, 0, 1] = math.inf, math.nan
+    scores = Scores(mlp, attn, base.mlp_method, base.attn_method)
+    n_mlp = mlp.numel()
+
+    kept = top_units(scores, n_mlp, exclude_nonfinite=False)
+    assert kept[0] == (1, 3), "+inf ranks first"
+    assert kept[-1] == (0, 2), "-inf ranks last"
+    assert (0, 7) not in kept and len(kept) == n_mlp - 1, "NaN is never returned"
+    assert all(not math.isnan(float(mlp[u])) for u in kept)
+    finite = top_units(scores, n_mlp)
+    assert len(finite) == n_mlp - 3 and {(1, 3), (0, 7), (0, 2)}.isdisjoint(finite)
+    assert finite[0] == kept[1] and finite == kept[1:-1]
+    assert float(mlp[finite[0]]) == float(mlp[torch.isfinite(mlp)].max())
+
+    d_head = t.run.dims.d_head
+    (first,) = top_units(scores, 1, "attn", exclude_nonfinite=False)
+    assert first == (1, 2 * d_head + 3), "attention units are flat: head * d_head + d"
+    everything = top_units(scores, attn.numel(), "attn", exclude_nonfinite=False)
+    assert (0, 1) not in everything and len(everything) == attn.numel() - 1
+    assert (1, 2 * d_head + 3) not in top_units(scores, attn.numel(), "attn")
+    assert top_units(scores, 0) == []
+
+
 # --- neuron cards --------------------------------------------------------------------------------------------
 
 
@@ -238,7 +325,7 @@ def _captured(model, texts, hook: str, index, max_tokens: int):
 
 def test_neuron_card_mlp_stats_and_top_tokens(t):
     layer, unit = 1, 5
-    card = viz.neuron_card(t.model, {"forget": t.code, "retain": t.prose}, layer, unit, max_tokens=400)
+    card = neuron_card(t.model, {"forget": t.code, "retain": t.prose}, layer, unit, max_tokens=400)
     assert card.startswith("<style>") and '<div class="ul-card"' in card
     assert f"MLP neuron L{layer}.N{unit}" in card and f"blocks.{layer}.mlp.hook_post[..., {unit}]" in card
     table = _stats_table(card)
@@ -273,12 +360,12 @@ def test_neuron_card_mlp_stats_and_top_tokens(t):
 
 
 def test_neuron_card_single_dataset_and_given_stats(t):
-    card = viz.neuron_card(t.model, t.code, 0, 3, max_tokens=300, n_contexts=2, include_css=False)
+    card = neuron_card(t.model, t.code, 0, 3, max_tokens=300, n_contexts=2, include_css=False)
     assert not card.startswith("<style>")
     assert "Top 2 contexts on texts" in card
     assert len(re.findall(r"ul-max", card)) == 2
     stats = {"forget": t.run.forget_stats, "retain": t.run.retain_stats}
-    card = viz.neuron_card(t.model, None, 0, 3, forget_texts=t.code, retain_texts=t.prose, stats=stats,
+    card = neuron_card(t.model, None, 0, 3, forget_texts=t.code, retain_texts=t.prose, stats=stats,
                            max_tokens=300, scores=t.run.initial_scores, masks=t.run.masks)
     table = _stats_table(card)
     assert table["tokens"][0] == f"{t.run.forget_stats.n_tokens:,}"
@@ -291,25 +378,25 @@ def test_neuron_card_single_dataset_and_given_stats(t):
 def test_neuron_card_attn_units(t):
     d_head = t.run.dims.d_head
     head, d = 2, 3
-    flat = viz.neuron_card(t.model, t.code, 1, head * d_head + d, kind="attn", max_tokens=300)
-    pair = viz.neuron_card(t.model, t.code, 1, (head, d), kind="attn", max_tokens=300)
+    flat = neuron_card(t.model, t.code, 1, head * d_head + d, kind="attn", max_tokens=300)
+    pair = neuron_card(t.model, t.code, 1, (head, d), kind="attn", max_tokens=300)
     assert flat == pair
     assert f"attention neuron L1.H{head}.D{d}" in flat and f"blocks.1.attn.hook_z[..., {head}, {d}]" in flat
     tokens, acts = _captured(t.model, t.code, attn_hook_name(1), (head, d), 300)
     x = acts[tokens.valid].double()
     assert float(_stats_table(flat)["mean"][0]) == pytest.approx(float(x.mean()), rel=2e-3, abs=1e-6)
     with pytest.raises(ul.UnlearnLensError, match="out of range"):
-        viz.neuron_card(t.model, t.code, 1, (4, 0), kind="attn")
+        neuron_card(t.model, t.code, 1, (4, 0), kind="attn")
     with pytest.raises(ul.UnlearnLensError, match="out of range"):
-        viz.neuron_card(t.model, t.code, 0, 64)
+        neuron_card(t.model, t.code, 0, 64)
     with pytest.raises(ul.UnlearnLensError, match="layer"):
-        viz.neuron_card(t.model, t.code, 2, 0)
+        neuron_card(t.model, t.code, 2, 0)
     with pytest.raises(ul.UnlearnLensError, match="texts"):
-        viz.neuron_card(t.model, None, 0, 0)
+        neuron_card(t.model, None, 0, 0)
 
 
 def test_neuron_card_escapes_html(t):
     texts = ["<script>alert('x')</script> & <b>bold</b>"] * 20
-    card = viz.neuron_card(t.model, texts, 0, 0, max_tokens=200)
+    card = neuron_card(t.model, texts, 0, 0, max_tokens=200)
     assert "<script>" not in card and "<b>bold" not in card
     assert "&lt;" in card and "&amp;" in card
