@@ -8,6 +8,7 @@ friends) and single-threaded (``OMP_NUM_THREADS=1``) for the run.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -28,8 +29,28 @@ OFFLINE_ENV = {
 }
 
 
+# Spellings of the old API that code cells must not use (the markdown may still mention them).
+REMOVED = {
+    r"\bff_frac\b": "PruneConfig(mlp_frac=...)",
+    r"\bstop_at_forget_top1\b": "PruneConfig(stop_at_forget=...)",
+    r"\breference\s*=": "ul.random_baseline(model, forget, retain, run)",
+    r"\bbaseline\s*=\s*[\"']random[\"']": "ul.random_baseline(model, forget, retain, run)",
+    r"ul\.(?:evaluate|collect_stats)\((?:[^()]|\([^()]*\))*\b(?:masks|ablation|means)\s*=":
+        "nesting inside `with ul.pruned(model, masks, ...):`",
+    r"\.to_json\(": "run.save(run_dir)",
+    r"--ff-frac\b|--steps\b|--stop-at\b(?!-)": "--mlp-frac, --n-steps, --stop-at-forget",
+}
+
+
 def _ids(paths: list[Path]) -> list[str]:
     return [p.stem for p in paths]
+
+
+def _code(path: Path) -> str:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
 
 
 def test_tutorials_exist() -> None:
@@ -59,6 +80,23 @@ def test_notebook_is_committed_clean(path: Path) -> None:
     assert nb.cells[-1].cell_type == "code", f"{path.name} should end with a code cell that prints its summary"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+def test_notebook_uses_current_api(path: Path) -> None:
+    """Every `ul.X`, `ul.cards.X` and `viz.X` the code cells name is public, and no old spelling is left."""
+    import unlearn_lens as ul
+    from unlearn_lens import cards, viz
+
+    source = _code(path)
+    public = {"ul.cards": set(cards.__all__), "viz": set(viz.__all__), "ul": set(ul.__all__)}
+    unknown = [f"{prefix}.{name}" for prefix, names in public.items()
+               for name in re.findall(rf"(?<![\w.]){re.escape(prefix)}\.(\w+)", source)
+               if name not in names]
+    assert not unknown, f"{path.name} uses names that unlearn_lens does not export: {sorted(set(unknown))}"
+    stale = [f"{m.group(0)!r} (use {use})" for pattern, use in REMOVED.items() for m in re.finditer(pattern, source)]
+    assert not stale, f"{path.name} uses the old API: {stale}"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
 def test_notebook_executes(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Run every cell in order on a fresh kernel, offline; any exception fails the test."""
