@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from dataclasses import fields
@@ -94,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-field", help="text column of the forget dataset (default: --text-field)")
     p.add_argument("--retain-field", help="text column of the retain dataset (default: --text-field)")
     p.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
+    p.add_argument("--shuffle-buffer", type=int, default=0, metavar="N",
+                   help="read each dataset in a random order (seeded by --seed) through a buffer of N texts; "
+                   "0 keeps the source's order (default 0)")
     choices = {"scoring": SCORING_METHODS, "ablation": ABLATIONS, "head_agg": HEAD_AGGREGATIONS}
     for f in fields(PruneConfig):
         names = [_flag(f.name), *(alias for alias, field in _DEPRECATED_FLAGS.items() if field == f.name)]
@@ -189,16 +193,28 @@ class _Progress:
                 f"report.html was not written (rebuild it with `unlearn-lens report {self.saved}`)")
 
 
+def _check_output(out: Path) -> None:
+    """Fail before any work if the run directory could not be written."""
+    if out.exists() and not out.is_dir():
+        raise UnlearnLensError(f"output path {str(out)!r} is a file; choose a directory with --out")
+    if out.exists() and any(out.iterdir()):
+        raise UnlearnLensError(f"output directory {str(out)!r} already exists and is not empty; choose another --out")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UnlearnLensError(f"cannot write the output directory {str(out)!r}: {str(parent)!r} is not writable")
+
+
 def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
-    from unlearn_lens.data import load_texts
+    from unlearn_lens.data import as_token_set, iter_texts
     from unlearn_lens.models import load_model
     from unlearn_lens.pipeline import random_baseline, selective_prune
 
     config = _config_from_args(args)
+    if args.shuffle_buffer < 0:
+        raise UnlearnLensError(f"--shuffle-buffer must be 0 or more, got {args.shuffle_buffer}")
     out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
         f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UnlearnLensError(f"output directory {str(out)!r} already exists and is not empty; choose another --out")
+    _check_output(out)
     progress = not args.quiet
     if args.quiet:
         import transformers
@@ -206,13 +222,23 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         transformers.utils.logging.disable_progress_bar()
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    forget_field = args.forget_field or args.text_field
-    retain_field = args.retain_field or args.text_field
-    forget = load_texts(args.forget, split=args.split, text_field=forget_field)
-    retain = load_texts(args.retain, split=args.split, text_field=retain_field)
+    info: dict[str, Any] = {"model": str(args.model), "forget": str(args.forget), "retain": str(args.retain),
+                            "forget_field": args.forget_field or args.text_field,
+                            "retain_field": args.retain_field or args.text_field, "split": args.split,
+                            "shuffle_seed": config.seed if args.shuffle_buffer else None,
+                            "shuffle_buffer": args.shuffle_buffer or None}
+    data = {}
+    for key in ("forget", "retain"):
+        # Only the tokens the budgets need are read: the source may be a stream of any length.
+        texts = iter_texts(info[key], split=args.split, text_field=info[f"{key}_field"],
+                           shuffle_seed=info["shuffle_seed"], buffer_size=max(args.shuffle_buffer, 1))
+        data[key] = as_token_set(model, texts, seq_len=config.seq_len,
+                                 max_tokens=config.collect_tokens + config.eval_tokens)
+        info[f"{key}_texts_read"] = texts.n_texts
+        info[f"{key}_tokens"] = data[key].n_tokens
+    forget, retain = data["forget"], data["retain"]
     run = selective_prune(model, forget, retain, config, progress=progress)
-    run.info = {"model": str(args.model), "forget": str(args.forget), "retain": str(args.retain),
-                "forget_field": forget_field, "retain_field": retain_field, "split": args.split}
+    run.info = info
     if args.baseline == "random":
         run.baseline = random_baseline(model, forget, retain, run, progress=progress)
     run.save(out)

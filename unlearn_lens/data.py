@@ -15,8 +15,11 @@ since no real token attends to a later position.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
-from collections.abc import Iterator, Sequence
+import os
+import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,16 @@ from unlearn_lens.demo import demo_texts
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import model_name
 
-__all__ = ["TokenBatch", "TokenSet", "as_token_set", "default_seq_len", "load_texts", "tokenize_texts"]
+__all__ = [
+    "TextStream",
+    "TokenBatch",
+    "TokenSet",
+    "as_token_set",
+    "default_seq_len",
+    "iter_texts",
+    "load_texts",
+    "tokenize_texts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,37 +53,136 @@ _LOCAL_FORMATS = {
 }
 
 
-def _check_field(columns: Sequence[str] | None, text_field: str, source: str) -> None:
-    if columns is not None and text_field not in columns:
-        raise UnlearnLensError(
-            f"dataset {source!r} has no text field {text_field!r}; its fields are {sorted(columns)} "
-            "(choose one with text_field=... or --text-field)"
-        )
+def _field_error(source: str, text_field: str, columns: Iterable[str]) -> UnlearnLensError:
+    return UnlearnLensError(
+        f"dataset {source!r} has no text field {text_field!r}; its fields are {sorted(columns)} "
+        "(choose one with text_field=... or --text-field)"
+    )
 
 
-def _non_empty(rows: Sequence[Any]) -> list[str]:
-    return [r for r in rows if isinstance(r, str) and r.strip()]
+class TextStream(Iterator[str]):
+    """The non-empty texts of a source, read lazily, one at a time.
+
+    Nothing is read before the first ``next()``, and only as many rows as are asked
+    for are ever read, so a stream over an endless dataset is fine as long as its
+    consumer stops (as :func:`tokenize_texts` does at ``max_tokens``).
+
+    Attributes:
+        name: the source, for messages.
+        n_rows: rows read from the source so far.
+        n_texts: non-empty texts handed out so far.
+    """
+
+    def __init__(self, rows: Iterator[Any], name: str, text_field: str | None = None):
+        self._rows = rows
+        self.name = name
+        self.text_field = text_field
+        self.n_rows = 0
+        self.n_texts = 0
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            try:
+                row = next(self._rows)
+            except (StopIteration, UnlearnLensError):
+                raise
+            except Exception as exc:
+                raise UnlearnLensError(f"could not read dataset {self.name!r} (row {self.n_rows + 1}): {exc}") from exc
+            self.n_rows += 1
+            if isinstance(row, dict):
+                if self.text_field not in row:
+                    raise _field_error(self.name, str(self.text_field), row)
+                row = row[self.text_field]
+            if isinstance(row, str) and row.strip():
+                self.n_texts += 1
+                return row
+
+
+def _buffer_shuffled(items: Iterator[str], seed: int, buffer_size: int) -> Iterator[str]:
+    """The items in a seeded random order, holding at most ``buffer_size`` of them at a time."""
+    rng = random.Random(seed)
+    buffer: list[str] = []
+    for item in items:
+        if len(buffer) < buffer_size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(buffer_size)
+        buffer[i], item = item, buffer[i]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def iter_texts(
+    source: str | os.PathLike | Iterable[str],
+    *,
+    split: str = "train",
+    text_field: str = "text",
+    shuffle_seed: int | None = None,
+    buffer_size: int = 10_000,
+) -> TextStream:
+    """Open a text source for lazy reading.
+
+    The source is checked at once (a missing file, a wrong format, an unreachable
+    dataset, a field the dataset's schema lacks); rows are read only as the stream is
+    consumed, so the cost of a source does not grow with its size.
+
+    Args:
+        source: an iterable of strings; ``"demo:code"`` / ``"demo:prose"`` (held-out
+            demo texts; ``"demo:code:train"`` for the training split); a local
+            ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file, or a
+            folder of such files (each ``.txt`` file is one text); or a Hugging Face
+            dataset id, streamed (needs the network), optionally with a config as
+            ``"name:config"``.
+        split: the dataset split (Hub datasets; local files are one ``train`` split).
+        text_field: the column holding the text (``.txt`` files have ``text``).
+        shuffle_seed: shuffle the texts in a seeded buffer (the first rows of a dump
+            are rarely representative); None keeps their order.
+        buffer_size: texts held by the shuffle buffer.
+
+    Returns:
+        A :class:`TextStream` of the non-empty texts.
+
+    Raises:
+        UnlearnLensError: the source does not exist or cannot be opened.
+    """
+    if buffer_size < 1:
+        raise UnlearnLensError(f"buffer_size must be positive, got {buffer_size}")
+    if isinstance(source, TextStream):
+        stream = source
+    elif not isinstance(source, (str, os.PathLike)):
+        stream = TextStream(iter(source), "the given texts")
+    elif str(source).startswith("demo:"):
+        parts = str(source).split(":")
+        stream = TextStream(iter(demo_texts(parts[1], parts[2] if len(parts) > 2 else "heldout")), str(source))
+    else:
+        stream = TextStream(_open_dataset(str(source), split, text_field), str(source), text_field)
+    if shuffle_seed is None:
+        return stream
+    shuffled = TextStream(_buffer_shuffled(stream, shuffle_seed, buffer_size), stream.name)
+    return shuffled
 
 
 def load_texts(
-    source: str | Sequence[str],
+    source: str | os.PathLike | Iterable[str],
     *,
     split: str = "train",
     text_field: str = "text",
     limit: int | None = None,
 ) -> list[str]:
-    """Load texts from a dataset, a local file or folder, the demo corpora, or a list.
+    """Load the texts of a source into a list (see :func:`iter_texts` for the sources).
+
+    For large or endless sources, give :func:`iter_texts` to :func:`tokenize_texts`
+    with a token budget instead: it reads only what the budget needs.
 
     Args:
-        source: a list of strings; ``"demo:code"`` / ``"demo:prose"`` (held-out
-            demo texts; ``"demo:code:train"`` for the training split); a local
-            ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file, or a
-            folder of such files; or a Hugging Face dataset id (streamed, needs the
-            network), optionally with a config as ``"name:config"``.
-        split: the dataset split (Hub datasets and local files; local files are one
-            ``train`` split).
-        text_field: the column holding the text (``.txt`` files have ``text``).
-        limit: keep at most this many texts.
+        source: a list of strings, ``"demo:code"``, a local file or folder, or a Hub dataset id.
+        split: the dataset split.
+        text_field: the column holding the text.
+        limit: keep at most this many texts (only these are read).
 
     Returns:
         The non-empty texts, in order.
@@ -81,19 +192,10 @@ def load_texts(
     """
     if limit is not None and limit <= 0:
         raise UnlearnLensError(f"limit must be positive, got {limit}")
-    if not isinstance(source, (str, Path)):
-        texts = _non_empty(list(source))
-        name = "the given list"
-    elif str(source).startswith("demo:"):
-        parts = str(source).split(":")
-        texts = demo_texts(parts[1], parts[2] if len(parts) > 2 else "heldout")
-        name = str(source)
-    else:
-        texts, name = _load_dataset_texts(str(source), split=split, text_field=text_field, limit=limit)
-    if limit is not None:
-        texts = texts[:limit]
+    stream = iter_texts(source, split=split, text_field=text_field)
+    texts = list(itertools.islice(stream, limit))
     if not texts:
-        raise UnlearnLensError(f"dataset {name!r} has no non-empty texts")
+        raise UnlearnLensError(f"dataset {stream.name!r} has no non-empty texts")
     return texts
 
 
@@ -101,8 +203,8 @@ def load_texts(
 def _quiet_datasets() -> Iterator[Any]:
     """``datasets`` with its logging at ERROR and no progress bars, restored on exit.
 
-    The library's global settings are the user's: they are changed only for the
-    duration of one load.
+    The library's global settings are the user's: they are changed only while a
+    dataset is opened.
     """
     import datasets
     from datasets.utils import logging as ds_logging
@@ -119,14 +221,16 @@ def _quiet_datasets() -> Iterator[Any]:
             datasets.utils.enable_progress_bars()
 
 
-def _load_dataset_texts(source: str, *, split: str, text_field: str, limit: int | None) -> tuple[list[str], str]:
-    with _quiet_datasets() as datasets:
-        return _read_dataset_texts(datasets, source, split=split, text_field=text_field, limit=limit)
+def _read_text_files(files: Sequence[Path]) -> Iterator[str]:
+    for file in files:
+        try:
+            yield file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UnlearnLensError(f"file {str(file)!r} is not UTF-8 text: {exc}") from exc
 
 
-def _read_dataset_texts(
-    datasets: Any, source: str, *, split: str, text_field: str, limit: int | None
-) -> tuple[list[str], str]:
+def _open_dataset(source: str, split: str, text_field: str) -> Iterator[Any]:
+    """Rows of a local file or folder, or of a Hub dataset, as a lazy iterator (strings or dicts)."""
     path = Path(source).expanduser()
     if path.exists():
         files = sorted(p for p in path.rglob("*") if p.suffix in _LOCAL_FORMATS) if path.is_dir() else [path]
@@ -140,40 +244,27 @@ def _read_dataset_texts(
             )
         kind = kinds.pop()
         if kind == "text":
-            texts = []
-            for file in files:
-                try:
-                    texts.append(file.read_text(encoding="utf-8"))
-                except UnicodeDecodeError as exc:
-                    raise UnlearnLensError(f"file {str(file)!r} is not UTF-8 text: {exc}") from exc
-            return [t for t in texts if t.strip()], source
+            return _read_text_files(files)
         try:
-            ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train")
+            with _quiet_datasets() as datasets:
+                ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True)
         except Exception as exc:
             raise UnlearnLensError(f"could not read {source!r} as {kind}: {exc}") from exc
-        _check_field(ds.column_names, text_field, source)
-        if limit is not None:
-            ds = ds.select(range(min(limit, len(ds))))
-        return _non_empty(ds[text_field]), source
-    if source.startswith((".", "/", "~")) or source.count("/") > 1:
-        raise UnlearnLensError(f"data file or folder {source!r} does not exist")
-    name, _, config = source.partition(":")
-    try:
-        ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
-        _check_field(list(ds.features) if ds.features is not None else None, text_field, source)
-        rows = []
-        for row in ds:
-            _check_field(list(row), text_field, source)
-            rows.append(row[text_field])
-            if limit is not None and len(rows) >= limit:
-                break
-    except UnlearnLensError:
-        raise
-    except Exception as exc:
-        raise UnlearnLensError(
-            f"could not load dataset {source!r} (split {split!r}) from the Hub (is the network reachable?): {exc}"
-        ) from exc
-    return _non_empty(rows), source
+    else:
+        if source.startswith((".", "/", "~")) or source.count("/") > 1:
+            raise UnlearnLensError(f"data file or folder {source!r} does not exist")
+        name, _, config = source.partition(":")
+        try:
+            with _quiet_datasets() as datasets:
+                ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
+        except Exception as exc:
+            raise UnlearnLensError(
+                f"could not load dataset {source!r} (split {split!r}) from the Hub (is the network reachable?): {exc}"
+            ) from exc
+    features = getattr(ds, "features", None)
+    if features is not None and text_field not in features:
+        raise _field_error(source, text_field, features)
+    return iter(ds)
 
 
 @dataclass
@@ -196,10 +287,12 @@ class TokenSet:
     Attributes:
         tokens: ``[n_rows pos]`` token ids.
         valid: ``[n_rows pos]`` bool, see :class:`TokenBatch`.
+        n_texts: texts read from the source to make them (None when unknown).
     """
 
     tokens: Int[torch.Tensor, "batch pos"]
     valid: Bool[torch.Tensor, "batch pos"]
+    n_texts: int | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -248,42 +341,52 @@ def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
 
 def tokenize_texts(
     tokenizer: Any,
-    texts: Sequence[str],
+    texts: Iterable[str],
     *,
     seq_len: int,
     max_tokens: int | None = None,
 ) -> TokenSet:
     """Tokenise texts and pack them into BOS-led rows of ``seq_len`` tokens.
 
+    Texts are read from ``texts`` a few dozen at a time and reading stops once
+    ``max_tokens`` tokens are packed, so ``texts`` may be a lazy stream
+    (:func:`iter_texts`) over a source of any size.
+
     Args:
         tokenizer: a Hugging Face tokenizer (the model's ``tokenizer``).
-        texts: the texts, in order.
+        texts: the texts, in order (a list, or any iterable).
         seq_len: row length including the BOS token (at least 2).
         max_tokens: stop once this many counted tokens (BOS excluded) are packed.
 
     Returns:
-        A :class:`TokenSet`; only its last row may be padded.
+        A :class:`TokenSet` (with ``n_texts``, the texts read); only its last row may be padded.
 
     Raises:
         UnlearnLensError: no texts, or a bad ``seq_len`` / ``max_tokens``.
     """
+    if isinstance(texts, str):
+        raise UnlearnLensError("texts must be a list of strings, not one string (wrap it in a list)")
     if seq_len < 2:
         raise UnlearnLensError(f"seq_len must be at least 2, got {seq_len}")
     if max_tokens is not None and max_tokens <= 0:
         raise UnlearnLensError(f"max_tokens must be positive, got {max_tokens}")
-    if not texts:
-        raise UnlearnLensError("no texts to tokenise (empty dataset)")
     bos, eos, pad = _special_ids(tokenizer)
     body = seq_len - 1
     stream: list[int] = []
-    chunk = 64
-    for start in range(0, len(texts), chunk):
-        encoded = tokenizer(list(texts[start : start + chunk]), add_special_tokens=False)["input_ids"]
-        for ids in encoded:
+    texts = iter(texts)
+    n_texts = 0
+    while max_tokens is None or len(stream) < max_tokens:
+        chunk = list(itertools.islice(texts, 64))
+        if not chunk:
+            break
+        n_texts += len(chunk)
+        for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"]:
             stream.extend(ids)
             stream.append(eos)
-        if max_tokens is not None and len(stream) >= max_tokens:
-            break
+    if n_texts == 0:
+        name = getattr(texts, "name", None)
+        raise UnlearnLensError(f"dataset {name!r} has no non-empty texts" if name else
+                               "no texts to tokenise (empty dataset)")
     if max_tokens is not None:
         stream = stream[:max_tokens]
     if not stream:
@@ -295,7 +398,7 @@ def tokenize_texts(
     valid = torch.zeros((n_rows * body,), dtype=torch.bool)
     valid[: len(stream)] = True
     valid = torch.cat([torch.zeros((n_rows, 1), dtype=torch.bool), valid.view(n_rows, body)], dim=1)
-    return TokenSet(tokens, valid)
+    return TokenSet(tokens, valid, n_texts=n_texts)
 
 
 def default_seq_len(model: Any) -> int:
@@ -305,20 +408,28 @@ def default_seq_len(model: Any) -> int:
 
 
 def as_token_set(
-    model: Any, texts: Sequence[str] | TokenSet, *, seq_len: int | None = None, max_tokens: int | None = None
+    model: Any, texts: Iterable[str] | TokenSet, *, seq_len: int | None = None, max_tokens: int | None = None
 ) -> TokenSet:
     """Tokenise ``texts`` for ``model`` unless they already are a :class:`TokenSet`.
 
     A :class:`TokenSet` longer than ``max_tokens`` is cut to its first ``max_tokens``
-    counted tokens.
+    counted tokens. Texts may be a lazy stream; only what ``max_tokens`` needs is read.
+
+    Raises:
+        UnlearnLensError: no tokenizer, or rows longer than the model's context.
     """
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    width = texts.tokens.shape[1] if isinstance(texts, TokenSet) else (seq_len or default_seq_len(model))
+    if n_ctx and width > n_ctx:
+        raise UnlearnLensError(
+            f"rows of {width} tokens are longer than the context of model {model_name(model)!r} "
+            f"({n_ctx} tokens); choose seq_len <= {n_ctx}"
+        )
     if isinstance(texts, TokenSet):
         if max_tokens is not None and texts.n_tokens > max_tokens:
             return texts.split(max_tokens)[0]
         return texts
-    if isinstance(texts, str):
-        raise UnlearnLensError("texts must be a list of strings, not one string (wrap it in a list)")
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise UnlearnLensError(f"model {model_name(model)!r} has no tokenizer")
-    return tokenize_texts(tokenizer, list(texts), seq_len=seq_len or default_seq_len(model), max_tokens=max_tokens)
+    return tokenize_texts(tokenizer, texts, seq_len=width, max_tokens=max_tokens)

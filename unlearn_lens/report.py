@@ -245,10 +245,14 @@ def _figure_sections(runs: dict[str, PruneRun], main: PruneRun) -> list[_Section
 
 def _card_inputs(
     run: PruneRun, model: Any, forget_texts: Any, retain_texts: Any, load_model_from_results: bool,
-    device: str | None,
+    device: str | None, card_tokens: int,
 ) -> tuple[Any, Any, Any, str | None]:
-    """The model and texts for the neuron cards, or a note saying why there are none."""
-    from unlearn_lens.data import load_texts
+    """The model and texts for the neuron cards, or a note saying why there are none.
+
+    Texts named in the run's data sources are read again lazily, only as far as
+    ``card_tokens`` needs (in the run's order, shuffled alike if it was).
+    """
+    from unlearn_lens.data import as_token_set, iter_texts
     from unlearn_lens.models import load_model
 
     info = run.info
@@ -271,7 +275,9 @@ def _card_inputs(
         if texts[key] is None and info.get(key):
             field_name = info.get(f"{key}_field", info.get("text_field", "text"))
             try:
-                texts[key] = load_texts(info[key], split=info.get("split", "train"), text_field=field_name)
+                stream = iter_texts(info[key], split=info.get("split", "train"), text_field=field_name,
+                                    shuffle_seed=info.get("shuffle_seed"), buffer_size=info.get("shuffle_buffer") or 1)
+                texts[key] = as_token_set(model, stream, seq_len=run.config.seq_len, max_tokens=card_tokens)
             except UnlearnLensError as exc:
                 logger.warning("report: cannot load the %s texts %r: %s", key, info[key], exc)
                 if key == "forget":
@@ -297,7 +303,7 @@ def _cards_section(
         section.notes.append("No scores are saved, so there is no ranking of units to pick neuron cards from.")
         return section
     model, forget, retain, note = _card_inputs(run, model, forget_texts, retain_texts, load_model_from_results,
-                                               device)
+                                               device, card_tokens)
     if note is None:
         try:
             dims = ModelDims.of(model)
