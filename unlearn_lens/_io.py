@@ -15,7 +15,8 @@ import torch
 
 from unlearn_lens.errors import UnlearnLensError
 
-__all__ = ["atomic_dir", "atomic_write", "read_json", "read_safetensors", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_write", "read_json", "read_safetensors", "write_json", "write_safetensors",
+           "write_text"]
 
 
 def _fresh_name(directory: Path, name: str, suffix: str) -> Path:
@@ -121,6 +122,24 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UnlearnLensError(f"file {str(path)!r} is not readable JSON: {exc}") from exc
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file atomically, byte-identical for the same tensors and metadata.
+
+    The safetensors writer orders the metadata by a per-process hash, so the header
+    is rewritten with sorted keys (same length, same data offsets); the file gets the
+    permissions a plain ``open`` would give, like every other output.
+    """
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    if len(header) > n:  # pragma: no cover - the writer's header is compact JSON already
+        raise RuntimeError("safetensors header grew when sorted")
+    data = data[:8] + header.ljust(n) + data[8 + n :]
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def read_safetensors(

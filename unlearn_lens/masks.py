@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Int
 
-from unlearn_lens._io import atomic_write, read_safetensors
+from unlearn_lens._io import read_safetensors, write_safetensors
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import ModelDims, model_dims, model_name
 
@@ -115,12 +115,10 @@ class Masks:
 
     def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
         """Write to a safetensors file (atomically)."""
-        from safetensors.torch import save_file
-
         tensors = {"mlp": self.mlp.cpu().to(torch.uint8).contiguous(), "attn": self.attn.cpu().to(torch.uint8).contiguous()}
         metadata = {"format": "unlearn_lens.Masks", "dims": json.dumps(self.dims.to_dict()),
                     "meta": json.dumps(meta or {}, default=str)}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        write_safetensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, dims: ModelDims | None = None, model: Any = None) -> Masks:

@@ -381,6 +381,8 @@ class PruneRun:
     def from_dict(cls, data: dict[str, Any], masks: Masks | None = None) -> PruneRun:
         """Rebuild a run from :meth:`to_dict` (masks, scores and statistics are stored apart)."""
         dims = ModelDims(**data["dims"])
+        if not data["steps"]:
+            raise UnlearnLensError("the run has no steps (not even the unpruned model)")
         return cls(
             config=PruneConfig.from_dict(data["config"]), history=[StepRecord.from_dict(s) for s in data["steps"]],
             masks=masks if masks is not None else Masks.empty(dims), dims=dims, strategy=data["strategy"],

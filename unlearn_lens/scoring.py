@@ -40,7 +40,7 @@ import einops
 import torch
 from jaxtyping import Bool, Float
 
-from unlearn_lens._io import atomic_write, read_safetensors
+from unlearn_lens._io import read_safetensors, write_safetensors
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import UNIT_KINDS, per_kind
@@ -122,12 +122,10 @@ class Scores:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to a safetensors file (atomically)."""
-        from safetensors.torch import save_file
-
         tensors = {"mlp": self.mlp.cpu().contiguous(), "attn": self.attn.cpu().contiguous()}
         metadata = {"format": "unlearn_lens.Scores", "mlp_method": self.mlp_method,
                     "attn_method": self.attn_method, "config": json.dumps(self.config)}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        write_safetensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Scores:

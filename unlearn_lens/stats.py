@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
-from unlearn_lens._io import atomic_write, read_safetensors
+from unlearn_lens._io import read_safetensors, write_safetensors
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import (
@@ -284,14 +284,12 @@ class ActivationStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to a safetensors file (atomically: a temporary file, then a rename)."""
-        from safetensors.torch import save_file
-
         tensors = {f"{kind}.{name}": value.contiguous().cpu()
                    for kind, stats in (("mlp", self.mlp), ("attn", self.attn))
                    for name, value in stats._state().items()}
         metadata = {"format": "unlearn_lens.ActivationStats", "dims": json.dumps(self.dims.to_dict()),
                     "meta": json.dumps(self.meta, default=str)}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        write_safetensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> ActivationStats:
