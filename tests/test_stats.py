@@ -179,3 +179,43 @@ def test_collection_stops_after_the_last_statistics_hook(request, fixture):
         assert len(later) == 1
     assert_matches(stats, naive_stats(model, tokens))
     assert torch.equal(model(tokens.tokens[:2]), logits)
+
+
+def test_one_model_is_measured_by_one_thread_at_a_time(gpt2):
+    """A second thread is refused while the first collects; the first one's statistics stay exact."""
+    import threading
+
+    tokens = ul.tokenize_texts(gpt2.tokenizer, CODE, seq_len=32, max_tokens=400)
+    ul.ModelDims.of(gpt2)  # read the unit shapes now: that takes a forward pass of its own
+    first_inside, second_done = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def hold(x, hook):
+        if threading.current_thread().name == "first" and not first_inside.is_set():
+            first_inside.set()
+            second_done.wait(timeout=60)
+
+    def first():
+        results["first"] = ul.collect_stats(gpt2, tokens, batch_size=4, progress=False)
+
+    def second():
+        first_inside.wait(timeout=60)
+        try:
+            ul.collect_stats(gpt2, tokens, progress=False)
+        except ul.UnlearnLensError as exc:
+            results["second"] = exc
+        finally:
+            second_done.set()
+
+    with attached(gpt2, [("blocks.0.hook_resid_pre", hold)]):
+        threads = [threading.Thread(target=first, name="first"), threading.Thread(target=second, name="second")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    assert "in use by another thread" in str(results["second"])
+    assert results["first"].n_tokens == tokens.n_tokens == 400
+    assert_matches(results["first"], naive_stats(gpt2, tokens))
+    # the model is free again, and a thread may nest its own claims (statistics inside pruning)
+    with ul.pruned(gpt2, ul.Masks.empty(ul.ModelDims.of(gpt2))):
+        assert ul.collect_stats(gpt2, tokens, progress=False).n_tokens == 400

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.models import model_device
+from unlearn_lens.models import exclusive, model_device
 
 __all__ = ["EvalResult", "evaluate"]
 
@@ -113,22 +113,23 @@ def evaluate(
     total_loss = torch.zeros((), dtype=torch.float64)
     n_top1 = n_topk = n = 0
     bar = tqdm(total=int(counted.sum()), desc=desc, unit="tok", disable=not progress, leave=False)
-    for start in range(0, len(tokens), batch_size):
-        rows = tokens.tokens[start : start + batch_size].to(device)
-        target = rows[:, 1:]
-        keep = counted[start : start + batch_size].to(device)
-        if skip is not None:
-            keep = keep & ~torch.isin(target, skip.to(device))
-        logits = model(rows)[:, :-1]
-        logits, target_kept = logits[keep].float(), target[keep]
-        bar.update(int(counted[start : start + batch_size].sum()))
-        if target_kept.numel() == 0:
-            continue
-        total_loss += torch.nn.functional.cross_entropy(logits, target_kept, reduction="sum").double().cpu()
-        top = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices
-        n_top1 += int((top[:, 0] == target_kept).sum())
-        n_topk += int((top == target_kept[:, None]).any(-1).sum())
-        n += target_kept.numel()
+    with exclusive(model, "evaluate"):
+        for start in range(0, len(tokens), batch_size):
+            rows = tokens.tokens[start : start + batch_size].to(device)
+            target = rows[:, 1:]
+            keep = counted[start : start + batch_size].to(device)
+            if skip is not None:
+                keep = keep & ~torch.isin(target, skip.to(device))
+            logits = model(rows)[:, :-1]
+            logits, target_kept = logits[keep].float(), target[keep]
+            bar.update(int(counted[start : start + batch_size].sum()))
+            if target_kept.numel() == 0:
+                continue
+            total_loss += torch.nn.functional.cross_entropy(logits, target_kept, reduction="sum").double().cpu()
+            top = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices
+            n_top1 += int((top[:, 0] == target_kept).sum())
+            n_topk += int((top == target_kept[:, None]).any(-1).sum())
+            n += target_kept.numel()
     bar.close()
     if n == 0:
         raise UnlearnLensError("no tokens left to evaluate (empty dataset, or skip_common removed every target)")

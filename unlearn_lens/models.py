@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "attached",
     "attn_hook_name",
     "check_hooks",
+    "exclusive",
     "hook_name",
     "load_model",
     "mlp_hook_name",
@@ -302,6 +304,37 @@ def remove_hook(token: Any) -> None:
     point, handle = token
     handle.hook.remove()
     point.fwd_hooks = [h for h in point.fwd_hooks if h is not handle]
+
+
+_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def exclusive(model: Any, what: str) -> Iterator[None]:
+    """Claim ``model`` for the calling thread for the duration of the block.
+
+    Hooks live on the model, not on a thread: two threads measuring one model at once
+    would each see the other's activations. A second thread that tries is refused
+    with a clear error; the same thread may nest claims (statistics inside pruning).
+
+    Raises:
+        UnlearnLensError: another thread holds the model.
+    """
+    me = threading.get_ident()
+    with _GUARD:
+        owner, depth = getattr(model, "_unlearn_lens_owner", (None, 0))
+        if owner not in (None, me):
+            raise UnlearnLensError(
+                f"model {model_name(model)!r} is in use by another thread; {what} needs it alone "
+                "(give each thread its own copy, e.g. copy.deepcopy(model))"
+            )
+        object.__setattr__(model, "_unlearn_lens_owner", (me, depth + 1))
+    try:
+        yield
+    finally:
+        with _GUARD:
+            owner, depth = model._unlearn_lens_owner
+            object.__setattr__(model, "_unlearn_lens_owner", (owner, depth - 1) if depth > 1 else (None, 0))
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from unlearn_lens.models import (
     ModelDims,
     attached,
     attn_hook_name,
+    exclusive,
     mlp_hook_name,
     model_device,
     model_dims,
@@ -401,7 +402,7 @@ def collect_stats(
         hooks.append((mlp_hook_name(layer), collector.hook("mlp", layer)))
         hooks.append((attn_hook_name(layer), collector.hook("attn", layer)))
     bar = tqdm(total=tokens.n_tokens, desc=desc, unit="tok", disable=not progress, leave=False)
-    with attached(model, hooks):
+    with exclusive(model, "collect_stats"), attached(model, hooks):
         for batch in tokens.batches(batch_size, device):
             collector.set_batch(batch.valid)
             collector.run(model, batch.tokens)
