@@ -145,3 +145,25 @@ def test_missing_model_and_data(gpt2_dir, data_dir, tmp_path, capsys):
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "unlearn_lens", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and ul.__version__ in out.stdout
+
+
+def test_sigterm_mid_run_leaves_nothing(tmp_path):
+    """SIGTERM is cleaned up like Ctrl-C: no output directory, no temporary files, a true message."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "unlearn_lens", "prune", "--out", str(out), "--no-report"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    seen, deadline = b"", time.time() + 120
+    while b"collect" not in seen and time.time() < deadline:  # wait until the run is computing
+        chunk = proc.stderr.read1(4096)
+        if not chunk:
+            break
+        seen += chunk
+    assert b"collect" in seen, seen[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    assert b"unlearn-lens: terminated; nothing was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

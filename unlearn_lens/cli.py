@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -262,6 +264,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised as an exception so that partial outputs are cleaned up as after Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``unlearn-lens``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -269,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     _warn_deprecated(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     state = _Progress()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         if args.command == "report":
             return _cmd_report(args)
@@ -279,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(state.interrupted(), file=sys.stderr)
         return 130
+    except _Terminated:
+        print(state.interrupted().replace("interrupted", "terminated", 1), file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
