@@ -138,3 +138,23 @@ def test_atomic_writes_never_touch_the_umask(tmp_path, monkeypatch):
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o750
     assert (tmp_path / "d" / "b.txt").read_text() == "inside"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "d"]
+
+
+def test_mixed_sources_share_every_budget(gpt2):
+    from unlearn_lens.data import iter_texts, mix_token_sets
+
+    a = ul.tokenize_texts(gpt2.tokenizer, CODE, seq_len=16)
+    b = ul.tokenize_texts(gpt2.tokenizer, PROSE, seq_len=16)
+    mixed = mix_token_sets(gpt2, [a, b], [3, 1], [200, 100])
+    collect, held = mixed.split(200)
+    stream_a, stream_b = a.tokens[a.valid], b.tokens[b.valid]
+    # statistics: 150 tokens of a then 50 of b; evaluation: the next 75 of a, then the next 25 of b
+    assert torch.equal(collect.tokens[collect.valid], torch.cat([stream_a[:150], stream_b[:50]]))
+    assert torch.equal(held.tokens[held.valid], torch.cat([stream_a[150:225], stream_b[50:75]]))
+    streams = [iter_texts(CODE), iter_texts(PROSE)]
+    lazy = mix_token_sets(gpt2, streams, None, [200, 100], seq_len=16)
+    assert lazy.n_tokens == 300 and lazy.n_texts == sum(s.n_texts for s in streams)
+    with pytest.raises(ul.UnlearnLensError, match="one positive share per source"):
+        mix_token_sets(gpt2, [a, b], [1], [10])
+    with pytest.raises(ul.UnlearnLensError, match="fewer than its share"):
+        mix_token_sets(gpt2, [a, CODE[:1]], None, [400, 400], seq_len=16)

@@ -91,8 +91,14 @@ def _parser() -> argparse.ArgumentParser:
         "model, forget = demo:code, retain = demo:prose, offline.",
     )
     p.add_argument("--model", default="demo", help="'demo' (default), a local HF model directory, or a Hub id")
-    p.add_argument("--forget", default="demo:code", help="forget dataset: demo:code, a local file/folder, or a Hub id")
-    p.add_argument("--retain", default="demo:prose", help="retain dataset (same forms as --forget)")
+    p.add_argument("--forget", nargs="+", default=["demo:code"], metavar="SRC",
+                   help="forget dataset: demo:code, a local file/folder, or a Hub id; several are mixed by token share")
+    p.add_argument("--retain", nargs="+", default=["demo:prose"], metavar="SRC",
+                   help="retain dataset (same forms as --forget)")
+    p.add_argument("--forget-shares", nargs="+", type=float, metavar="W",
+                   help="token share of each --forget source, in order (default: equal shares)")
+    p.add_argument("--retain-shares", nargs="+", type=float, metavar="W",
+                   help="token share of each --retain source, in order (default: equal shares)")
     p.add_argument("--text-field", default="text", help="text column of the datasets (default: text)")
     p.add_argument("--forget-field", help="text column of the forget dataset (default: --text-field)")
     p.add_argument("--retain-field", help="text column of the retain dataset (default: --text-field)")
@@ -207,7 +213,7 @@ def _check_output(out: Path) -> None:
 
 
 def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
-    from unlearn_lens.data import as_token_set, iter_texts
+    from unlearn_lens.data import iter_texts, mix_token_sets
     from unlearn_lens.models import load_model
     from unlearn_lens.pipeline import random_baseline, selective_prune
 
@@ -224,19 +230,21 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         transformers.utils.logging.disable_progress_bar()
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
-    info: dict[str, Any] = {"model": str(args.model), "forget": str(args.forget), "retain": str(args.retain),
-                            "forget_field": args.forget_field or args.text_field,
-                            "retain_field": args.retain_field or args.text_field, "split": args.split,
+    info: dict[str, Any] = {"model": str(args.model), "split": args.split,
                             "shuffle_seed": config.seed if args.shuffle_buffer else None,
                             "shuffle_buffer": args.shuffle_buffer or None}
     data = {}
     for key in ("forget", "retain"):
-        # Only the tokens the budgets need are read: the source may be a stream of any length.
-        texts = iter_texts(info[key], split=args.split, text_field=info[f"{key}_field"],
-                           shuffle_seed=info["shuffle_seed"], buffer_size=max(args.shuffle_buffer, 1))
-        data[key] = as_token_set(model, texts, seq_len=config.seq_len,
-                                 max_tokens=config.collect_tokens + config.eval_tokens)
-        info[f"{key}_texts_read"] = texts.n_texts
+        sources, shares = getattr(args, key), getattr(args, f"{key}_shares")
+        info[key] = sources[0] if len(sources) == 1 else sources
+        info[f"{key}_shares"] = shares
+        info[f"{key}_field"] = getattr(args, f"{key}_field") or args.text_field
+        # Only the tokens the budgets need are read: a source may be a stream of any length.
+        streams = [iter_texts(src, split=args.split, text_field=info[f"{key}_field"], shuffle_seed=info["shuffle_seed"],
+                              buffer_size=max(args.shuffle_buffer, 1)) for src in sources]
+        data[key] = mix_token_sets(model, streams, shares, [config.collect_tokens, config.eval_tokens],
+                                   seq_len=config.seq_len)
+        info[f"{key}_texts_read"] = [s.n_texts for s in streams] if len(streams) > 1 else streams[0].n_texts
         info[f"{key}_tokens"] = data[key].n_tokens
     forget, retain = data["forget"], data["retain"]
     run = selective_prune(model, forget, retain, config, progress=progress)

@@ -39,6 +39,7 @@ __all__ = [
     "default_seq_len",
     "iter_texts",
     "load_texts",
+    "mix_token_sets",
     "tokenize_texts",
 ]
 
@@ -324,6 +325,72 @@ class TokenSet:
             TokenSet(self.tokens[in_first], first[in_first]),
             TokenSet(self.tokens[in_second], second[in_second]),
         )
+
+    @classmethod
+    def concat(cls, parts: Sequence[TokenSet]) -> TokenSet:
+        """The rows of several token sets of one row length, in order."""
+        widths = {p.tokens.shape[1] for p in parts}
+        if len(widths) != 1:
+            raise UnlearnLensError(f"cannot join token sets of different row lengths {sorted(widths)}")
+        n_texts = [p.n_texts for p in parts]
+        return cls(torch.cat([p.tokens for p in parts]), torch.cat([p.valid for p in parts]),
+                   n_texts=None if None in n_texts else sum(n_texts))
+
+
+def mix_token_sets(
+    model: Any,
+    sources: Sequence[Iterable[str] | TokenSet],
+    shares: Sequence[float] | None,
+    budgets: Sequence[int],
+    *,
+    seq_len: int | None = None,
+) -> TokenSet:
+    """Several sources as one dataset, each contributing its share of every budget.
+
+    With ``budgets=[collect, eval]`` the result's first ``collect`` counted tokens
+    hold ``share_i * collect`` tokens of each source, and the next ``eval`` tokens
+    ``share_i * eval`` of each, so splitting it at ``collect`` (as the pruning loop
+    does) gives both parts the same mix and never shares a token between them.
+
+    Args:
+        model: the model whose tokenizer and context to use.
+        sources: texts, lazy streams (only what the budgets need is read) or token sets.
+        shares: token share of each source (normalised; default equal shares).
+        budgets: token budgets, in order (e.g. statistics then evaluation tokens).
+        seq_len: row length (default: the model's context, at most 256).
+
+    Returns:
+        The mixed :class:`TokenSet` (``n_texts``: texts read from all sources).
+
+    Raises:
+        UnlearnLensError: no sources, shares that do not fit them, or a source shorter than its share.
+    """
+    if not sources:
+        raise UnlearnLensError("no sources to mix")
+    if len(sources) == 1 and shares is None:
+        return as_token_set(model, sources[0], seq_len=seq_len, max_tokens=sum(budgets))
+    shares = [1.0] * len(sources) if shares is None else [float(x) for x in shares]
+    if len(shares) != len(sources) or any(not x > 0 for x in shares):
+        raise UnlearnLensError(f"need one positive share per source ({len(sources)} sources), got {list(shares)}")
+    weights = [x / sum(shares) for x in shares]
+    split_budgets = [[round(w * b) for w in weights[:-1]] for b in budgets]
+    for row, b in zip(split_budgets, budgets):
+        row.append(b - sum(row))  # the last source takes the rounding
+    per_source = list(zip(*split_budgets))  # per source: its tokens in each budget
+    pieces: list[list[TokenSet]] = [[] for _ in budgets]
+    for source, counts in zip(sources, per_source):
+        tokens = as_token_set(model, source, seq_len=seq_len, max_tokens=sum(counts))
+        name = getattr(source, "name", "a source")
+        if tokens.n_tokens < sum(counts):
+            raise UnlearnLensError(f"dataset {name!r} has {tokens.n_tokens:,} tokens, fewer than its share "
+                                   f"({sum(counts):,}) of the budgets {list(budgets)}")
+        for j, n in enumerate(counts):
+            part, tokens = tokens.split(n) if j < len(counts) - 1 else (tokens, tokens)
+            pieces[j].append(part)
+    mixed = TokenSet.concat([p for budget in pieces for p in budget if p.n_tokens])
+    read = [getattr(s, "n_texts", None) for s in sources]
+    mixed.n_texts = None if None in read else sum(read)
+    return mixed
 
 
 def _special_ids(tokenizer: Any) -> tuple[int, int, int]:

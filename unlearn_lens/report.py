@@ -252,7 +252,7 @@ def _card_inputs(
     Texts named in the run's data sources are read again lazily, only as far as
     ``card_tokens`` needs (in the run's order, shuffled alike if it was).
     """
-    from unlearn_lens.data import as_token_set, iter_texts
+    from unlearn_lens.data import iter_texts, mix_token_sets
     from unlearn_lens.models import load_model
 
     info = run.info
@@ -275,9 +275,12 @@ def _card_inputs(
         if texts[key] is None and info.get(key):
             field_name = info.get(f"{key}_field", info.get("text_field", "text"))
             try:
-                stream = iter_texts(info[key], split=info.get("split", "train"), text_field=field_name,
-                                    shuffle_seed=info.get("shuffle_seed"), buffer_size=info.get("shuffle_buffer") or 1)
-                texts[key] = as_token_set(model, stream, seq_len=run.config.seq_len, max_tokens=card_tokens)
+                sources = info[key] if isinstance(info[key], list) else [info[key]]
+                streams = [iter_texts(src, split=info.get("split", "train"), text_field=field_name,
+                                      shuffle_seed=info.get("shuffle_seed"), buffer_size=info.get("shuffle_buffer") or 1)
+                           for src in sources]
+                texts[key] = mix_token_sets(model, streams, info.get(f"{key}_shares"), [card_tokens],
+                                            seq_len=run.config.seq_len)
             except UnlearnLensError as exc:
                 logger.warning("report: cannot load the %s texts %r: %s", key, info[key], exc)
                 if key == "forget":
