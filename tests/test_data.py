@@ -141,7 +141,8 @@ def test_atomic_writes_never_touch_the_umask(tmp_path, monkeypatch):
 
 
 def test_mixed_sources_share_every_budget(gpt2):
-    from unlearn_lens.data import iter_texts, mix_token_sets
+    from unlearn_lens.data import mix_token_sets
+    from unlearn_lens.sources import iter_texts
 
     a = ul.tokenize_texts(gpt2.tokenizer, CODE, seq_len=16)
     b = ul.tokenize_texts(gpt2.tokenizer, PROSE, seq_len=16)

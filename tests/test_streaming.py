@@ -20,7 +20,7 @@ from conftest import CODE, PROSE
 
 import unlearn_lens as ul
 from unlearn_lens.cli import main
-from unlearn_lens.data import iter_texts
+from unlearn_lens.sources import iter_texts
 
 
 class EndlessDataset:

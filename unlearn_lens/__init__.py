@@ -29,7 +29,8 @@ from unlearn_lens._version import __version__
 
 # models and data
 from unlearn_lens.models import ModelDims, load_model
-from unlearn_lens.data import TokenSet, load_texts, tokenize_texts
+from unlearn_lens.data import TokenSet, tokenize_texts
+from unlearn_lens.sources import load_texts
 
 # statistics, scores and masks
 from unlearn_lens.stats import ActivationStats, collect_stats

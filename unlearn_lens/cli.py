@@ -213,9 +213,10 @@ def _check_output(out: Path) -> None:
 
 
 def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
-    from unlearn_lens.data import iter_texts, mix_token_sets
+    from unlearn_lens.data import mix_token_sets
     from unlearn_lens.models import load_model
     from unlearn_lens.pipeline import random_baseline, selective_prune
+    from unlearn_lens.sources import iter_texts
 
     config = _config_from_args(args)
     if args.shuffle_buffer < 0:

@@ -252,8 +252,9 @@ def _card_inputs(
     Texts named in the run's data sources are read again lazily, only as far as
     ``card_tokens`` needs (in the run's order, shuffled alike if it was).
     """
-    from unlearn_lens.data import iter_texts, mix_token_sets
+    from unlearn_lens.data import mix_token_sets
     from unlearn_lens.models import load_model
+    from unlearn_lens.sources import iter_texts
 
     info = run.info
     if model is None or isinstance(model, (str, os.PathLike)):
