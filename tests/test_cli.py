@@ -97,7 +97,7 @@ def test_interruption_messages(gpt2_dir, data_dir, tmp_path, capsys, monkeypatch
     monkeypatch.setattr(ul.PruneRun, "save", interrupt)
     assert main(_args(gpt2_dir, data_dir, tmp_path / "a")) == 130
     assert "interrupted; nothing was written" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     monkeypatch.undo()
     monkeypatch.setattr(report, "write_report", interrupt)
     args = [a for a in _args(gpt2_dir, data_dir, tmp_path / "b") if a != "--no-report"]
@@ -179,5 +179,39 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143
-    assert b"unlearn-lens: terminated; nothing was written" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # step 0 (the unpruned model) was recorded before statistics began: that checkpoint stays, and is named
+    assert f"unlearn-lens: terminated; the run so far (up to step 0) is in {out}.partial".encode() in err
+    assert f"unlearn-lens prune --resume {out}.partial".encode() in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]
+    assert sorted(p.name for p in (tmp_path / "run.partial").iterdir()) == ["checkpoint.json", "run", "tokens.safetensors"]
+
+
+def test_resume_after_an_interruption_gives_the_same_run(gpt2_dir, data_dir, tmp_path, capsys, monkeypatch):
+    import unlearn_lens.pipeline as pipeline
+
+    args = _args(gpt2_dir, data_dir, tmp_path / "full", "--n-steps", "3", "--ablation", "mean")
+    assert main(args) == 0
+    real, calls = pipeline._prune_and_evaluate, []
+
+    def interrupt_at_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pipeline, "_prune_and_evaluate", interrupt_at_step_3)
+    out = tmp_path / "cut"
+    assert main([a if a != str(tmp_path / "full") else str(out) for a in args]) == 130
+    err = capsys.readouterr().err
+    assert f"up to step 2) is in {out}.partial" in err and f"--resume {out}.partial" in err
+    monkeypatch.undo()
+    assert main(["prune", "--model", str(gpt2_dir), "--out", str(out), "--quiet"]) == 2  # the checkpoint is in the way
+    assert "--resume" in capsys.readouterr().err
+    assert main(["prune", "--resume", f"{out}.partial", "--quiet", "--no-report"]) == 0
+    assert not (tmp_path / "cut.partial").exists()
+    full, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "cut"))
+    for key in ("run", "baseline"):
+        assert [(s["forget"], s["retain"], s["mlp_counts"]) for s in cut[key]["steps"]] == \
+            [(s["forget"], s["retain"], s["mlp_counts"]) for s in full[key]["steps"]]
+    assert (tmp_path / "cut" / "masks.safetensors").read_bytes() == (tmp_path / "full" / "masks.safetensors").read_bytes()
+    assert main(["prune", "--resume", str(tmp_path / "full")]) == 2  # a finished run is not a checkpoint

@@ -295,3 +295,34 @@ def test_config_dict_round_trip():
     assert cfg.ablations == {"mlp": "zero", "attn": "mean"} and cfg.needs_means
     with pytest.raises(ul.UnlearnLensError, match="unknown PruneConfig fields"):
         ul.PruneConfig.from_dict({"frac": 0.1})
+
+
+def test_checkpoint_resume_matches_an_uninterrupted_run(gpt2, tmp_path, monkeypatch):
+    import unlearn_lens.pipeline as pipeline
+
+    cfg = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=4, ablation="mean", collect_tokens=250,
+                         eval_tokens=150, seq_len=24)
+    full = ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False)
+    real, calls = pipeline._prune_and_evaluate, []
+
+    def interrupt_at_step_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_prune_and_evaluate", interrupt_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False, checkpoint=tmp_path / "ckpt", info={"k": "v"})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "ckpt" / "checkpoint.json").read_text())["step"] == 2
+    with pytest.raises(ul.UnlearnLensError, match="another config"):
+        ul.selective_prune(gpt2, config=ul.PruneConfig(mlp_frac=0.2), checkpoint=tmp_path / "ckpt", progress=False)
+    resumed = ul.selective_prune(gpt2, checkpoint=tmp_path / "ckpt", progress=False)  # no texts needed
+    assert [s.forget for s in resumed.history] == [s.forget for s in full.history]
+    assert [s.retain for s in resumed.history] == [s.retain for s in full.history]
+    assert resumed.masks == full.masks and resumed.info == {"k": "v"}
+    assert torch.equal(resumed.scores.mlp, full.scores.mlp) and torch.equal(resumed.means.mlp.mean, full.means.mlp.mean)
+    # a finished checkpoint is returned as it is
+    again = ul.selective_prune(gpt2, checkpoint=tmp_path / "ckpt", progress=False)
+    assert again.masks == full.masks and len(again.history) == len(full.history)

@@ -10,8 +10,10 @@ this module only parses arguments and calls the library.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -124,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="model dtype: float32 (default), bfloat16, float16")
     p.add_argument("--out", help="output directory, which must not exist yet (default: unlearn_lens_runs/<model>-<time>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--resume", metavar="CHECKPOINT",
+                   help="continue an interrupted run from its checkpoint (OUT.partial, written after every step); "
+                   "its model, data and settings are the checkpoint's, other settings are ignored")
     p.add_argument("--no-report", action="store_true", help="do not write report.html into the output directory")
 
     r = sub.add_parser(
@@ -192,13 +197,21 @@ class _Progress:
     """What a prune command has written so far, for the message after an interruption."""
 
     def __init__(self) -> None:
+        self.checkpoint: Path | None = None
         self.saved: Path | None = None
 
     def interrupted(self) -> str:
-        if self.saved is None:
-            return "unlearn-lens: interrupted; nothing was written"
-        return (f"unlearn-lens: interrupted while writing the report; the results in {self.saved} are complete, "
-                f"report.html was not written (rebuild it with `unlearn-lens report {self.saved}`)")
+        if self.saved is not None:
+            return (f"unlearn-lens: interrupted while writing the report; the results in {self.saved} are complete, "
+                    f"report.html was not written (rebuild it with `unlearn-lens report {self.saved}`)")
+        ckpt = self.checkpoint
+        if ckpt is not None and (ckpt / "checkpoint.json").is_file():
+            step = json.loads((ckpt / "checkpoint.json").read_text())["step"]
+            return (f"unlearn-lens: interrupted; the run so far (up to step {step}) is in {ckpt}: continue it with "
+                    f"`unlearn-lens prune --resume {ckpt}`")
+        if ckpt is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)  # not even step 0 was recorded
+        return "unlearn-lens: interrupted; nothing was written"
 
 
 def _check_output(out: Path) -> None:
@@ -212,25 +225,11 @@ def _check_output(out: Path) -> None:
         raise UnlearnLensError(f"cannot write the output directory {str(out)!r}: {str(parent)!r} is not writable")
 
 
-def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
+def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The forget and retain tokens of the run (only what the budgets need is read) and where they came from."""
     from unlearn_lens.data import mix_token_sets
-    from unlearn_lens.models import load_model
-    from unlearn_lens.pipeline import random_baseline, selective_prune
     from unlearn_lens.sources import iter_texts
 
-    config = _config_from_args(args)
-    if args.shuffle_buffer < 0:
-        raise UnlearnLensError(f"--shuffle-buffer must be 0 or more, got {args.shuffle_buffer}")
-    out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
-        f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    _check_output(out)
-    progress = not args.quiet
-    if args.quiet:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-    t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
     info: dict[str, Any] = {"model": str(args.model), "split": args.split,
                             "shuffle_seed": config.seed if args.shuffle_buffer else None,
                             "shuffle_buffer": args.shuffle_buffer or None}
@@ -240,20 +239,60 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         info[key] = sources[0] if len(sources) == 1 else sources
         info[f"{key}_shares"] = shares
         info[f"{key}_field"] = getattr(args, f"{key}_field") or args.text_field
-        # Only the tokens the budgets need are read: a source may be a stream of any length.
         streams = [iter_texts(src, split=args.split, text_field=info[f"{key}_field"], shuffle_seed=info["shuffle_seed"],
                               buffer_size=max(args.shuffle_buffer, 1)) for src in sources]
         data[key] = mix_token_sets(model, streams, shares, [config.collect_tokens, config.eval_tokens],
                                    seq_len=config.seq_len)
         info[f"{key}_texts_read"] = [s.n_texts for s in streams] if len(streams) > 1 else streams[0].n_texts
         info[f"{key}_tokens"] = data[key].n_tokens
-    forget, retain = data["forget"], data["retain"]
-    run = selective_prune(model, forget, retain, config, progress=progress)
-    run.info = info
+    return data, info
+
+
+def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
+    from unlearn_lens.models import load_model
+    from unlearn_lens.pipeline import checkpoint_tokens, random_baseline, selective_prune
+    from unlearn_lens.results import PruneRun
+
+    if args.shuffle_buffer < 0:
+        raise UnlearnLensError(f"--shuffle-buffer must be 0 or more, got {args.shuffle_buffer}")
+    if args.resume:
+        ckpt = Path(args.resume)
+        if not (ckpt / "checkpoint.json").is_file():
+            raise UnlearnLensError(f"{str(ckpt)!r} is not a checkpoint of `unlearn-lens prune` (no checkpoint.json)")
+        model_source = PruneRun.load(ckpt / "run").info.get("model")
+        if not model_source:
+            raise UnlearnLensError(f"checkpoint {str(ckpt)!r} does not name its model")
+        out = Path(args.out) if args.out else ckpt.with_name(ckpt.name.removesuffix(".partial"))
+    else:
+        model_source = args.model
+        out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
+            f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+        ckpt = out.with_name(out.name + ".partial")
+        if ckpt.exists():
+            raise UnlearnLensError(f"a checkpoint of an earlier run is in {str(ckpt)!r}: continue it with "
+                                   f"`unlearn-lens prune --resume {ckpt}`, or remove it")
+    _check_output(out)
+    progress = not args.quiet
+    if args.quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    t0 = time.time()
+    model = load_model(model_source, device=args.device, dtype=args.dtype)
+    if args.resume:
+        forget, retain = checkpoint_tokens(ckpt)
+        config, info = None, None
+    else:
+        config = _config_from_args(args)
+        data, info = _load_data(args, model, config)
+        forget, retain = data["forget"], data["retain"]
+    progress_state.checkpoint = ckpt
+    run = selective_prune(model, forget, retain, config, progress=progress, checkpoint=ckpt, info=info)
     if args.baseline == "random":
         run.baseline = random_baseline(model, forget, retain, run, progress=progress)
     run.save(out)
     progress_state.saved = out
+    shutil.rmtree(ckpt, ignore_errors=True)
     print(summary_table(run))
     print(f"results: {out / 'results.json'}  ({time.time() - t0:.0f}s)")
     if not args.no_report:

@@ -21,13 +21,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
+from unlearn_lens._io import read_json, read_safetensors, write_json, write_safetensors
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult, evaluate
@@ -38,7 +42,7 @@ from unlearn_lens.results import PruneConfig, PruneRun, StepRecord
 from unlearn_lens.scoring import random_masks, score, select
 from unlearn_lens.stats import ActivationStats, collect_stats
 
-__all__ = ["random_baseline", "selective_prune"]
+__all__ = ["checkpoint_tokens", "random_baseline", "selective_prune"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,16 +107,22 @@ def _collect_both(
 class _Recorder:
     """Builds the history of a run step by step, with a progress bar and a log line per step."""
 
-    def __init__(self, model: Any, data: _Data, cfg: PruneConfig, strategy: str, n_steps: int, progress: bool):
+    def __init__(self, model: Any, data: _Data, cfg: PruneConfig, strategy: str, n_steps: int, progress: bool,
+                 resumed: PruneRun | None = None):
         self.dims = model_dims(model)
         self.t_start = time.time()
-        forget, retain = _evaluate_both(model, data, cfg, progress)
-        zeros = [0] * self.dims.n_layers
-        self.masks = Masks.empty(self.dims)
-        self.history = [StepRecord(0, zeros, zeros, zeros, zeros, forget, retain, self.masks.clone(),
-                                   time.time() - self.t_start)]
+        if resumed is None:
+            forget, retain = _evaluate_both(model, data, cfg, progress)
+            zeros = [0] * self.dims.n_layers
+            self.masks = Masks.empty(self.dims)
+            self.history = [StepRecord(0, zeros, zeros, zeros, zeros, forget, retain, self.masks.clone(),
+                                       time.time() - self.t_start)]
+        else:
+            self.masks, self.history = resumed.masks.clone(), list(resumed.history)
+            self.t_start -= resumed.seconds
         self.strategy = strategy
-        self.bar = tqdm(total=n_steps, desc=f"{strategy} pruning", unit="step", disable=not progress)
+        self.bar = tqdm(total=n_steps, initial=len(self.history) - 1, desc=f"{strategy} pruning", unit="step",
+                        disable=not progress)
 
     def add(self, chosen: Masks, forget: EvalResult, retain: EvalResult, t_step: float) -> float:
         """Record a step that pruned ``chosen`` (already merged into ``self.masks``); return relative forget top-1."""
@@ -134,13 +144,51 @@ class _Recorder:
         return time.time() - self.t_start
 
 
+_TOKEN_SETS = ("forget_collect", "forget_eval", "retain_collect", "retain_eval")
+
+
+def _save_checkpoint(path: Path, run: PruneRun, data: _Data, finished: bool) -> None:
+    """The run so far, as a directory a later call can resume from (each part written atomically)."""
+    if not (path / "tokens.safetensors").is_file():
+        tensors = {f"{name}.{part}": getattr(getattr(data, name), part).to(torch.uint8 if part == "valid" else
+                                                                          torch.int64)
+                   for name in _TOKEN_SETS for part in ("tokens", "valid")}
+        write_safetensors(path / "tokens.safetensors", tensors, {"format": "unlearn_lens.Checkpoint"})
+    run.save(path / "run", overwrite=True)
+    write_json(path / "checkpoint.json", {"format": 1, "step": run.final.step, "finished": finished})
+
+
+def _load_checkpoint(path: Path) -> tuple[PruneRun, _Data, bool]:
+    state = read_json(path / "checkpoint.json")
+    tensors, _ = read_safetensors(path / "tokens.safetensors", "unlearn_lens.Checkpoint")
+    try:
+        data = _Data(*(TokenSet(tensors[f"{name}.tokens"], tensors[f"{name}.valid"].bool()) for name in _TOKEN_SETS))
+        finished = bool(state["finished"])
+    except (KeyError, TypeError) as exc:
+        raise UnlearnLensError(f"checkpoint {str(path)!r} is incomplete ({exc!r})") from exc
+    return PruneRun.load(path / "run"), data, finished
+
+
+def checkpoint_tokens(path: str | os.PathLike) -> tuple[TokenSet, TokenSet]:
+    """The forget and retain tokens a checkpoint holds (statistics tokens, then evaluation tokens).
+
+    Given to :func:`random_baseline` or to the report, they are split exactly as the
+    checkpointed run split them.
+    """
+    _, data, _ = _load_checkpoint(Path(path))
+    return (TokenSet.concat([data.forget_collect, data.forget_eval]),
+            TokenSet.concat([data.retain_collect, data.retain_eval]))
+
+
 def selective_prune(
     model: Any,
-    forget_texts: Sequence[str] | TokenSet,
-    retain_texts: Sequence[str] | TokenSet,
+    forget_texts: Iterable[str] | TokenSet | None = None,
+    retain_texts: Iterable[str] | TokenSet | None = None,
     config: PruneConfig | None = None,
     *,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    info: dict[str, Any] | None = None,
 ) -> PruneRun:
     """Run iterative selective pruning and record every step.
 
@@ -149,50 +197,80 @@ def selective_prune(
     yet pruned, and evaluates on the next ``eval_tokens`` tokens (which statistics
     never see).
 
+    With ``checkpoint``, the run so far (masks, means, scores, history and the exact
+    tokens) is written to that directory after every step. Calling again with the
+    same ``checkpoint`` continues where it stopped, to the same result as a run that
+    was never interrupted; the texts are then not needed (the checkpoint holds the
+    tokens), and ``config``, if given, must be the checkpoint's.
+
     Args:
         model: a TransformerLens model; it is not modified (pruning is by hooks).
-        forget_texts: the capability to remove (texts or a TokenSet).
+        forget_texts: the capability to remove (texts, a lazy stream, or a TokenSet).
         retain_texts: the capability to keep.
         config: settings (default :class:`PruneConfig`).
         progress: show progress bars.
+        checkpoint: a directory to write the run's state to after every step, and to
+            resume from if it already holds one.
+        info: where the data came from, recorded as :attr:`PruneRun.info`.
 
     Returns:
         A :class:`PruneRun` with ``strategy="selective"``; compare it with
         :func:`random_baseline`.
     """
-    cfg = config or PruneConfig()
-    if not isinstance(cfg, PruneConfig):
-        raise UnlearnLensError(f"config must be a PruneConfig, got {type(cfg).__name__}")
+    if config is not None and not isinstance(config, PruneConfig):
+        raise UnlearnLensError(f"config must be a PruneConfig, got {type(config).__name__}")
     dims = model_dims(model)
-    data = _Data.split(model, forget_texts, retain_texts, cfg)
-    rec = _Recorder(model, data, cfg, "selective", cfg.n_steps, progress)
-    means: ActivationStats | None = None
-    initial_scores = scores = forget_stats = retain_stats = None
-    for step in range(1, cfg.n_steps + 1):
+    path = Path(checkpoint) if checkpoint is not None else None
+    resumed = None
+    if path is not None and (path / "checkpoint.json").is_file():
+        resumed, data, finished = _load_checkpoint(path)
+        if config is not None and config != resumed.config:
+            raise UnlearnLensError(f"checkpoint {str(path)!r} was made with another config; resume it with its own "
+                                   "(config=None) or choose another checkpoint directory")
+        if resumed.dims != dims:
+            raise UnlearnLensError(f"checkpoint {str(path)!r} is for a model with {resumed.dims.to_dict()}, not "
+                                   f"{model_name(model)!r} ({dims.to_dict()})")
+        if finished:
+            return resumed
+        cfg = resumed.config
+        logger.info("resuming %s after step %d", path, resumed.final.step)
+    else:
+        if forget_texts is None or retain_texts is None:
+            raise UnlearnLensError("selective_prune needs forget and retain texts (or a checkpoint to resume)")
+        cfg = config or PruneConfig()
+        data = _Data.split(model, forget_texts, retain_texts, cfg)
+    rec = _Recorder(model, data, cfg, "selective", cfg.n_steps, progress, resumed=resumed)
+    run = resumed or PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="selective",
+                              model=model_name(model), info=dict(info or {}))
+    if path is not None and resumed is None:
+        _save_checkpoint(path, run, data, finished=False)
+    finished = False
+    while not finished:
+        step = len(rec.history)
         t_step = time.time()
-        forget_stats, retain_stats = _collect_both(model, rec.masks, means, data, cfg, progress)
+        forget_stats, retain_stats = _collect_both(model, rec.masks, run.means, data, cfg, progress)
         if step == 1 and cfg.needs_means:
-            means = retain_stats  # the unpruned model's retain means, kept for every later step
+            run.means = retain_stats  # the unpruned model's retain means, kept for every later step
         scores = score(forget_stats, retain_stats, mlp_method=cfg.scorings["mlp"], attn_method=cfg.scorings["attn"],
                        mlp_eps=cfg.mlp_eps, attn_eps=cfg.attn_eps, seed=cfg.seed + step)
-        if step == 1:
-            initial_scores = scores
+        run.initial_scores = scores if step == 1 else run.initial_scores
+        run.scores, run.forget_stats, run.retain_stats = scores, forget_stats, retain_stats
         chosen = select(scores, mlp_frac=cfg.mlp_frac, attn_frac=cfg.attn_frac, per_layer=cfg.per_layer,
                         exclude=rec.masks, heads=cfg.heads, head_agg=cfg.head_agg)
         if chosen.n_mlp + chosen.n_attn == 0:
             logger.info("step %d: no units left to prune; stopping", step)
-            break
-        rec.masks = rec.masks | chosen
-        forget, retain = _prune_and_evaluate(model, rec.masks, means, data, cfg, progress)
-        rel_f = rec.add(chosen, forget, retain, t_step)
-        if cfg.stop_at_forget is not None and rel_f <= cfg.stop_at_forget:
-            break
-    seconds = rec.close()
-    return PruneRun(
-        config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="selective", model=model_name(model),
-        means=means, initial_scores=initial_scores, scores=scores, forget_stats=forget_stats,
-        retain_stats=retain_stats, seconds=seconds,
-    )
+            finished = True
+        else:
+            rec.masks = rec.masks | chosen
+            forget, retain = _prune_and_evaluate(model, rec.masks, run.means, data, cfg, progress)
+            rel_f = rec.add(chosen, forget, retain, t_step)
+            stopped = cfg.stop_at_forget is not None and rel_f <= cfg.stop_at_forget
+            finished = stopped or step >= cfg.n_steps
+        run.history, run.masks, run.seconds = rec.history, rec.masks, time.time() - rec.t_start
+        if path is not None:
+            _save_checkpoint(path, run, data, finished)
+    run.seconds = rec.close()
+    return run
 
 
 def random_baseline(
