@@ -86,6 +86,10 @@ def test_existing_output_directory_is_refused_before_any_work(gpt2_dir, data_dir
     assert main(_args(gpt2_dir, data_dir, out)) == 2
     assert "already exists" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # asked to, it replaces the directory whole: no stale file survives
+    assert main(_args(gpt2_dir, data_dir, out, "--overwrite")) == 0
+    assert "keep.txt" not in {p.name for p in out.iterdir()} and (out / "results.json").is_file()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["run"]
 
 
 def test_interruption_messages(gpt2_dir, data_dir, tmp_path, capsys, monkeypatch):

@@ -125,6 +125,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--dtype", help="model dtype: float32 (default), bfloat16, float16")
     p.add_argument("--out", help="output directory, which must not exist yet (default: unlearn_lens_runs/<model>-<time>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out directory (whole, and only once the new one is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue an interrupted run from its checkpoint (OUT.partial, written after every step); "
@@ -214,12 +216,13 @@ class _Progress:
         return "unlearn-lens: interrupted; nothing was written"
 
 
-def _check_output(out: Path) -> None:
+def _check_output(out: Path, overwrite: bool) -> None:
     """Fail before any work if the run directory could not be written."""
     if out.exists() and not out.is_dir():
         raise UnlearnLensError(f"output path {str(out)!r} is a file; choose a directory with --out")
-    if out.exists() and any(out.iterdir()):
-        raise UnlearnLensError(f"output directory {str(out)!r} already exists and is not empty; choose another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UnlearnLensError(f"output directory {str(out)!r} already exists and is not empty; choose another --out, "
+                               "or replace it with --overwrite")
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UnlearnLensError(f"cannot write the output directory {str(out)!r}: {str(parent)!r} is not writable")
@@ -271,7 +274,7 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         if ckpt.exists():
             raise UnlearnLensError(f"a checkpoint of an earlier run is in {str(ckpt)!r}: continue it with "
                                    f"`unlearn-lens prune --resume {ckpt}`, or remove it")
-    _check_output(out)
+    _check_output(out, args.overwrite)
     progress = not args.quiet
     if args.quiet:
         import transformers
@@ -290,7 +293,7 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
     run = selective_prune(model, forget, retain, config, progress=progress, checkpoint=ckpt, info=info)
     if args.baseline == "random":
         run.baseline = random_baseline(model, forget, retain, run, progress=progress)
-    run.save(out)
+    run.save(out, overwrite=args.overwrite)
     progress_state.saved = out
     shutil.rmtree(ckpt, ignore_errors=True)
     print(summary_table(run))

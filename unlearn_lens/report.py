@@ -400,6 +400,9 @@ def write_report(
         out = Path(out_dir)
     else:
         raise UnlearnLensError(f"run must be a PruneRun or a run directory, got {type(run).__name__}")
+    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):  # fail before loading models for cards
+        raise UnlearnLensError(f"cannot write {str(out / REPORT_NAME)!r}: {str(parent)!r} is not a writable directory")
     runs = run.runs()
     model_label = run.info.get("model") or run.model or "model"
     meta = {"forget": run.info.get("forget", "?"), "retain": run.info.get("retain", "?"), "runs": list(runs),
