@@ -190,3 +190,25 @@ def our_hooks(model) -> int:
     """Forward hooks currently registered on the model's hook points."""
     points = {id(hp): hp for hp in model.hook_dict.values()}  # aliases share one HookPoint
     return sum(len(hp._forward_hooks) for hp in points.values())
+
+
+@pytest.fixture
+def interrupt_at_step(monkeypatch):
+    """``interrupt_at_step(n)`` makes the pruning loop raise KeyboardInterrupt as it evaluates step n.
+
+    ``monkeypatch.undo()`` in the test disarms it.
+    """
+    import unlearn_lens.pipeline as pipeline
+
+    def arm(n: int) -> None:
+        real, calls = pipeline._prune_and_evaluate, []
+
+        def interrupting(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, "_prune_and_evaluate", interrupting)
+
+    return arm

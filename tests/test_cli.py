@@ -190,20 +190,11 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run.partial").iterdir()) == ["checkpoint.json", "run", "tokens.safetensors"]
 
 
-def test_resume_after_an_interruption_gives_the_same_run(gpt2_dir, data_dir, tmp_path, capsys, monkeypatch):
-    import unlearn_lens.pipeline as pipeline
-
+def test_resume_after_an_interruption_gives_the_same_run(gpt2_dir, data_dir, tmp_path, capsys, monkeypatch,
+                                                        interrupt_at_step):
     args = _args(gpt2_dir, data_dir, tmp_path / "full", "--n-steps", "3", "--ablation", "mean")
     assert main(args) == 0
-    real, calls = pipeline._prune_and_evaluate, []
-
-    def interrupt_at_step_3(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(pipeline, "_prune_and_evaluate", interrupt_at_step_3)
+    interrupt_at_step(3)
     out = tmp_path / "cut"
     assert main([a if a != str(tmp_path / "full") else str(out) for a in args]) == 130
     err = capsys.readouterr().err

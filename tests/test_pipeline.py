@@ -297,21 +297,11 @@ def test_config_dict_round_trip():
         ul.PruneConfig.from_dict({"frac": 0.1})
 
 
-def test_checkpoint_resume_matches_an_uninterrupted_run(gpt2, tmp_path, monkeypatch):
-    import unlearn_lens.pipeline as pipeline
-
+def test_checkpoint_resume_matches_an_uninterrupted_run(gpt2, tmp_path, monkeypatch, interrupt_at_step):
     cfg = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=4, ablation="mean", collect_tokens=250,
                          eval_tokens=150, seq_len=24)
     full = ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False)
-    real, calls = pipeline._prune_and_evaluate, []
-
-    def interrupt_at_step_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "_prune_and_evaluate", interrupt_at_step_3)
+    interrupt_at_step(3)
     with pytest.raises(KeyboardInterrupt):
         ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False, checkpoint=tmp_path / "ckpt", info={"k": "v"})
     monkeypatch.undo()
