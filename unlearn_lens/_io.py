@@ -15,7 +15,7 @@ import torch
 
 from unlearn_lens.errors import UnlearnLensError
 
-__all__ = ["atomic_dir", "atomic_write", "read_json", "read_safetensors", "write_json", "write_safetensors",
+__all__ = ["atomic_dir", "atomic_write", "check_output_dir", "read_json", "read_safetensors", "write_json", "write_safetensors",
            "write_text"]
 
 
@@ -59,6 +59,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> None:
         raise
 
 
+def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Fail unless a directory could be written at ``path`` (call it before long work).
+
+    Args:
+        path: the directory to create or write into.
+        overwrite: an existing non-empty directory is fine (it will be replaced or added to).
+
+    Raises:
+        UnlearnLensError: ``path`` is a file, is a non-empty directory (without
+            ``overwrite``), or its nearest existing parent cannot be written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UnlearnLensError(f"output path {str(path)!r} is a file; it must be a directory")
+    if path.exists() and not overwrite and any(path.iterdir()):
+        raise UnlearnLensError(f"output directory {str(path)!r} already exists and is not empty; choose another, "
+                               "or replace it (overwrite=True, --overwrite)")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UnlearnLensError(f"cannot write {str(path)!r}: {str(parent)!r} is not writable (not a directory, "
+                               "or no permission)")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory under a temporary name beside ``path``; rename it into place on success.
@@ -71,13 +94,10 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[
         overwrite: replace an existing directory (it is removed only once the new one is complete).
 
     Raises:
-        UnlearnLensError: ``path`` exists (and ``overwrite`` is False) or is a file.
+        UnlearnLensError: see :func:`check_output_dir`.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UnlearnLensError(f"output path {str(path)!r} exists and is not a directory")
-    if path.exists() and not overwrite and any(path.iterdir()):
-        raise UnlearnLensError(f"output directory {str(path)!r} already exists and is not empty; choose another")
+    check_output_dir(path, overwrite=overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _fresh_name(path.parent, path.name, ".tmp")
     os.mkdir(tmp, 0o777)  # the kernel applies the umask, as for any new directory

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -22,6 +21,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from unlearn_lens._io import check_output_dir
 from unlearn_lens.errors import UnlearnLensError
 
 __all__ = ["DEMO_SETTINGS", "main", "summary_table"]
@@ -216,18 +216,6 @@ class _Progress:
         return "unlearn-lens: interrupted; nothing was written"
 
 
-def _check_output(out: Path, overwrite: bool) -> None:
-    """Fail before any work if the run directory could not be written."""
-    if out.exists() and not out.is_dir():
-        raise UnlearnLensError(f"output path {str(out)!r} is a file; choose a directory with --out")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UnlearnLensError(f"output directory {str(out)!r} already exists and is not empty; choose another --out, "
-                               "or replace it with --overwrite")
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UnlearnLensError(f"cannot write the output directory {str(out)!r}: {str(parent)!r} is not writable")
-
-
 def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """The forget and retain tokens of the run (only what the budgets need is read) and where they came from."""
     from unlearn_lens.data import mix_token_sets
@@ -274,7 +262,7 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         if ckpt.exists():
             raise UnlearnLensError(f"a checkpoint of an earlier run is in {str(ckpt)!r}: continue it with "
                                    f"`unlearn-lens prune --resume {ckpt}`, or remove it")
-    _check_output(out, args.overwrite)
+    check_output_dir(out, overwrite=args.overwrite)
     progress = not args.quiet
     if args.quiet:
         import transformers

@@ -95,13 +95,17 @@ def _prune_and_evaluate(
         return _evaluate_both(model, data, cfg, progress)
 
 
+def _collect(model: Any, tokens: TokenSet, name: str, cfg: PruneConfig, progress: bool) -> ActivationStats:
+    return collect_stats(model, tokens, batch_size=cfg.batch_size, max_tokens=None, progress=progress,
+                         desc=f"collect {name}")
+
+
 def _collect_both(
     model: Any, masks: Masks, means: ActivationStats | None, data: _Data, cfg: PruneConfig, progress: bool
 ) -> tuple[ActivationStats, ActivationStats]:
-    kw = {"batch_size": cfg.batch_size, "max_tokens": None, "progress": progress}
     with _pruned(model, masks, means, cfg):
-        return (collect_stats(model, data.forget_collect, desc="collect forget", **kw),
-                collect_stats(model, data.retain_collect, desc="collect retain", **kw))
+        return (_collect(model, data.forget_collect, "forget", cfg, progress),
+                _collect(model, data.retain_collect, "retain", cfg, progress))
 
 
 class _Recorder:
@@ -316,8 +320,7 @@ def random_baseline(
                        "texts the ones it was made on?")
     means = reference.means
     if cfg.needs_means and means is None:
-        kw = {"batch_size": cfg.batch_size, "max_tokens": None, "progress": progress, "desc": "collect retain"}
-        means = collect_stats(model, data.retain_collect, **kw)
+        means = _collect(model, data.retain_collect, "retain", cfg, progress)
     for ref in reference.history[1:]:
         t_step = time.time()
         chosen = random_masks(ref.new_mlp, ref.new_attn, exclude=rec.masks, seed=cfg.seed * 1000 + ref.step,

@@ -24,7 +24,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from unlearn_lens._io import write_text
+from unlearn_lens._io import check_output_dir, write_text
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.results import PruneRun
 from unlearn_lens.scoring import RATIO_METHODS, Scores, top_units
@@ -400,9 +400,7 @@ def write_report(
         out = Path(out_dir)
     else:
         raise UnlearnLensError(f"run must be a PruneRun or a run directory, got {type(run).__name__}")
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):  # fail before loading models for cards
-        raise UnlearnLensError(f"cannot write {str(out / REPORT_NAME)!r}: {str(parent)!r} is not a writable directory")
+    check_output_dir(out, overwrite=True)  # fail before loading a model for the cards
     runs = run.runs()
     model_label = run.info.get("model") or run.model or "model"
     meta = {"forget": run.info.get("forget", "?"), "retain": run.info.get("retain", "?"), "runs": list(runs),
