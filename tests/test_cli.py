@@ -45,18 +45,24 @@ def test_prune_writes_results(gpt2_dir, data_dir, tmp_path, capsys):
     assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))
 
 
-def test_several_sources_per_side(gpt2_dir, data_dir, tmp_path):
-    extra_code = tmp_path / "more-code.txt"
-    extra_code.write_text("\n".join(CODE[::-1]))
+def test_several_sources_per_side(gpt2_dir, data_dir, tmp_path, capsys):
+    extra_code = tmp_path / "more-code"  # a folder of .txt files, each one text
+    extra_code.mkdir()
+    for i, text in enumerate(CODE[::-1]):
+        (extra_code / f"{i:02d}.txt").write_text(text)
     args = _args(gpt2_dir, data_dir, tmp_path / "run", "--baseline", "none", "--forget-shares", "2", "1")
     i = args.index("--forget")
-    args[i + 1 : i + 2] = [str(data_dir / "code.jsonl"), str(extra_code)]  # a jsonl ("content") and a .txt file
+    args[i + 1 : i + 2] = [str(data_dir / "code.jsonl"), str(extra_code)]  # a jsonl ("content") and a folder
     assert main(args) == 0
     info = json.loads((tmp_path / "run" / "results.json").read_text())["run"]["info"]
     assert info["forget"] == [str(data_dir / "code.jsonl"), str(extra_code)] and info["forget_shares"] == [2.0, 1.0]
     assert info["forget_tokens"] == 600 and len(info["forget_texts_read"]) == 2
     bad = [a if a != str(tmp_path / "run") else str(tmp_path / "bad") for a in args[:-1]] + ["0"]
     assert main(bad) == 2 and not (tmp_path / "bad").exists()  # a share of 0
+    (tmp_path / "one-text.txt").write_text("\n".join(CODE))  # one text cannot give both statistics and evaluation
+    bad[bad.index(str(extra_code))] = str(tmp_path / "one-text.txt")
+    bad[-1] = "1"
+    assert main(bad) == 2 and "separate texts" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_deprecated_flags_still_work(gpt2_dir, data_dir, tmp_path, capsys):

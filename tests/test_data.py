@@ -92,6 +92,31 @@ def test_packing_budget_and_split(tokenizer):
         ul.tokenize_texts(tokenizer, [], seq_len=8)
 
 
+def test_budgets_are_packed_from_texts_of_their_own(tokenizer):
+    texts = [f"{CODE[i % len(CODE)]} # {i}" for i in range(40)]
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts]  # + EOS
+    from unlearn_lens.data import token_budgets
+
+    first, second, rest = token_budgets(tokenizer, texts, [100, 60, None], seq_len=16)
+    assert (first.n_tokens, second.n_tokens) == (100, 60)
+    # the first budget ends inside text k; the second starts at text k + 1, with that text's first token
+    k = next(i for i in range(len(texts)) if sum(lengths[: i + 1]) >= 100)
+    assert first.text_ranges() == [{"source": "the given texts", "texts": [0, k + 1], "tokens": 100}]
+    assert second.text_ranges()[0]["texts"][0] == k + 1 and first.n_texts == k + 1
+    expected = tokenizer(texts[k + 1], add_special_tokens=False)["input_ids"][:5]
+    assert second.tokens[0, 1:6].tolist() == expected
+    assert rest.text_ranges()[0]["texts"] == [second.text_ranges()[0]["texts"][1], 40]
+    assert rest.n_tokens == sum(lengths[rest.text_ranges()[0]["texts"][0]:])
+    # a token set split inside a text names that text on both sides
+    whole = ul.tokenize_texts(tokenizer, texts, seq_len=16)
+    cut = sum(lengths[:3]) + 2
+    head, tail = whole.split(cut)
+    assert head.text_ranges()[0]["texts"] == [0, 4] and tail.text_ranges()[0]["texts"] == [3, 40]
+    assert head.text_ranges()[0]["tokens"] + tail.text_ranges()[0]["tokens"] == whole.n_tokens
+    head, tail = whole.split(sum(lengths[:3]))  # on a text boundary: nothing shared
+    assert head.text_ranges()[0]["texts"] == [0, 3] and tail.text_ranges()[0]["texts"] == [3, 40]
+
+
 def test_batches_cover_all_rows(tokenizer):
     packed = ul.tokenize_texts(tokenizer, CODE, seq_len=16)
     rows = torch.cat([b.tokens for b in packed.batches(3)])
@@ -154,8 +179,14 @@ def test_mixed_sources_share_every_budget(gpt2):
     assert torch.equal(held.tokens[held.valid], torch.cat([stream_a[150:225], stream_b[50:75]]))
     streams = [iter_texts(CODE), iter_texts(PROSE)]
     lazy = mix_token_sets(gpt2, streams, None, [200, 100], seq_len=16)
-    assert lazy.n_tokens == 300 and lazy.n_texts == sum(s.n_texts for s in streams)
+    assert lazy.n_tokens == 300 and 0 < lazy.n_texts <= sum(s.n_texts for s in streams)
+    # each source's statistics and evaluation parts are packed from texts of their own
+    collect, held = lazy.split(200)
+    assert [(r["source"], r["tokens"]) for r in collect.text_ranges()] == [("the given texts", 100)] * 2
+    assert [r["tokens"] for r in held.text_ranges()] == [50, 50]
+    for before, after in zip(collect.text_ranges(), held.text_ranges()):
+        assert before["texts"][1] == after["texts"][0]
     with pytest.raises(ul.UnlearnLensError, match="one positive share per source"):
         mix_token_sets(gpt2, [a, b], [1], [10])
-    with pytest.raises(ul.UnlearnLensError, match="fewer than its share"):
+    with pytest.raises(ul.UnlearnLensError, match="where its share of the budgets"):
         mix_token_sets(gpt2, [a, CODE[:1]], None, [400, 400], seq_len=16)

@@ -64,7 +64,7 @@ def test_evaluate_inside_pruned_sees_the_pruned_model(gpt2):
 
 # --- the loop on the demo model -------------------------------------------------------------------------------
 
-DEMO_CFG = dict(mlp_frac=0.05, attn_frac=0.02, n_steps=3, ablation="mean", collect_tokens=2_000,
+DEMO_CFG = dict(mlp_frac=0.08, attn_frac=0.02, n_steps=3, ablation="mean", collect_tokens=2_000,
                 eval_tokens=2_000, seq_len=128, batch_size=16)
 
 
@@ -86,7 +86,7 @@ def test_loop_prunes_round_frac_per_step_and_never_reselects(demo_run):
     dims = demo_run.dims
     assert len(demo_run.history) == 4 and demo_run.base.n_mlp == 0
     for prev, cur in zip(demo_run.history, demo_run.history[1:]):
-        assert sum(cur.new_mlp) == round(0.05 * dims.n_mlp) and sum(cur.new_attn) == round(0.02 * dims.n_attn)
+        assert sum(cur.new_mlp) == round(0.08 * dims.n_mlp) and sum(cur.new_attn) == round(0.02 * dims.n_attn)
         assert (prev.masks.mlp & ~cur.masks.mlp).sum() == 0  # cumulative masks only grow...
         assert cur.masks.n_mlp == prev.masks.n_mlp + sum(cur.new_mlp)  # ...by exactly the new units
         assert cur.masks.mlp_counts() == cur.mlp_counts
@@ -165,19 +165,31 @@ def test_whole_heads_and_per_layer_selection(demo):
     assert heads.masks.head_counts().sum() == 2 * round(0.1 * dims.n_layers * dims.n_heads) * dims.d_head
     per_layer = ul.selective_prune(model, code, prose, ul.PruneConfig(**cfg, per_layer=True), progress=False)
     for step in per_layer.history[1:]:
-        assert step.new_mlp == [round(0.05 * dims.d_mlp)] * dims.n_layers
+        assert step.new_mlp == [round(0.08 * dims.d_mlp)] * dims.n_layers
         assert step.new_attn == [round(0.02 * dims.n_heads * dims.d_head)] * dims.n_layers
 
 
-def test_collect_and_evaluation_tokens_are_disjoint(demo):
+def test_collect_and_evaluation_texts_are_disjoint_and_recorded(demo):
     model, code, _ = demo
     cfg = ul.PruneConfig(collect_tokens=1_000, eval_tokens=700, seq_len=64)
     data = _Data.split(model, code, code, cfg)
-    full = ul.tokenize_texts(model.tokenizer, code, seq_len=64, max_tokens=1_700)
-    stream = torch.cat([data.forget_collect.tokens[data.forget_collect.valid],
-                        data.forget_eval.tokens[data.forget_eval.valid]])
     assert data.forget_collect.n_tokens == 1_000 and data.forget_eval.n_tokens == 700
-    assert torch.equal(stream, full.tokens[full.valid])  # each token once: statistics first, then evaluation
+    # statistics: the first 1,000 tokens of the texts; evaluation: texts that follow the last one statistics touched
+    full = ul.tokenize_texts(model.tokenizer, code, seq_len=64)
+    stats_texts = data.forget_collect.n_texts
+    assert torch.equal(data.forget_collect.tokens[data.forget_collect.valid], full.tokens[full.valid][:1_000])
+    rest = ul.tokenize_texts(model.tokenizer, code[stats_texts:], seq_len=64, max_tokens=700)
+    assert torch.equal(data.forget_eval.tokens[data.forget_eval.valid], rest.tokens[rest.valid])
+    described = data.describe()["forget"]
+    assert described["statistics"] == [{"source": "the given texts", "texts": [0, stats_texts], "tokens": 1_000}]
+    assert described["evaluation"][0]["texts"][0] == stats_texts and described["shared_texts"] == 0
+    # a token set given whole is split by tokens: the text cut in two is counted as shared
+    tokens = ul.tokenize_texts(model.tokenizer, code, seq_len=64, max_tokens=1_700)
+    data = _Data.split(model, tokens, tokens, cfg)
+    assert data.describe()["retain"]["shared_texts"] == 1
+    run = ul.selective_prune(model, code, code, ul.PruneConfig(**{**DEMO_CFG, "n_steps": 1}), progress=False,
+                             info={"split": "heldout"})
+    assert run.info["split"] == "heldout" and run.info["texts"]["forget"]["shared_texts"] == 0
 
 
 def test_too_short_a_dataset_is_refused(gpt2):
@@ -311,7 +323,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(gpt2, tmp_path, monkeypa
     resumed = ul.selective_prune(gpt2, checkpoint=tmp_path / "ckpt", progress=False)  # no texts needed
     assert [s.forget for s in resumed.history] == [s.forget for s in full.history]
     assert [s.retain for s in resumed.history] == [s.retain for s in full.history]
-    assert resumed.masks == full.masks and resumed.info == {"k": "v"}
+    assert resumed.masks == full.masks and resumed.info == {**full.info, "k": "v"}
     assert torch.equal(resumed.scores.mlp, full.scores.mlp) and torch.equal(resumed.means.mlp.mean, full.means.mlp.mean)
     # a finished checkpoint is returned as it is
     again = ul.selective_prune(gpt2, checkpoint=tmp_path / "ckpt", progress=False)

@@ -45,7 +45,7 @@ def text_dirs(tmp_path_factory, t):
 def run(t, text_dirs):
     """The tiny selective run (with its random baseline) and the data sources the command line records."""
     info = {"model": str(t.model_dir), "forget": str(text_dirs[0]), "retain": str(text_dirs[1]),
-            "forget_field": "text", "retain_field": "text", "split": "train"}
+            "forget_field": "text", "retain_field": "text", "split": "train", "texts": t.run.info["texts"]}
     return dataclasses.replace(t.run, info=info)
 
 
@@ -146,6 +146,9 @@ def test_report_from_memory(memory_report, run, t):
     for key, value in t.config.to_dict().items():
         assert f"<td>{key}</td><td><code>{value}</code></td>" in page
     assert f"<td>forget dataset</td><td><code>{run.info['forget']}</code></td>" in page
+    spans = run.info["texts"]["retain"]["statistics"]
+    assert re.search(rf"<td>retain texts</td><td><code>statistics: {spans[0]['tokens']:,} tokens from texts 0–"
+                     r"\d+ of [^<]*evaluation: [^<]*texts shared: 0</code></td>", page)
     assert f"<title>Selective pruning report: {t.model_dir}</title>" in page
     cards = re.findall(r'<div class="ul-card" data-layer="(\d+)" data-unit="(\d+)" data-kind="mlp">', page)
     assert [(int(a), int(b)) for a, b in cards] == top_units(t.run.initial_scores, 4)

@@ -79,6 +79,12 @@ def test_endless_hub_streams_finish_with_bounded_reads(gpt2_dir, tmp_path, hub):
     info = json.loads((tmp_path / "a" / "results.json").read_text())["run"]["info"]
     assert info["forget_tokens"] == info["retain_tokens"] == 500
     assert 0 < info["forget_texts_read"] <= served["org/endless-code"][0]
+    # which texts gave the statistics and which the evaluation: consecutive, none shared
+    texts = info["texts"]["forget"]
+    assert texts["shared_texts"] == 0 and [r["tokens"] for r in texts["statistics"] + texts["evaluation"]] == [300, 200]
+    assert texts["statistics"][0]["texts"][0] == 0
+    assert texts["statistics"][0]["texts"][1] == texts["evaluation"][0]["texts"][0]
+    assert texts["evaluation"][0]["texts"][1] <= info["forget_texts_read"]
     # the same command gives the same run
     assert main(_args(gpt2_dir, tmp_path / "b")) == 0
     steps = [json.loads((tmp_path / d / "results.json").read_text())["run"]["steps"] for d in ("a", "b")]
@@ -91,6 +97,8 @@ def test_shuffled_stream_is_seeded_and_bounded(gpt2_dir, tmp_path, hub):
     assert max(ds.served for sets in opened.values() for ds in sets) <= 50 + 64 * 3
     info = json.loads((tmp_path / "a" / "results.json").read_text())["run"]["info"]
     assert (info["shuffle_seed"], info["shuffle_buffer"]) == (0, 50)
+    # rows read from the source: the buffer's fill and what the budgets took, no more than were served
+    assert 50 < info["forget_rows_read"] <= opened["org/endless-code"][0].served
     texts = [f"text {i}" for i in range(200)]
     a = list(iter_texts(texts, shuffle_seed=1, buffer_size=20))
     assert a == list(iter_texts(texts, shuffle_seed=1, buffer_size=20)) != list(iter_texts(texts, shuffle_seed=2,
@@ -124,7 +132,7 @@ def test_local_files_are_read_lazily(gpt2, tmp_path):
         path.write_text("".join(json.dumps({"text": f"{PROSE[i % len(PROSE)]} {i}"}) + "\n" for i in range(n_rows)))
         stream = iter_texts(path)
         tokens = ul.tokenize_texts(gpt2.tokenizer, stream, seq_len=32, max_tokens=300)
-        assert tokens.n_tokens == 300 and tokens.n_texts == stream.n_texts
+        assert tokens.n_tokens == 300 and tokens.n_texts <= stream.n_texts
         reads.append(stream.n_rows)
     assert reads[0] == reads[1] <= 64
 
@@ -158,13 +166,51 @@ def _hub_cache(tmp_path, model_dir):
 
 def test_hub_model_id_loads_from_the_cache_offline(gpt2_dir, tmp_path):
     home = _hub_cache(tmp_path, gpt2_dir)
-    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1"}
     code = ("import unlearn_lens as ul\n"
             "m = ul.load_model('test-org/tiny-gpt2', device='cpu')\n"
             "print(ul.ModelDims.of(m).to_dict())\n"
             "try:\n    ul.load_model('test-org/not-downloaded', device='cpu')\n"
-            "except ul.UnlearnLensError as exc:\n    print('ERROR', exc)\n")
+            "except ul.UnlearnLensError as exc:\n    print('ERROR', exc)\n"
+            "try:\n    ul.load_texts('test-org/not-downloaded-data', limit=1)\n"
+            "except ul.UnlearnLensError as exc:\n    print('DATA', exc)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "{'n_layers': 2, 'd_mlp': 64, 'n_heads': 4, 'd_head': 8}" in out.stdout
     assert "ERROR could not load model 'test-org/not-downloaded' as a Hub id" in out.stdout
+    assert ("DATA could not load dataset 'test-org/not-downloaded-data' (split 'train') from the Hub "
+            "(is the network reachable?)") in out.stdout
+
+
+def test_bad_rows_and_short_sources_on_the_command_line(gpt2_dir, tmp_path, capsys, caplog):
+    """Each bad file gives one error line, exit 2 and no output; empty rows are skipped; a short source warns."""
+    prose = tmp_path / "prose.jsonl"
+    prose.write_text("".join(json.dumps({"text": f"{PROSE[i % len(PROSE)]} {i}"}) + "\n" for i in range(60)))
+    rows = [json.dumps({"text": f"{CODE[i % len(CODE)]} # {i}"}).encode() for i in range(60)]
+    files = {
+        "bad-utf8.jsonl": b"\n".join(rows[:5] + [b'{"text": "caf\xe9 \xff"}'] + rows[5:]) + b"\n",
+        "null-text.jsonl": b"\n".join(rows[:7] + [b'{"other": "x"}'] + rows[7:]) + b"\n",
+        "number-text.jsonl": b"\n".join(rows[:3] + [b'{"text": 12}'] + rows[3:]) + b"\n",
+        "gaps.jsonl": b"".join(row + b"\n\n" + b'{"text": "  "}\n' for row in rows),
+        "short.jsonl": b"\n".join(rows[:9]) + b"\n",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    cases = [("bad-utf8.jsonl", "is not valid UTF-8 text"),
+             ("null-text.jsonl", "row 8 of dataset"), ("number-text.jsonl", "has a int, not text")]
+    for name, message in cases:
+        assert main(_args(gpt2_dir, tmp_path / "out", str(tmp_path / name), str(prose))) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and err.startswith("unlearn-lens: error:"), err
+        assert not (tmp_path / "out").exists()
+    # an empty row every other line: skipped, and the rows read say so
+    assert main(_args(gpt2_dir, tmp_path / "gaps", str(tmp_path / "gaps.jsonl"), str(prose))) == 0
+    info = json.loads((tmp_path / "gaps" / "results.json").read_text())["run"]["info"]
+    assert info["forget_tokens"] == 500 and info["forget_rows_read"] == 2 * info["forget_texts_read"] - 1
+    # a source shorter than its budgets: the run goes on, and says how many tokens it really used
+    assert main(_args(gpt2_dir, tmp_path / "short", str(tmp_path / "short.jsonl"), str(prose))) == 0
+    err = caplog.text
+    info = json.loads((tmp_path / "short" / "results.json").read_text())["run"]["info"]
+    used = info["texts"]["forget"]["evaluation"][0]["tokens"]
+    assert 0 < used < 200 and f"the forget dataset ran out: evaluation uses {used:,} tokens, not eval_tokens=200" in err

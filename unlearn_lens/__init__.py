@@ -29,7 +29,7 @@ from unlearn_lens._version import __version__
 
 # models and data
 from unlearn_lens.models import ModelDims, load_model
-from unlearn_lens.data import TokenSet, tokenize_texts
+from unlearn_lens.data import TokenSet, token_budgets, tokenize_texts
 from unlearn_lens.sources import load_texts
 
 # statistics, scores and masks
@@ -59,6 +59,7 @@ __all__ = [
     "TokenSet",
     "load_texts",
     "tokenize_texts",
+    "token_budgets",
     # statistics, scores and masks
     "ActivationStats",
     "collect_stats",

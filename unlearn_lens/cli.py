@@ -234,7 +234,8 @@ def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[
                               buffer_size=max(args.shuffle_buffer, 1)) for src in sources]
         data[key] = mix_token_sets(model, streams, shares, [config.collect_tokens, config.eval_tokens],
                                    seq_len=config.seq_len)
-        info[f"{key}_texts_read"] = [s.n_texts for s in streams] if len(streams) > 1 else streams[0].n_texts
+        for what, counts in (("texts", [s.reader.n_texts for s in streams]), ("rows", [s.reader.n_rows for s in streams])):
+            info[f"{key}_{what}_read"] = counts if len(counts) > 1 else counts[0]
         info[f"{key}_tokens"] = data[key].n_tokens
     return data, info
 

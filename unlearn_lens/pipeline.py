@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearn_lens._io import read_json, read_safetensors, write_json, write_safetensors
-from unlearn_lens.data import TokenSet, as_token_set
+from unlearn_lens.data import TokenSet, as_token_sets
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult, evaluate
 from unlearn_lens.masks import Masks
@@ -61,19 +61,34 @@ class _Data:
               cfg: PruneConfig) -> _Data:
         parts = []
         for name, texts in (("forget", forget), ("retain", retain)):
-            tokens = as_token_set(model, texts, seq_len=cfg.seq_len, max_tokens=cfg.collect_tokens + cfg.eval_tokens)
-            collect, held = tokens.split(cfg.collect_tokens)
+            collect, held = as_token_sets(model, texts, [cfg.collect_tokens, cfg.eval_tokens], seq_len=cfg.seq_len)
             if held.n_tokens == 0:
                 raise UnlearnLensError(
-                    f"the {name} dataset has {tokens.n_tokens:,} tokens, all taken for statistics "
+                    f"the {name} dataset has {collect.n_tokens:,} tokens, all taken for statistics "
                     f"(collect_tokens={cfg.collect_tokens:,}); evaluation needs tokens apart from them: "
                     "give more text or lower collect_tokens"
                 )
             if held.n_tokens < cfg.eval_tokens:
-                logger.warning("the %s dataset leaves %d evaluation tokens (eval_tokens=%d)", name, held.n_tokens,
-                               cfg.eval_tokens)
+                logger.warning("the %s dataset ran out: evaluation uses %s tokens, not eval_tokens=%s (statistics "
+                               "use %s)", name, f"{held.n_tokens:,}", f"{cfg.eval_tokens:,}", f"{collect.n_tokens:,}")
             parts += [collect, held]
         return cls(*parts)
+
+    def describe(self) -> dict[str, Any]:
+        """Which texts gave the statistics and the evaluation tokens, and how many texts they share."""
+        out: dict[str, Any] = {}
+        for name in ("forget", "retain"):
+            collect, held = getattr(self, f"{name}_collect"), getattr(self, f"{name}_eval")
+            out[name] = {"statistics": collect.text_ranges(), "evaluation": held.text_ranges(),
+                         "shared_texts": _shared_texts(collect, held) if collect.spans and held.spans else None}
+        return out
+
+
+def _shared_texts(a: TokenSet, b: TokenSet) -> int:
+    """How many texts (same source, same index) lend tokens to both ``a`` and ``b``."""
+    def texts(tokens: TokenSet) -> set[tuple[str, int]]:
+        return {(s.source, i) for s in tokens.spans for i in range(s.first, s.first + len(s.ends))}
+    return len(texts(a) & texts(b))
 
 
 def _evaluate_both(model: Any, data: _Data, cfg: PruneConfig, progress: bool) -> tuple[EvalResult, EvalResult]:
@@ -245,7 +260,7 @@ def selective_prune(
         data = _Data.split(model, forget_texts, retain_texts, cfg)
     rec = _Recorder(model, data, cfg, "selective", cfg.n_steps, progress, resumed=resumed)
     run = resumed or PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="selective",
-                              model=model_name(model), info=dict(info or {}))
+                              model=model_name(model), info={**(info or {}), "texts": data.describe()})
     if path is not None and resumed is None:
         _save_checkpoint(path, run, data, finished=False)
     finished = False

@@ -128,6 +128,16 @@ def _plain(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
+def _texts_used(texts: dict[str, Any]) -> str:
+    """One line on which texts gave the statistics and which the evaluation."""
+    def ranges(spans: list[dict[str, Any]]) -> str:
+        return "; ".join(f"{s['tokens']:,} tokens from texts {s['texts'][0]}–{s['texts'][1] - 1} of {s['source']}"
+                         for s in spans) or "unknown"
+    shared = texts.get("shared_texts")
+    return (f"statistics: {ranges(texts.get('statistics', []))}. evaluation: {ranges(texts.get('evaluation', []))}. "
+            + ("texts shared: unknown" if shared is None else f"texts shared: {shared}"))
+
+
 def _settings(run: PruneRun, runs: dict[str, PruneRun]) -> dict[str, dict[str, str]]:
     info, d = run.info, run.dims
     facts: dict[str, Any] = {"model": info.get("model") or run.model or "?"}
@@ -139,6 +149,8 @@ def _settings(run: PruneRun, runs: dict[str, PruneRun]) -> dict[str, dict[str, s
             facts[f"{key} text field"] = info[f"{key}_field"]
     if "split" in info:
         facts["split"] = info["split"]
+    for key, texts in (info.get("texts") or {}).items():
+        facts[f"{key} texts"] = _texts_used(texts)
     facts["units"] = f"{d.n_layers} layers × {d.d_mlp} MLP neurons; {d.n_heads} heads × {d.d_head} attention neurons"
     facts["unlearn_lens version"] = run.version
     facts.update({f"run time ({name})": f"{r.seconds:.0f} s" for name, r in runs.items()})

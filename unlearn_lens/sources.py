@@ -48,8 +48,10 @@ class TextStream(Iterator[str]):
 
     Attributes:
         name: the source, for messages.
-        n_rows: rows read from the source so far.
+        n_rows: rows read from the source so far (empty rows are read and skipped).
         n_texts: non-empty texts handed out so far.
+        reader: the stream that reads the source: this one, or for a shuffled
+            stream the one that fills its buffer (its counts are what was read).
     """
 
     def __init__(self, rows: Iterator[Any], name: str, text_field: str | None = None):
@@ -58,6 +60,7 @@ class TextStream(Iterator[str]):
         self.text_field = text_field
         self.n_rows = 0
         self.n_texts = 0
+        self.reader = self
 
     def __iter__(self) -> TextStream:
         return self
@@ -69,15 +72,34 @@ class TextStream(Iterator[str]):
             except (StopIteration, UnlearnLensError):
                 raise
             except Exception as exc:
+                if _caused_by(exc, UnicodeDecodeError):
+                    raise UnlearnLensError(f"dataset {self.name!r} is not valid UTF-8 text (after row {self.n_rows}): "
+                                           f"{exc}") from exc
                 raise UnlearnLensError(f"could not read dataset {self.name!r} (row {self.n_rows + 1}): {exc}") from exc
             self.n_rows += 1
             if isinstance(row, dict):
                 if self.text_field not in row:
                     raise _field_error(self.name, str(self.text_field), row)
                 row = row[self.text_field]
+                if not isinstance(row, str):
+                    what = "no value (null)" if row is None else f"a {type(row).__name__}, not text"
+                    raise UnlearnLensError(f"row {self.n_rows} of dataset {self.name!r} has {what} in its text field "
+                                           f"{self.text_field!r}")
             if isinstance(row, str) and row.strip():
                 self.n_texts += 1
                 return row
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``exc`` or an exception it was raised from or during is a ``kind``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _buffer_shuffled(items: Iterator[str], seed: int, buffer_size: int) -> Iterator[str]:
@@ -142,6 +164,7 @@ def iter_texts(
     if shuffle_seed is None:
         return stream
     shuffled = TextStream(_buffer_shuffled(stream, shuffle_seed, buffer_size), stream.name)
+    shuffled.reader = stream.reader
     return shuffled
 
 
