@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -55,6 +56,26 @@ def test_saved_tensors_are_the_same_bytes_for_the_same_run(small_run, tmp_path):
     a, b = small_run.save(tmp_path / "a"), small_run.save(tmp_path / "b")
     for name in sorted(p.name for p in a.iterdir() if p.suffix == ".safetensors"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_two_runs_of_one_command_write_the_same_bytes(gpt2_dir, tmp_path):
+    """Same inputs and seed, two runs: every file is the same, results.json up to its wall times."""
+    from unlearn_lens.cli import main
+
+    (tmp_path / "code.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in CODE * 3))
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        args = ["prune", "--model", str(gpt2_dir), "--forget", str(tmp_path / "code.jsonl"), "--retain", "demo:prose",
+                "--mlp-frac", "0.1", "--n-steps", "2", "--collect-tokens", "300", "--eval-tokens", "200",
+                "--seq-len", "32", "--ablation", "mean", "--out", str(out), "--quiet", "--no-report"]
+        assert main(args) == 0
+    names = sorted(p.name for p in outs[0].iterdir())
+    assert names == sorted(p.name for p in outs[1].iterdir()) and len(names) == 8
+    for name in names:
+        a, b = ((out / name).read_bytes() for out in outs)
+        if name == "results.json":
+            a, b = (re.sub(rb'"seconds": [0-9.e-]+', b'"seconds": 0', x) for x in (a, b))
+        assert a == b, name
 
 
 def test_a_run_without_steps_is_a_clear_error(small_run, tmp_path, capsys):
