@@ -216,3 +216,13 @@ def test_resume_after_an_interruption_gives_the_same_run(gpt2_dir, data_dir, tmp
             [(s["forget"], s["retain"], s["mlp_counts"]) for s in full[key]["steps"]]
     assert (tmp_path / "cut" / "masks.safetensors").read_bytes() == (tmp_path / "full" / "masks.safetensors").read_bytes()
     assert main(["prune", "--resume", str(tmp_path / "full")]) == 2  # a finished run is not a checkpoint
+
+
+def test_skip_common_reports_both_views(tmp_path, capsys):
+    assert main(["prune", "--n-steps", "1", "--collect-tokens", "1000", "--eval-tokens", "1000", "--skip-common", "5",
+                 "--baseline", "none", "--out", str(tmp_path / "run"), "--quiet", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "forget top1 (w/o 5 most common)" in out and "retain top10 (all tokens)" in out
+    run = ul.PruneRun.load(tmp_path / "run")
+    for step in run.history:
+        assert step.forget.all_tokens.n_tokens > step.forget.n_tokens > 0

@@ -43,6 +43,15 @@ def test_skip_common_drops_the_most_frequent_targets(gpt2):
     top3 = counts.argsort(descending=True, stable=True)[:3]
     skipped = ul.evaluate(gpt2, tokens, skip_common=3, progress=False)
     assert skipped.n_tokens == full.n_tokens - int(counts[top3].sum())
+    # the same pass also measures every target, common ones included
+    assert full.all_tokens is None and skipped.all_tokens.n_tokens == full.n_tokens
+    assert (skipped.all_tokens.top1, skipped.all_tokens.topk) == (full.top1, full.topk)
+    assert skipped.all_tokens.loss == pytest.approx(full.loss, rel=1e-12)
+    with torch.no_grad():
+        logits = gpt2(tokens.tokens)[:, :-1]
+    kept = keep & ~torch.isin(target, top3)
+    assert skipped.top1 == pytest.approx((logits[kept].argmax(-1) == target[kept]).float().mean().item())
+    assert ul.EvalResult.from_dict(skipped.to_dict()) == skipped and "all_tokens" not in full.to_dict()
     with pytest.raises(ul.UnlearnLensError, match="skip_common"):
         ul.evaluate(gpt2, tokens, skip_common=-1)
 

@@ -177,11 +177,18 @@ def summary_table(run: Any, level: float = 0.5) -> str:
     rows.append(["steps", "0", *[str(len(r.history) - 1) for r in runs.values()]])
     rows.append(["MLP neurons pruned", "0%", *[f"{r.final.n_mlp / r.dims.n_mlp:.1%}" for r in runs.values()]])
     rows.append(["attention neurons pruned", "0%", *[f"{r.final.n_attn / r.dims.n_attn:.1%}" for r in runs.values()]])
+    skipped = base.forget.all_tokens is not None
     for dataset in ("forget", "retain"):
         for metric in ("top1", "topk", "loss"):
             b = getattr(getattr(base, dataset), metric)
             label = f"{dataset} {metric if metric != 'topk' else f'top{base.forget.k}'}"
+            label += f" (w/o {run.config.skip_common} most common)" if skipped else ""
             rows.append([label, f"{b:.4f}", *[rel(getattr(getattr(r.final, dataset), metric), b) for r in runs.values()]])
+        for metric in ("top1", "topk") if skipped else ():
+            b = getattr(getattr(base, dataset).all_tokens, metric)
+            label = f"{dataset} {metric if metric != 'topk' else f'top{base.forget.k}'} (all tokens)"
+            rows.append([label, f"{b:.4f}", *[rel(getattr(getattr(r.final, dataset).all_tokens, metric), b)
+                                              for r in runs.values()]])
     headline = []
     for r in runs.values():
         value = r.retain_at_forget(level)

@@ -34,6 +34,8 @@ class EvalResult:
         perplexity: exp(loss).
         n_tokens: targets scored.
         k: the k of ``topk``.
+        all_tokens: with ``skip_common``, the same metrics over every target, the
+            common ones included (measured in the same pass); None otherwise.
     """
 
     top1: float
@@ -42,13 +44,24 @@ class EvalResult:
     perplexity: float
     n_tokens: int
     k: int = 10
+    all_tokens: EvalResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.all_tokens is None:
+            del out["all_tokens"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
-        return cls(**data)
+        data = dict(data)
+        nested = data.pop("all_tokens", None)
+        return cls(**data, all_tokens=None if nested is None else cls.from_dict(nested))
+
+    @classmethod
+    def _from_sums(cls, n_top1: int, n_topk: int, total_loss: float, n: int, k: int) -> EvalResult:
+        loss = total_loss / n
+        return cls(top1=n_top1 / n, topk=n_topk / n, loss=loss, perplexity=math.exp(min(loss, 700.0)), n_tokens=n, k=k)
 
     def relative_to(self, base: EvalResult) -> dict[str, float]:
         """Each metric divided by its value in ``base`` (e.g. the unpruned model)."""
@@ -90,7 +103,8 @@ def evaluate(
         batch_size: rows per forward pass.
         seq_len: row length (default: the model's context, at most 256).
         topk: the k of top-k accuracy.
-        skip_common: leave out targets among the dataset's ``skip_common`` most common tokens.
+        skip_common: leave out targets among the dataset's ``skip_common`` most common
+            tokens (the metrics over all targets are then in ``all_tokens``).
         progress: show a progress bar.
         desc: progress bar label.
 
@@ -110,29 +124,28 @@ def evaluate(
         freq = torch.bincount(targets[counted])
         skip = freq.argsort(descending=True, stable=True)[:skip_common]
     device = model_device(model)
-    total_loss = torch.zeros((), dtype=torch.float64)
-    n_top1 = n_topk = n = 0
+    sums = torch.zeros((2, 4), dtype=torch.float64)  # [kept, all] x [top-1 hits, top-k hits, loss, targets]
     bar = tqdm(total=int(counted.sum()), desc=desc, unit="tok", disable=not progress, leave=False)
     with exclusive(model, "evaluate"):
         for start in range(0, len(tokens), batch_size):
             rows = tokens.tokens[start : start + batch_size].to(device)
-            target = rows[:, 1:]
-            keep = counted[start : start + batch_size].to(device)
-            if skip is not None:
-                keep = keep & ~torch.isin(target, skip.to(device))
-            logits = model(rows)[:, :-1]
-            logits, target_kept = logits[keep].float(), target[keep]
-            bar.update(int(counted[start : start + batch_size].sum()))
-            if target_kept.numel() == 0:
+            real = counted[start : start + batch_size].to(device)
+            logits, target = model(rows)[:, :-1][real].float(), rows[:, 1:][real]
+            bar.update(int(real.sum()))
+            if target.numel() == 0:
                 continue
-            total_loss += torch.nn.functional.cross_entropy(logits, target_kept, reduction="sum").double().cpu()
+            loss = torch.nn.functional.cross_entropy(logits, target, reduction="none").double()
             top = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices
-            n_top1 += int((top[:, 0] == target_kept).sum())
-            n_topk += int((top == target_kept[:, None]).any(-1).sum())
-            n += target_kept.numel()
+            per_token = torch.stack([(top[:, 0] == target).double(), (top == target[:, None]).any(-1).double(), loss,
+                                     torch.ones_like(loss)])
+            kept = ~torch.isin(target, skip.to(device)) if skip is not None else torch.ones_like(target, dtype=torch.bool)
+            sums += torch.stack([per_token[:, kept].sum(1), per_token.sum(1)]).cpu()
     bar.close()
+    (n_top1, n_topk, total_loss, n), everything = sums[0].tolist(), sums[1].tolist()
     if n == 0:
         raise UnlearnLensError("no tokens left to evaluate (empty dataset, or skip_common removed every target)")
-    loss = float(total_loss) / n
-    return EvalResult(top1=n_top1 / n, topk=n_topk / n, loss=loss, perplexity=math.exp(min(loss, 700.0)),
-                      n_tokens=n, k=topk)
+    result = EvalResult._from_sums(int(n_top1), int(n_topk), total_loss, int(n), topk)
+    if skip is not None:
+        result.all_tokens = EvalResult._from_sums(*(int(x) for x in everything[:2]), everything[2], int(everything[3]),
+                                                  topk)
+    return result

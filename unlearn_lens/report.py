@@ -118,7 +118,14 @@ def _summary(runs: dict[str, PruneRun], main: PruneRun, level: float) -> dict[st
         for metric, label, fmt in metrics:
             b = getattr(getattr(base, dataset), metric)
             values = [getattr(getattr(r.final, dataset), metric) for r in runs.values()]
+            if getattr(base, dataset).all_tokens is not None:
+                label += f" (without the {main.config.skip_common} most common tokens)"
             rows.append(_Row(label, f"{b:{fmt}}", [_Cell(f"{v:{fmt}}", f"{v / b:.0%}" if b else "", v) for v in values]))
+        for metric, label, fmt in metrics[:2] if getattr(base, dataset).all_tokens is not None else ():
+            b = getattr(getattr(base, dataset).all_tokens, metric)
+            values = [getattr(getattr(r.final, dataset).all_tokens, metric) for r in runs.values()]
+            rows.append(_Row(f"{label} (all tokens)", f"{b:{fmt}}",
+                             [_Cell(f"{v:{fmt}}", f"{v / b:.0%}" if b else "", v) for v in values]))
     explain = ["Values in brackets are relative to the unpruned model. The random run prunes the same number of "
                "units per layer and step as the selective run, chosen uniformly at random."]
     return {"names": list(runs), "rows": rows, "explain": explain}
