@@ -214,3 +214,30 @@ def test_bad_rows_and_short_sources_on_the_command_line(gpt2_dir, tmp_path, caps
     info = json.loads((tmp_path / "short" / "results.json").read_text())["run"]["info"]
     used = info["texts"]["forget"]["evaluation"][0]["tokens"]
     assert 0 < used < 200 and f"the forget dataset ran out: evaluation uses {used:,} tokens, not eval_tokens=200" in err
+
+
+def test_globs_and_hub_data_files(tmp_path, monkeypatch):
+    """Data files named by a glob are streamed; hf:// paths go to the same reader (network not needed to route)."""
+    for part in range(3):
+        (tmp_path / f"part-{part}.jsonl").write_text(
+            "".join(json.dumps({"code": f"x = {part * 10 + i}"}) + "\n" for i in range(10)))
+    texts = ul.load_texts(str(tmp_path / "part-*.jsonl"), text_field="code")
+    assert len(texts) == 30 and "x = 25" in texts
+    with pytest.raises(ul.UnlearnLensError, match="has no text field 'text'; its fields are \\['code'\\]"):
+        iter_texts(str(tmp_path / "part-*.jsonl"))
+    with pytest.raises(ul.UnlearnLensError, match="cannot tell the format"):
+        iter_texts("hf://datasets/org/name/data/*.bin")
+    import datasets
+
+    seen = []
+
+    def load_dataset(kind, data_files=None, split=None, streaming=False):
+        seen.append((kind, data_files, split, streaming))
+        return EndlessDataset(CODE)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    stream = iter_texts("hf://datasets/org/code/data/train-*.parquet")
+    assert next(stream).startswith(CODE[0])
+    assert seen == [("parquet", "hf://datasets/org/code/data/train-*.parquet", "train", True)]
+    iter_texts("hf://datasets/org/pile/train/*.jsonl.zst")
+    assert seen[-1][0] == "json"

@@ -5,7 +5,9 @@ Every source is opened the same way, by :func:`iter_texts`, as a lazy
 source's cost does not grow with its size (Hub datasets and local tables are
 streamed through ``datasets``). :func:`load_texts` reads a source into a list, for
 small ones. Local files are ``.txt`` (each file one text), ``.jsonl``, ``.json``,
-``.parquet`` and ``.csv``; a Hub dataset id may name a config as ``"name:config"``.
+``.parquet`` and ``.csv``; a glob of data files (local, or ``hf://`` for a Hub
+dataset's own files) is streamed the same way; a Hub dataset id may name a config as
+``"name:config"``.
 """
 
 from __future__ import annotations
@@ -135,9 +137,11 @@ def iter_texts(
         source: an iterable of strings; ``"demo:code"`` / ``"demo:prose"`` (held-out
             demo texts; ``"demo:code:train"`` for the training split); a local
             ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file, or a
-            folder of such files (each ``.txt`` file is one text); or a Hugging Face
-            dataset id, streamed (needs the network), optionally with a config as
-            ``"name:config"``.
+            folder of such files (each ``.txt`` file is one text); a glob of such
+            data files, local or ``hf://datasets/org/name/path/*.parquet`` (a Hub
+            dataset's files, read without its loading script; ``.gz``/``.zst``
+            etc. compression allowed); or a Hugging Face dataset id, streamed (needs
+            the network), optionally with a config as ``"name:config"``.
         split: the dataset split (Hub datasets; local files are one ``train`` split).
         text_field: the column holding the text (``.txt`` files have ``text``).
         shuffle_seed: shuffle the texts in a seeded buffer (the first rows of a dump
@@ -231,9 +235,34 @@ def _read_text_files(files: Sequence[Path]) -> Iterator[str]:
             raise UnlearnLensError(f"file {str(file)!r} is not UTF-8 text: {exc}") from exc
 
 
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+
+
+def _open_data_files(pattern: str, text_field: str) -> Iterator[Any]:
+    """Rows of data files named by a glob or an ``hf://`` path (e.g. a Hub dataset's parquet files), streamed."""
+    name = pattern.rsplit("/", 1)[-1]
+    suffixes = [x for x in Path(name).suffixes if x not in _COMPRESSION]
+    kind = _LOCAL_FORMATS.get(suffixes[-1] if suffixes else "")
+    if kind is None or kind == "text":
+        raise UnlearnLensError(f"cannot tell the format of {pattern!r}: name files ending in .jsonl, .json, .parquet or "
+                               ".csv (optionally compressed)")
+    try:
+        with _quiet_datasets() as datasets:
+            ds = datasets.load_dataset(kind, data_files=pattern, split="train", streaming=True)
+    except Exception as exc:
+        raise UnlearnLensError(f"could not read the {kind} files {pattern!r} (for hf:// paths, is the network "
+                               f"reachable?): {exc}") from exc
+    features = getattr(ds, "features", None)
+    if features is not None and text_field not in features:
+        raise _field_error(pattern, text_field, features)
+    return iter(ds)
+
+
 def _open_dataset(source: str, split: str, text_field: str) -> Iterator[Any]:
     """Rows of a local file or folder, or of a Hub dataset, as a lazy iterator (strings or dicts)."""
     path = Path(source).expanduser()
+    if source.startswith("hf://") or (not path.exists() and any(c in source for c in "*?[")):
+        return _open_data_files(source, text_field)
     if path.exists():
         files = sorted(p for p in path.rglob("*") if p.suffix in _LOCAL_FORMATS) if path.is_dir() else [path]
         if not files:
