@@ -248,6 +248,7 @@ def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[
 
 
 def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
+    from unlearn_lens.distributed import is_main, local
     from unlearn_lens.models import load_model
     from unlearn_lens.pipeline import checkpoint_tokens, random_baseline, selective_prune
     from unlearn_lens.results import PruneRun
@@ -285,10 +286,13 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         config = _config_from_args(args)
         data, info = _load_data(args, model, config)
         forget, retain = data["forget"], data["retain"]
-    progress_state.checkpoint = ckpt
+    if is_main():  # under torchrun, rank 0 alone writes (and cleans up)
+        progress_state.checkpoint = ckpt
     run = selective_prune(model, forget, retain, config, progress=progress, checkpoint=ckpt, info=info)
     if args.baseline == "random":
         run.baseline = random_baseline(model, forget, retain, run, progress=progress)
+    if not is_main():
+        return 0
     run.save(out, overwrite=args.overwrite)
     progress_state.saved = out
     shutil.rmtree(ckpt, ignore_errors=True)
@@ -297,7 +301,8 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
     if not args.no_report:
         from unlearn_lens.report import write_report
 
-        report = write_report(run, out, model=model, forget_texts=forget, retain_texts=retain)
+        with local():  # the neuron cards run the model on rank 0 alone
+            report = write_report(run, out, model=model, forget_texts=forget, retain_texts=retain)
         print(f"report: {report}")
     return 0
 
@@ -328,9 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     state = _Progress()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    from unlearn_lens.distributed import init_from_env
+
+    joined = False
     try:
         if args.command == "report":
             return _cmd_report(args)
+        joined = init_from_env(args.device)  # under torchrun: one process of a data-parallel run
         return _cmd_prune(args, state)
     except UnlearnLensError as exc:
         print(f"unlearn-lens: error: {exc}", file=sys.stderr)
@@ -344,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+        if joined:
+            import torch
+
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearn_lens.data import TokenSet, as_token_set
+from unlearn_lens.distributed import is_main, shard, sum_across
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import exclusive, model_device
 
@@ -94,7 +95,8 @@ def evaluate(
     """Measure next-token accuracy and loss of ``model`` on a dataset.
 
     The model is evaluated as it runs: inside :func:`unlearn_lens.pruned` that is the
-    pruned model.
+    pruned model. Under a ``torch.distributed`` process group each rank evaluates its
+    share of the rows and all ranks return the summed result.
 
     Args:
         model: a TransformerLens model.
@@ -125,10 +127,12 @@ def evaluate(
         skip = freq.argsort(descending=True, stable=True)[:skip_common]
     device = model_device(model)
     sums = torch.zeros((2, 4), dtype=torch.float64)  # [kept, all] x [top-1 hits, top-k hits, loss, targets]
-    bar = tqdm(total=int(counted.sum()), desc=desc, unit="tok", disable=not progress, leave=False)
+    part = shard(tokens)  # this process's rows (all of them without a process group)
+    counted = _targets(part)[1]
+    bar = tqdm(total=int(counted.sum()), desc=desc, unit="tok", disable=not (progress and is_main()), leave=False)
     with exclusive(model, "evaluate"):
-        for start in range(0, len(tokens), batch_size):
-            rows = tokens.tokens[start : start + batch_size].to(device)
+        for start in range(0, len(part), batch_size):
+            rows = part.tokens[start : start + batch_size].to(device)
             real = counted[start : start + batch_size].to(device)
             logits, target = model(rows)[:, :-1][real].float(), rows[:, 1:][real]
             bar.update(int(real.sum()))
@@ -141,6 +145,7 @@ def evaluate(
             kept = ~torch.isin(target, skip.to(device)) if skip is not None else torch.ones_like(target, dtype=torch.bool)
             sums += torch.stack([per_token[:, kept].sum(1), per_token.sum(1)]).cpu()
     bar.close()
+    sums = sum_across(sums)  # the counts of every rank of a process group
     (n_top1, n_topk, total_loss, n), everything = sums[0].tolist(), sums[1].tolist()
     if n == 0:
         raise UnlearnLensError("no tokens left to evaluate (empty dataset, or skip_common removed every target)")

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from unlearn_lens._io import read_json, read_safetensors, write_json, write_safetensors
 from unlearn_lens.data import TokenSet, as_token_sets
+from unlearn_lens.distributed import is_main, shard, world
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult, evaluate
 from unlearn_lens.masks import Masks
@@ -82,6 +83,14 @@ class _Data:
             out[name] = {"statistics": collect.text_ranges(), "evaluation": held.text_ranges(),
                          "shared_texts": _shared_texts(collect, held) if collect.spans and held.spans else None}
         return out
+
+    def distribution(self) -> dict[str, Any]:
+        """Under a process group: its size and the tokens each rank processes in every pass."""
+        size = world()[1]
+        if size == 1:
+            return {}
+        return {"distributed": {"world_size": size, "tokens_per_rank": {
+            name: [shard(getattr(self, name), r, size).n_tokens for r in range(size)] for name in _TOKEN_SETS}}}
 
 
 def _shared_texts(a: TokenSet, b: TokenSet) -> int:
@@ -167,7 +176,9 @@ _TOKEN_SETS = ("forget_collect", "forget_eval", "retain_collect", "retain_eval")
 
 
 def _save_checkpoint(path: Path, run: PruneRun, data: _Data, finished: bool) -> None:
-    """The run so far, as a directory a later call can resume from (each part written atomically)."""
+    """The run so far, as a directory a later call can resume from (each part written atomically; rank 0 only)."""
+    if not is_main():
+        return
     if not (path / "tokens.safetensors").is_file():
         tensors = {f"{name}.{part}": getattr(getattr(data, name), part).to(torch.uint8 if part == "valid" else
                                                                           torch.int64)
@@ -260,7 +271,8 @@ def selective_prune(
         data = _Data.split(model, forget_texts, retain_texts, cfg)
     rec = _Recorder(model, data, cfg, "selective", cfg.n_steps, progress, resumed=resumed)
     run = resumed or PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="selective",
-                              model=model_name(model), info={**(info or {}), "texts": data.describe()})
+                              model=model_name(model),
+                              info={**(info or {}), "texts": data.describe(), **data.distribution()})
     if path is not None and resumed is None:
         _save_checkpoint(path, run, data, finished=False)
     finished = False

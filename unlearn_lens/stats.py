@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from unlearn_lens._io import read_safetensors, write_safetensors
 from unlearn_lens.data import TokenSet, as_token_set
+from unlearn_lens.distributed import gather, is_main, shard, world
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import (
     ModelDims,
@@ -190,6 +191,15 @@ class RunningStats:
 
     def to(self, device: torch.device | str) -> RunningStats:
         return RunningStats._from_state({k: v.to(device) for k, v in self._state().items()})
+
+    def combined_across_ranks(self) -> RunningStats:
+        """The statistics of every rank of the process group, merged in rank order (the same on every rank)."""
+        states = {name: gather(value) for name, value in self._state().items()}
+        parts = [RunningStats._from_state({name: states[name][r] for name in _FIELDS}) for r in range(world()[1])]
+        out = parts[0]
+        for part in parts[1:]:
+            out = out.merge(part)
+        return out
 
 
 class _Workspace:
@@ -387,6 +397,9 @@ def collect_stats(
         progress: show a progress bar.
         desc: progress bar label.
 
+    Under a ``torch.distributed`` process group each rank collects on its share of
+    the rows and all ranks return the merged statistics (:mod:`unlearn_lens.distributed`).
+
     Returns:
         :class:`ActivationStats` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``.
     """
@@ -401,12 +414,17 @@ def collect_stats(
     for layer in range(dims.n_layers):
         hooks.append((mlp_hook_name(layer), collector.hook("mlp", layer)))
         hooks.append((attn_hook_name(layer), collector.hook("attn", layer)))
-    bar = tqdm(total=tokens.n_tokens, desc=desc, unit="tok", disable=not progress, leave=False)
+    part = shard(tokens)  # this process's rows (all of them without a process group)
+    bar = tqdm(total=part.n_tokens, desc=desc, unit="tok", disable=not (progress and is_main()), leave=False)
     with exclusive(model, "collect_stats"), attached(model, hooks):
-        for batch in tokens.batches(batch_size, device):
+        for batch in part.batches(batch_size, device):
             collector.set_batch(batch.valid)
             collector.run(model, batch.tokens)
             bar.update(int(batch.valid.sum()))
     bar.close()
-    stats.meta = {"model": model_name(model), "n_tokens": stats.n_tokens}
+    meta: dict[str, Any] = {"model": model_name(model)}
+    if world()[1] > 1:
+        meta["rank_tokens"] = [int(t) for t in gather(torch.tensor([part.n_tokens], device=device))]
+        stats = ActivationStats(stats.mlp.combined_across_ranks(), stats.attn.combined_across_ranks())
+    stats.meta = {**meta, "n_tokens": stats.n_tokens}
     return stats
