@@ -22,3 +22,16 @@ def test_recipe_cost_measures_and_projects():
     assert abs(line["step_s"] - step) <= 1
     assert abs(line["selective_run_s"] - (2e5 / line["eval_tok_s"] + 3 * step)) <= 2
     assert abs(line["random_baseline_s"] - 4 * 2e5 / line["eval_tok_s"]) <= 2
+
+
+def test_gpu_speed_times_every_pass():
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_speed.py"), "--shape", "tiny", "--tokens", "1000",
+                          "--seq-len", "64", "--repeats", "1", "--device", "cpu"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(line["us_per_token"]) == {"forward", "to_last_hook", "collect", "evaluate"}
+    assert all(v > 0 for v in line["us_per_token"].values())
+    ratio = line["us_per_token"]["collect"] / line["us_per_token"]["forward"]
+    assert abs(line["collect_over_forward"] - ratio) < 1e-2
+    assert line["peak_gib"]["collect"] is None  # peak memory is measured on CUDA only
