@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CODE, LEGACY_FIXTURES
+from conftest import CODE, LEGACY_FIXTURES, PROSE
 
 import unlearn_lens as ul
 from unlearn_lens.models import attn_hook_name, mlp_hook_name
@@ -86,3 +86,50 @@ def test_missing_hook_names_the_hook_and_model(gpt2):
 def test_not_a_transformerlens_model():
     with pytest.raises(ul.UnlearnLensError, match="not a TransformerLens model"):
         ul.load_model(torch.nn.Linear(2, 2))
+
+
+def test_a_device_map_spreads_the_layers_and_everything_still_runs(gpt2, gpt2_dir, tmp_path):
+    """Layers placed by a device map (one block offloaded to disk): statistics, evaluation and hooks as before."""
+    device_map = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.h.0": "cpu",
+                  "transformer.h.1": "disk", "transformer.ln_f": "cpu", "lm_head": "cpu"}
+    spread = ul.load_model(gpt2_dir, device_map=device_map, offload_folder=tmp_path / "offload")
+    assert spread.original_model.hf_device_map == device_map
+    tokens = ul.tokenize_texts(gpt2.tokenizer, CODE, seq_len=16, max_tokens=300)
+    a = ul.collect_stats(gpt2, tokens, progress=False)
+    b = ul.collect_stats(spread, tokens, progress=False)
+    for kind in ("mlp", "attn"):
+        assert torch.allclose(getattr(a, kind).mean, getattr(b, kind).mean, rtol=1e-5, atol=1e-7)
+        assert torch.allclose(getattr(a, kind).std, getattr(b, kind).std, rtol=1e-5, atol=1e-7)
+    prose = ul.tokenize_texts(gpt2.tokenizer, PROSE, seq_len=16, max_tokens=300)
+    masks = ul.select(ul.score(a, ul.collect_stats(gpt2, prose, progress=False)), mlp_frac=0.2)
+    with ul.pruned(gpt2, masks, ablation="mean", means=a):
+        x = ul.evaluate(gpt2, tokens, progress=False)
+    with ul.pruned(spread, masks, ablation="mean", means=a):
+        y = ul.evaluate(spread, tokens, progress=False)
+    assert x.n_tokens == y.n_tokens and x.top1 == y.top1 and x.loss == pytest.approx(y.loss, rel=1e-5)
+    with pytest.raises(ul.UnlearnLensError, match="offloaded .* prune with hooks"):
+        ul.prune_weights_(spread, masks)
+    with pytest.raises(ul.UnlearnLensError, match="device or device_map, not both"):
+        ul.load_model(gpt2_dir, device="cpu", device_map="auto")
+
+
+
+def test_device_map_on_the_command_line(gpt2_dir, tmp_path, capsys):
+    import json
+
+    from unlearn_lens.cli import main
+
+    for name, texts in (("code", CODE), ("prose", PROSE)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 3))
+    args = ["prune", "--model", str(gpt2_dir), "--forget", str(tmp_path / "code.jsonl"), "--retain",
+            str(tmp_path / "prose.jsonl"), "--n-steps", "1", "--collect-tokens", "300", "--eval-tokens", "300",
+            "--seq-len", "32", "--mlp-frac", "0.1",
+            "--baseline", "none", "--quiet", "--no-report"]
+    placement = json.dumps({"transformer": "cpu", "lm_head": "cpu"})
+    assert main([*args, "--device-map", placement, "--out", str(tmp_path / "spread")]) == 0
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "one")]) == 0
+    spread, one = ul.PruneRun.load(tmp_path / "spread"), ul.PruneRun.load(tmp_path / "one")
+    assert spread.masks == one.masks and spread.final.forget.top1 == one.final.forget.top1
+    with pytest.raises(SystemExit) as exc:  # argparse's own error line and status
+        main([*args, "--device-map", "{not json", "--out", str(tmp_path / "bad")])
+    assert exc.value.code == 2 and "--device-map: not a JSON object" in capsys.readouterr().err

@@ -123,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", choices=("random", "none"), default="random",
                    help="also run the random baseline with the same per-layer counts (default random)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--device-map", type=_device_map, metavar="MAP",
+                   help="spread a model too large for one device: auto, balanced, or a JSON object of module names "
+                   "to devices ({\"model.layers.0\": \"cuda:0\", ...}); instead of --device")
     p.add_argument("--dtype", help="model dtype: float32 (default), bfloat16, float16")
     p.add_argument("--out", help="output directory, which must not exist yet (default: unlearn_lens_runs/<model>-<time>)")
     p.add_argument("--overwrite", action="store_true",
@@ -145,6 +148,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="device for the model (default: cuda if available)")
     r.add_argument("--no-cards", action="store_true", help="no neuron cards (does not load the model)")
     return parser
+
+
+def _device_map(value: str) -> str | dict[str, Any]:
+    """``--device-map``: a strategy name, or a JSON object of module names to devices."""
+    if not value.lstrip().startswith("{"):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {exc}") from exc
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("must be a strategy name or a JSON object")
+    return parsed
 
 
 def _config_from_args(args: argparse.Namespace) -> Any:
@@ -278,7 +294,7 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
 
         transformers.utils.logging.disable_progress_bar()
     t0 = time.time()
-    model = load_model(model_source, device=args.device, dtype=args.dtype)
+    model = load_model(model_source, device=args.device, dtype=args.dtype, device_map=args.device_map)
     if args.resume:
         forget, retain = checkpoint_tokens(ckpt)
         config, info = None, None

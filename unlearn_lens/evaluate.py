@@ -134,7 +134,9 @@ def evaluate(
         for start in range(0, len(part), batch_size):
             rows = part.tokens[start : start + batch_size].to(device)
             real = counted[start : start + batch_size].to(device)
-            logits, target = model(rows)[:, :-1][real].float(), rows[:, 1:][real]
+            logits = model(rows)[:, :-1]  # on the last layer's device, under a device map
+            real = real.to(logits.device)
+            logits, target = logits[real].float(), rows[:, 1:].to(logits.device)[real]
             bar.update(int(real.sum()))
             if target.numel() == 0:
                 continue
@@ -142,7 +144,8 @@ def evaluate(
             top = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices
             per_token = torch.stack([(top[:, 0] == target).double(), (top == target[:, None]).any(-1).double(), loss,
                                      torch.ones_like(loss)])
-            kept = ~torch.isin(target, skip.to(device)) if skip is not None else torch.ones_like(target, dtype=torch.bool)
+            kept = (~torch.isin(target, skip.to(target.device)) if skip is not None
+                    else torch.ones_like(target, dtype=torch.bool))
             sums += torch.stack([per_token[:, kept].sum(1), per_token.sum(1)]).cpu()
     bar.close()
     sums = sum_across(sums)  # the counts of every rank of a process group

@@ -223,6 +223,8 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     tokenizer: Any = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> Any:
     """Load a model for selective pruning.
 
@@ -234,6 +236,12 @@ def load_model(
         device: where to put a loaded model (default: CUDA if available, else CPU).
         dtype: weight dtype of a loaded model (default float32).
         tokenizer: an optional tokenizer to use instead of the model's own.
+        device_map: place the layers of a model larger than one device:
+            ``"auto"``, ``"balanced"`` or an explicit map of module names to devices
+            (``"cuda:0"``, ``"cpu"``, ``"disk"``), as in Hugging Face ``from_pretrained``;
+            instead of ``device``. Statistics gather each layer's per-batch sums onto
+            the first device; pruning hooks follow each activation's device.
+        offload_folder: where weights mapped to ``"disk"`` are kept (default: a temporary folder).
 
     Returns:
         A TransformerLens model (a ``TransformerBridge`` when loaded here), in eval mode.
@@ -248,7 +256,9 @@ def load_model(
         return model
 
     torch_dtype = _resolve_dtype(dtype) or torch.float32
-    if device is None:
+    if device is not None and device_map is not None:
+        raise UnlearnLensError("give device or device_map, not both (a device map places every layer itself)")
+    if device is None and device_map is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     source = str(model)
     if source == "demo":
@@ -266,7 +276,10 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        bridge = TransformerBridge.boot_transformers(source, device=device, dtype=torch_dtype, tokenizer=tokenizer)
+        placement: dict[str, Any] = {"device": device}
+        if device_map is not None:
+            placement = {"device_map": device_map, "offload_folder": str(offload_folder) if offload_folder else None}
+        bridge = TransformerBridge.boot_transformers(source, dtype=torch_dtype, tokenizer=tokenizer, **placement)
     except UnlearnLensError:
         raise
     except Exception as exc:
@@ -276,7 +289,7 @@ def load_model(
     if getattr(bridge, "tokenizer", None) is None:
         raise UnlearnLensError(f"model {str(model)!r} has no tokenizer; pass one with tokenizer=")
     check_hooks(bridge)
-    logger.info("loaded %s on %s (%s)", model, device, torch_dtype)
+    logger.info("loaded %s on %s (%s)", model, device if device_map is None else device_map, torch_dtype)
     return bridge
 
 

@@ -295,6 +295,12 @@ def prune_weights_(
             bias whose architecture has no switch for one.
     """
     ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, means)
+    for layer in range(masks.dims.n_layers):
+        for kind, (rows, _) in _projections(model, layer).items():
+            if rows.device.type == "meta":
+                raise UnlearnLensError(
+                    f"the {kind} output projection of layer {layer} is offloaded (a device map with disk or CPU "
+                    "offload keeps it elsewhere), so it cannot be edited in place; prune with hooks (ul.pruned)")
     for kind in UNIT_KINDS:
         needs_bias = ablations[kind] == "mean" and bool(getattr(masks, kind).any())
         if needs_bias and any(_projections(model, layer)[kind][1] is None for layer in range(masks.dims.n_layers)):

@@ -145,14 +145,16 @@ class RunningStats:
         # block has data, else the batch's own mean (one extra pass, first batch only).
         key = index if isinstance(index, (int, type(Ellipsis))) else None
         if key is not None and key in self._seen:
-            shift = self._mean[index].reshape(-1).to(flat.dtype)
+            shift = self._mean[index].reshape(-1).to(device=flat.device, dtype=flat.dtype)
         else:
             shift = flat.sum(0).div_(n)
-        s1, s2, abs_sum, sqrt_sum, pos, top = _batch_sums(flat, shift, workspace).view(6, *shape)
+        # the sums of a layer on another device (a model split by a device map) come over once per batch
+        sums = _batch_sums(flat, shift, workspace).to(self.count.device)
+        s1, s2, abs_sum, sqrt_sum, pos, top = sums.view(6, *shape)
         mean_d = s1 / n
         m2_b = (s2 - s1 * mean_d).clamp_(min=0)
         n_b = torch.tensor(float(n), dtype=torch.float64, device=self.count.device)
-        self._merge_moments(index, n_b, shift.to(torch.float64).view(shape) + mean_d, m2_b)
+        self._merge_moments(index, n_b, shift.to(self.count.device, torch.float64).view(shape) + mean_d, m2_b)
         self.abs_sum[index] += abs_sum
         self.sqrt_abs_sum[index] += sqrt_sum
         self.pos_count[index] += pos
@@ -349,7 +351,8 @@ class _Collector:
             assert self.rows is not None
             x = activation.detach().reshape(-1, *target.unit_shape[1:])
             rows = self.workspace.get(f"rows-{kind}", (self.rows.numel(), *x.shape[1:]), x)
-            torch.index_select(x, 0, self.rows, out=rows)
+            index = self.rows if self.rows.device == x.device else self.rows.to(x.device)
+            torch.index_select(x, 0, index, out=rows)
             target.update(rows, layer, self.workspace)
             self.fired += 1
             if self.fired == self.n_hooks:
