@@ -278,7 +278,9 @@ def load_model(
     try:
         placement: dict[str, Any] = {"device": device}
         if device_map is not None:
-            placement = {"device_map": device_map, "offload_folder": str(offload_folder) if offload_folder else None}
+            placement = {"device_map": device_map}
+        if offload_folder is not None:  # older TransformerLens versions have no such argument
+            placement["offload_folder"] = str(offload_folder)
         bridge = TransformerBridge.boot_transformers(source, dtype=torch_dtype, tokenizer=tokenizer, **placement)
     except UnlearnLensError:
         raise
