@@ -226,3 +226,15 @@ def test_skip_common_reports_both_views(tmp_path, capsys):
     run = ul.PruneRun.load(tmp_path / "run")
     for step in run.history:
         assert step.forget.all_tokens.n_tokens > step.forget.n_tokens > 0
+
+
+def test_an_error_is_one_line_even_when_its_cause_is_not(monkeypatch, tmp_path, capsys):
+    import unlearn_lens.models
+
+    def fail(*args, **kwargs):
+        raise ul.UnlearnLensError("could not load model 'x': first line of the cause\nsecond line of the cause")
+
+    monkeypatch.setattr(unlearn_lens.models, "load_model", fail)
+    assert main(["prune", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == "unlearn-lens: error: could not load model 'x': first line of the cause second line of the cause\n"

@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         joined = init_from_env(args.device)  # under torchrun: one process of a data-parallel run
         return _cmd_prune(args, state)
     except UnlearnLensError as exc:
-        print(f"unlearn-lens: error: {exc}", file=sys.stderr)
+        print("unlearn-lens: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # one line
         return 2
     except KeyboardInterrupt:
         print(state.interrupted(), file=sys.stderr)
