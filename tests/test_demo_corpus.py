@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import re
+import sys
+
 import pytest
 
 import unlearn_lens as ul
@@ -62,7 +67,7 @@ def test_demo_texts_are_deterministic_and_disjoint():
         train, held = demo_texts(domain, "train"), demo_texts(domain, "heldout")
         assert len(train) > 5 * len(held) > 0
         assert not set(train) & set(held)
-    assert ul.load_texts("demo:code") == demo_texts("code", "heldout")
+    assert ul.load_texts("demo:code") == demo_texts("code", "test")
     assert ul.load_texts("demo:prose:train", limit=3) == demo_texts("prose", "train")[:3]
     built = demo.build_demo_corpus()
     assert built["code"]["heldout"] == demo_texts("code", "heldout")
@@ -72,4 +77,30 @@ def test_bad_demo_names():
     with pytest.raises(ul.UnlearnLensError, match="unknown demo domain"):
         ul.load_texts("demo:poetry")
     with pytest.raises(ul.UnlearnLensError, match="unknown demo split"):
-        demo_texts("code", "test")
+        demo_texts("code", "dev")
+
+
+def test_pinned_splits_match_the_model_card():
+    """Validation and test ship with the package, the same bytes on every Python, as the model card records."""
+    card = (demo.demo_model_dir() / "README.md").read_text()
+    recorded = dict(re.findall(r"`unlearn_lens/_demo_corpus/([\w-]+\.jsonl\.gz)` \| \d+ \| `([0-9a-f]{64})`", card))
+    assert sorted(recorded) == sorted(f"{d}-{p}.jsonl.gz" for d in demo.DEMO_DOMAINS for p in demo.PINNED_SPLITS)
+    for name, digest in recorded.items():
+        with gzip.open(demo.PINNED_DIR / name, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest, name
+    for domain in demo.DEMO_DOMAINS:
+        validation, test = (demo.pinned_rows(domain, p) for p in demo.PINNED_SPLITS)
+        assert not {r["path"] for r in validation} & {r["path"] for r in test}
+        assert demo.demo_texts(domain) == [r["text"] for r in test]  # the default split is test
+        assert sorted(demo.demo_texts(domain, "heldout")) == sorted(r["text"] for r in validation + test)
+    assert ul.load_texts("demo:code:validation") == demo.demo_texts("code", "validation")
+
+
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the pinned splits were cut from CPython 3.11.7")
+def test_pinned_splits_are_this_interpreters_held_out_files(tmp_path):
+    checksums = demo.pin_heldout_corpus(tmp_path)
+    for name in checksums:
+        assert (tmp_path / name).read_bytes() == (demo.PINNED_DIR / name).read_bytes(), name
+    built = demo.build_demo_corpus()
+    for domain in demo.DEMO_DOMAINS:
+        assert demo.demo_texts(domain, "heldout") == built[domain]["heldout"]

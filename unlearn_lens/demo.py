@@ -8,12 +8,17 @@ running interpreter's standard library, which every Python installation carries:
   four or more words; doctest examples are dropped, as they are code).
 
 Files are split by a hash of their path relative to the standard library root:
-one file in ten goes to ``heldout`` (what the toolkit collects statistics on and
-evaluates with), the rest to ``train`` (what the demo model was trained on).
-Test packages, ``idlelib``, ``lib2to3``, installed third-party packages and files
-that do not parse are skipped. The texts are cached under the user cache
-directory (``$XDG_CACHE_HOME/unlearn_lens`` or ``~/.cache/unlearn_lens``) and are
-identical on every run with the same interpreter.
+one file in ten is held out, the rest is ``train`` (what the demo model was trained
+on). Test packages, ``idlelib``, ``lib2to3``, installed third-party packages and
+files that do not parse are skipped.
+
+The held-out files of CPython 3.11.7 (the interpreter the model was trained with)
+ship with the package (``_demo_corpus/``), cut in two by another hash of the path:
+``validation`` (the demo's settings were chosen on it) and ``test`` (what the demo
+reports, and what ``"demo:code"`` / ``"demo:prose"`` mean), so they are the same on
+every Python version; ``heldout`` is both. The ``train`` split is rebuilt from the
+running interpreter's standard library and cached under the user cache directory
+(``$XDG_CACHE_HOME/unlearn_lens`` or ``~/.cache/unlearn_lens``).
 
 The demo model (``assets/demo-model``, loaded with ``load_model("demo")``) is a
 small GPT-2-style model with ReLU MLPs trained by ``scripts/train_demo_model.py``
@@ -23,6 +28,7 @@ on the ``train`` split of both domains.
 from __future__ import annotations
 
 import ast
+import gzip
 import hashlib
 import inspect
 import io
@@ -42,16 +48,20 @@ __all__ = [
     "DEMO_DOMAINS",
     "DEMO_MODEL_DIR",
     "DEMO_SPLITS",
+    "PINNED_SPLITS",
     "build_demo_corpus",
     "demo_model_dir",
     "demo_texts",
+    "pin_heldout_corpus",
+    "pinned_rows",
     "split_source",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEMO_DOMAINS = ("code", "prose")
-DEMO_SPLITS = ("train", "heldout")
+DEMO_SPLITS = ("train", "validation", "test", "heldout")
+PINNED_SPLITS = ("validation", "test")
 # Bump when the extraction rules change, so stale caches are rebuilt.
 _CORPUS_VERSION = "3"
 _SKIP_DIRS = {
@@ -69,6 +79,7 @@ _MIN_COMMENT_WORDS = 4
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
+PINNED_DIR = Path(__file__).resolve().parent / "_demo_corpus"
 
 
 def demo_model_dir() -> Path:
@@ -238,18 +249,9 @@ def _cache_dir() -> Path:
     return Path(base) / "unlearn_lens" / f"demo-corpus-{tag}"
 
 
-def build_demo_corpus(root: Path | None = None) -> dict[str, dict[str, list[str]]]:
-    """Build both domains and both splits from a standard library tree.
-
-    Args:
-        root: the standard library directory (default: the running interpreter's).
-
-    Returns:
-        ``corpus[domain][split]``: one text per source file, in sorted path order;
-        files whose code or prose is empty contribute nothing to that domain.
-    """
-    root = (root or _stdlib_root()).resolve()
-    corpus: dict[str, dict[str, list[str]]] = {d: {s: [] for s in DEMO_SPLITS} for d in DEMO_DOMAINS}
+def _corpus_files(root: Path) -> tuple[list[tuple[str, str, str, str]], int]:
+    """``(relative path, split, code, prose)`` of every standard library file that parses, in path order."""
+    files = []
     skipped = 0
     for path in _stdlib_files(root):
         rel = path.relative_to(root).as_posix()
@@ -259,23 +261,96 @@ def build_demo_corpus(root: Path | None = None) -> dict[str, dict[str, list[str]
         except (SyntaxError, UnicodeDecodeError, tokenize.TokenError, ValueError, IndentationError):
             skipped += 1
             continue
-        split = _split_of(rel)
-        if code.strip():
-            corpus["code"][split].append(code)
-        if prose.strip():
-            corpus["prose"][split].append(prose)
+        files.append((rel, _split_of(rel), code, prose))
+    return files, skipped
+
+
+def _heldout_files(root: Path) -> dict[str, list[tuple[str, str]]]:
+    """``{domain: [(relative path, text), ...]}`` of the held-out files, as :func:`build_demo_corpus` keeps them."""
+    files, skipped = _corpus_files(root)
     logger.info("demo corpus: %d files skipped (did not parse)", skipped)
-    # Some files share text (e.g. the codec tables in encodings/): a held-out text is
-    # never also a training text, nor repeated.
-    for domain in DEMO_DOMAINS:
-        seen = set(corpus[domain]["train"])
-        kept = []
-        for text in corpus[domain]["heldout"]:
-            if text not in seen:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for i, domain in enumerate(DEMO_DOMAINS):
+        # Some files share text (e.g. the codec tables in encodings/): a held-out text is
+        # never also a training text, nor repeated.
+        seen = {f[2 + i] for f in files if f[1] == "train"}
+        out[domain] = []
+        for rel, split, *texts in files:
+            text = texts[i]
+            if split == "heldout" and text.strip() and text not in seen:
                 seen.add(text)
-                kept.append(text)
-        corpus[domain]["heldout"] = kept
-    return corpus
+                out[domain].append((rel, text))
+    return out
+
+
+def build_demo_corpus(root: Path | None = None) -> dict[str, dict[str, list[str]]]:
+    """Build both domains and both splits from a standard library tree.
+
+    Args:
+        root: the standard library directory (default: the running interpreter's).
+
+    Returns:
+        ``corpus[domain][split]`` for ``split`` in ``("train", "heldout")``: one text
+        per source file, in sorted path order; files whose code or prose is empty
+        contribute nothing to that domain.
+    """
+    root = (root or _stdlib_root()).resolve()
+    files, _ = _corpus_files(root)
+    heldout = _heldout_files(root)
+    return {domain: {"train": [f[2 + i] for f in files if f[1] == "train" and f[2 + i].strip()],
+                     "heldout": [text for _, text in heldout[domain]]}
+            for i, domain in enumerate(DEMO_DOMAINS)}
+
+
+def _walk_order(relpath: str) -> list[tuple[int, str]]:
+    """Sort key of a path in the order :func:`_stdlib_files` walks: a folder's files, then its subfolders."""
+    *folders, name = relpath.split("/")
+    return [(1, folder) for folder in folders] + [(0, name)]
+
+
+def _part_of(relpath: str) -> str:
+    """Which half of the held-out files a file belongs to: ``validation`` or ``test``."""
+    return "test" if hashlib.sha256(relpath.encode("utf-8")).digest()[0] % 2 else "validation"
+
+
+def pin_heldout_corpus(out_dir: str | os.PathLike, root: Path | None = None) -> dict[str, str]:
+    """Write the held-out files of a standard library tree as the pinned validation and test splits.
+
+    Each ``{domain}-{part}.jsonl.gz`` holds rows ``{"path", "text"}`` in path order,
+    gzip-compressed without a timestamp, so the same tree gives the same bytes.
+
+    Args:
+        out_dir: the folder to write into.
+        root: the standard library directory (default: the running interpreter's).
+
+    Returns:
+        The SHA-256 of each split's uncompressed JSON lines, by file name.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checksums = {}
+    for domain, rows in _heldout_files((root or _stdlib_root()).resolve()).items():
+        for part in PINNED_SPLITS:
+            lines = "".join(json.dumps({"path": rel, "text": text}, ensure_ascii=False) + "\n"
+                            for rel, text in rows if _part_of(rel) == part).encode("utf-8")
+            name = f"{domain}-{part}.jsonl.gz"
+            buf = io.BytesIO()
+            with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as f:
+                f.write(lines)
+            (out / name).write_bytes(buf.getvalue())
+            checksums[name] = hashlib.sha256(lines).hexdigest()
+    return checksums
+
+
+def pinned_rows(domain: str, part: str) -> list[dict[str, str]]:
+    """The rows ``{"path", "text"}`` of a pinned split (``part``: ``validation`` or ``test``)."""
+    path = PINNED_DIR / f"{domain}-{part}.jsonl.gz"
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return [json.loads(line) for line in f]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnlearnLensError(f"the pinned demo corpus file {str(path)!r} is missing or corrupt ({exc}); "
+                               "reinstall unlearn_lens") from exc
 
 
 def _load_or_build() -> dict[str, dict[str, list[str]]]:
@@ -299,12 +374,15 @@ def _load_or_build() -> dict[str, dict[str, list[str]]]:
 _CORPUS: dict[str, dict[str, list[str]]] | None = None
 
 
-def demo_texts(domain: str, split: str = "heldout") -> list[str]:
+def demo_texts(domain: str, split: str = "test") -> list[str]:
     """Texts of one demo domain.
 
     Args:
         domain: ``"code"`` or ``"prose"``.
-        split: ``"heldout"`` (default; for statistics and evaluation) or ``"train"``.
+        split: ``"test"`` (default: what the demo reports), ``"validation"`` (what
+            the demo's settings were chosen on), ``"heldout"`` (both, in path order),
+            or ``"train"`` (what the demo model was trained on, rebuilt from the
+            running interpreter's standard library).
 
     Returns:
         One text per standard library file of that split.
@@ -314,6 +392,11 @@ def demo_texts(domain: str, split: str = "heldout") -> list[str]:
         raise UnlearnLensError(f"unknown demo domain {domain!r}; choose one of {DEMO_DOMAINS}")
     if split not in DEMO_SPLITS:
         raise UnlearnLensError(f"unknown demo split {split!r}; choose one of {DEMO_SPLITS}")
+    if split in PINNED_SPLITS:
+        return [row["text"] for row in pinned_rows(domain, split)]
+    if split == "heldout":
+        rows = pinned_rows(domain, "validation") + pinned_rows(domain, "test")
+        return [row["text"] for row in sorted(rows, key=lambda row: _walk_order(row["path"]))]
     if _CORPUS is None:
         _CORPUS = _load_or_build()
     return list(_CORPUS[domain][split])

@@ -134,8 +134,9 @@ def iter_texts(
     consumed, so the cost of a source does not grow with its size.
 
     Args:
-        source: an iterable of strings; ``"demo:code"`` / ``"demo:prose"`` (held-out
-            demo texts; ``"demo:code:train"`` for the training split); a local
+        source: an iterable of strings; ``"demo:code"`` / ``"demo:prose"`` (the demo's
+            test texts; ``"demo:code:validation"``, ``"demo:code:heldout"`` (both) and
+            ``"demo:code:train"`` for its other splits); a local
             ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file, or a
             folder of such files (each ``.txt`` file is one text); a glob of such
             data files, local or ``hf://datasets/org/name/path/*.parquet`` (a Hub
@@ -162,7 +163,7 @@ def iter_texts(
         stream = TextStream(iter(source), "the given texts")
     elif str(source).startswith("demo:"):
         parts = str(source).split(":")
-        stream = TextStream(iter(demo_texts(parts[1], parts[2] if len(parts) > 2 else "heldout")), str(source))
+        stream = TextStream(iter(demo_texts(parts[1], parts[2] if len(parts) > 2 else "test")), str(source))
     else:
         stream = TextStream(_open_dataset(str(source), split, text_field), str(source), text_field)
     if shuffle_seed is None:
