@@ -84,7 +84,8 @@ def test_pinned_splits_match_the_model_card():
     """Validation and test ship with the package, the same bytes on every Python, as the model card records."""
     card = (demo.demo_model_dir() / "README.md").read_text()
     recorded = dict(re.findall(r"`unlearn_lens/_demo_corpus/([\w-]+\.jsonl\.gz)` \| \d+ \| `([0-9a-f]{64})`", card))
-    assert sorted(recorded) == sorted(f"{d}-{p}.jsonl.gz" for d in demo.DEMO_DOMAINS for p in demo.PINNED_SPLITS)
+    assert sorted(recorded) == sorted(f"{d}-{p}.jsonl.gz" for d in demo.DEMO_DOMAINS
+                                      for p in (*demo.PINNED_SPLITS, "outside"))
     for name, digest in recorded.items():
         with gzip.open(demo.PINNED_DIR / name, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == digest, name
@@ -94,6 +95,11 @@ def test_pinned_splits_match_the_model_card():
         assert demo.demo_texts(domain) == [r["text"] for r in test]  # the default split is test
         assert sorted(demo.demo_texts(domain, "heldout")) == sorted(r["text"] for r in validation + test)
     assert ul.load_texts("demo:code:validation") == demo.demo_texts("code", "validation")
+    outside = demo.pinned_rows("code", "outside")
+    assert {r["path"].split("-")[0] for r in outside} >= {"jinja2", "click", "idna"}
+    assert not {r["text"] for r in outside} & set(demo.demo_texts("code", "heldout"))
+    licences = sorted(p.name for p in (demo.PINNED_DIR / "LICENSES").glob("*.txt"))
+    assert len(licences) == 7 and all((demo.PINNED_DIR / "LICENSES" / n).read_text().strip() for n in licences)
 
 
 @pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the pinned splits were cut from CPython 3.11.7")

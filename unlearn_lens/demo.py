@@ -60,7 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEMO_DOMAINS = ("code", "prose")
-DEMO_SPLITS = ("train", "validation", "test", "heldout")
+DEMO_SPLITS = ("train", "validation", "test", "heldout", "outside")
 PINNED_SPLITS = ("validation", "test")
 # Bump when the extraction rules change, so stale caches are rebuilt.
 _CORPUS_VERSION = "3"
@@ -343,7 +343,7 @@ def pin_heldout_corpus(out_dir: str | os.PathLike, root: Path | None = None) -> 
 
 
 def pinned_rows(domain: str, part: str) -> list[dict[str, str]]:
-    """The rows ``{"path", "text"}`` of a pinned split (``part``: ``validation`` or ``test``)."""
+    """The rows ``{"path", "text"}`` of a pinned split (``part``: ``validation``, ``test`` or ``outside``)."""
     path = PINNED_DIR / f"{domain}-{part}.jsonl.gz"
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -381,8 +381,10 @@ def demo_texts(domain: str, split: str = "test") -> list[str]:
         domain: ``"code"`` or ``"prose"``.
         split: ``"test"`` (default: what the demo reports), ``"validation"`` (what
             the demo's settings were chosen on), ``"heldout"`` (both, in path order),
-            or ``"train"`` (what the demo model was trained on, rebuilt from the
-            running interpreter's standard library).
+            ``"train"`` (what the demo model was trained on, rebuilt from the running
+            interpreter's standard library), or ``"outside"`` (code and prose of a few
+            third-party packages, sources the model never saw; see
+            ``scripts/build_outside_corpus.py``).
 
     Returns:
         One text per standard library file of that split.
@@ -392,7 +394,7 @@ def demo_texts(domain: str, split: str = "test") -> list[str]:
         raise UnlearnLensError(f"unknown demo domain {domain!r}; choose one of {DEMO_DOMAINS}")
     if split not in DEMO_SPLITS:
         raise UnlearnLensError(f"unknown demo split {split!r}; choose one of {DEMO_SPLITS}")
-    if split in PINNED_SPLITS:
+    if split in (*PINNED_SPLITS, "outside"):
         return [row["text"] for row in pinned_rows(domain, split)]
     if split == "heldout":
         rows = pinned_rows(domain, "validation") + pinned_rows(domain, "test")

@@ -135,8 +135,8 @@ def iter_texts(
 
     Args:
         source: an iterable of strings; ``"demo:code"`` / ``"demo:prose"`` (the demo's
-            test texts; ``"demo:code:validation"``, ``"demo:code:heldout"`` (both) and
-            ``"demo:code:train"`` for its other splits); a local
+            test texts; ``"demo:code:validation"``, ``"demo:code:heldout"`` (both),
+            ``"demo:code:train"`` and ``"demo:code:outside"`` for its other splits); a local
             ``.txt`` / ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` file, or a
             folder of such files (each ``.txt`` file is one text); a glob of such
             data files, local or ``hf://datasets/org/name/path/*.parquet`` (a Hub
