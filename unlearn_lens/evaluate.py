@@ -133,9 +133,8 @@ def evaluate(
     with exclusive(model, "evaluate"):
         for start in range(0, len(part), batch_size):
             rows = part.tokens[start : start + batch_size].to(device)
-            real = counted[start : start + batch_size].to(device)
             logits = model(rows)[:, :-1]  # on the last layer's device, under a device map
-            real = real.to(logits.device)
+            real = counted[start : start + batch_size].to(logits.device)
             logits, target = logits[real].float(), rows[:, 1:].to(logits.device)[real]
             bar.update(int(real.sum()))
             if target.numel() == 0:
