@@ -236,7 +236,6 @@ class _Packer:
         self.texts = iter(texts)
         self.name = str(getattr(texts, "name", "the given texts"))
         self.pending: collections.deque[list[int]] = collections.deque()
-        self.n_read = 0  # texts taken from ``texts``
         self.n_used = 0  # texts handed out
         self.chunk = 8  # texts tokenised at once: 8 at first, doubling to 64, so little is read past a budget
 
@@ -244,7 +243,6 @@ class _Packer:
         if not self.pending:
             chunk = list(itertools.islice(self.texts, self.chunk))
             self.chunk = min(2 * self.chunk, 64)
-            self.n_read += len(chunk)
             if chunk:
                 self.pending.extend(self.tokenizer(chunk, add_special_tokens=False)["input_ids"])
         if not self.pending:
