@@ -31,6 +31,33 @@ def test_ratio_methods(stats_pair, method, attr):
     torch.testing.assert_close(s2.attn, getattr(forget.attn, attr) / (getattr(retain.attn, attr) + 0.25))
 
 
+def test_wanda_weighs_rms_by_the_output_weights(gpt2, stats_pair):
+    from unlearn_lens.pruning import output_norms
+
+    forget, retain = stats_pair
+    norms = output_norms(gpt2)
+    dims = ul.ModelDims.of(gpt2)
+    # by hand: GPT-2's MLP output projection is a Conv1D with weight [d_mlp, d_model]; attention's c_proj likewise
+    for layer in range(dims.n_layers):
+        block = gpt2.original_model.transformer.h[layer]
+        torch.testing.assert_close(norms["mlp"][layer], block.mlp.c_proj.weight.double().norm(dim=1))
+        by_hand = block.attn.c_proj.weight.double().norm(dim=1).reshape(dims.n_heads, dims.d_head)
+        torch.testing.assert_close(norms["attn"][layer], by_hand)
+    s = ul.score(forget, retain, method="wanda", output_norms=norms)
+    torch.testing.assert_close(s.mlp, forget.mlp.rms * norms["mlp"] / (retain.mlp.rms * norms["mlp"] + 1e-3))
+    torch.testing.assert_close(s.attn, forget.attn.rms * norms["attn"] / (retain.attn.rms * norms["attn"] + 1e-4))
+    # the norm acts through eps: a unit whose output weights shrink scores lower, all else equal
+    small = {"mlp": norms["mlp"] * 1e-3, "attn": norms["attn"]}
+    shrunk = ul.score(forget, retain, method="wanda", output_norms=small)
+    assert bool((shrunk.mlp <= s.mlp + 1e-12).all()) and bool((shrunk.mlp < s.mlp).any())
+    with pytest.raises(ul.UnlearnLensError, match="needs the norms of the units' output weights"):
+        ul.score(forget, retain, method="wanda")
+    run = ul.selective_prune(gpt2, CODE, PROSE, ul.PruneConfig(mlp_frac=0.1, n_steps=1, collect_tokens=200,
+                                                               eval_tokens=100, seq_len=32, scoring="wanda"),
+                             progress=False)
+    assert run.initial_scores.mlp_method == "wanda" and run.masks.n_mlp == round(0.1 * dims.n_mlp)
+
+
 def test_mean_and_rand(stats_pair):
     forget, retain = stats_pair
     s = ul.score(forget, retain, method="mean")

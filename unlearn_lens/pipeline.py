@@ -38,9 +38,9 @@ from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult, evaluate
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import model_dims, model_name
-from unlearn_lens.pruning import pruned
+from unlearn_lens.pruning import output_norms, pruned
 from unlearn_lens.results import PruneConfig, PruneRun, StepRecord
-from unlearn_lens.scoring import random_masks, score, select
+from unlearn_lens.scoring import WEIGHT_METHODS, random_masks, score, select
 from unlearn_lens.stats import ActivationStats, collect_stats
 
 __all__ = ["checkpoint_tokens", "random_baseline", "selective_prune"]
@@ -275,6 +275,8 @@ def selective_prune(
                               info={**(info or {}), "texts": data.describe(), **data.distribution()})
     if path is not None and resumed is None:
         _save_checkpoint(path, run, data, finished=False)
+    # weight-aware scores read the output weights once: pruning by hooks never changes them
+    norms = output_norms(model) if set(cfg.scorings.values()) & set(WEIGHT_METHODS) else None
     finished = False
     while not finished:
         step = len(rec.history)
@@ -283,7 +285,7 @@ def selective_prune(
         if step == 1 and cfg.needs_means:
             run.means = retain_stats  # the unpruned model's retain means, kept for every later step
         scores = score(forget_stats, retain_stats, mlp_method=cfg.scorings["mlp"], attn_method=cfg.scorings["attn"],
-                       mlp_eps=cfg.mlp_eps, attn_eps=cfg.attn_eps, seed=cfg.seed + step)
+                       mlp_eps=cfg.mlp_eps, attn_eps=cfg.attn_eps, seed=cfg.seed + step, output_norms=norms)
         run.initial_scores = scores if step == 1 else run.initial_scores
         run.scores, run.forget_stats, run.retain_stats = scores, forget_stats, retain_stats
         chosen = select(scores, mlp_frac=cfg.mlp_frac, attn_frac=cfg.attn_frac, per_layer=cfg.per_layer,

@@ -45,7 +45,8 @@ from unlearn_lens.models import (
 )
 from unlearn_lens.stats import ActivationStats
 
-__all__ = ["ABLATIONS", "BIAS_SWITCHES", "Pruning", "hf_state_dict", "prune_weights_", "pruned", "save_pruned"]
+__all__ = ["ABLATIONS", "BIAS_SWITCHES", "Pruning", "hf_state_dict", "output_norms", "prune_weights_", "pruned",
+           "save_pruned"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,6 +219,26 @@ def _projections(model: Any, layer: int) -> dict[str, tuple[torch.Tensor, torch.
         w_o = block.attn.W_O
         return {"mlp": (block.mlp.W_out, block.mlp.b_out), "attn": (w_o.view(-1, w_o.shape[-1]), block.attn.b_O)}
     raise UnlearnLensError(f"model {model_name(model)!r}: cannot find the output projections of layer {layer}")
+
+
+@torch.no_grad()
+def output_norms(model: Any) -> dict[str, torch.Tensor]:
+    """The L2 norm of each unit's row of its output projection (what the unit writes per unit of activation).
+
+    Returns:
+        ``{"mlp": [layer d_mlp], "attn": [layer head d_head]}``, float64 on the CPU
+        (the inputs of the ``wanda`` score).
+    """
+    dims = model_dims(model)
+    norms: dict[str, list[torch.Tensor]] = {kind: [] for kind in UNIT_KINDS}
+    for layer in range(dims.n_layers):
+        for kind, (rows, _) in _projections(model, layer).items():
+            if rows.device.type == "meta":
+                raise UnlearnLensError(f"the {kind} output projection of layer {layer} is offloaded; its norms "
+                                       "cannot be read")
+            norms[kind].append(rows.detach().to("cpu", torch.float64).norm(dim=-1))
+    return {"mlp": torch.stack(norms["mlp"]),
+            "attn": torch.stack(norms["attn"]).reshape(dims.n_layers, dims.n_heads, dims.d_head)}
 
 
 def _plain_name(name: str) -> str:

@@ -11,6 +11,7 @@ for the forget set and not for the retain set.
 | ``rms`` | sqrt(mean x^2) | ratio |
 | ``std`` | standard deviation (population) | ratio |
 | ``sqrt`` | mean sqrt\\|x\\| | ratio |
+| ``wanda`` | sqrt(mean x^2) · \\|\\|w_out\\|\\| | ratio |
 | ``mean`` | — | \\|mean_forget - mean_retain\\| |
 | ``rand`` | — | standard normal noise (a control) |
 
@@ -19,6 +20,14 @@ and uses sqrt(var^2 + mean^2) as "rms"), ``std`` and ``rms`` here are the textbo
 quantities. ``eps`` defaults to 1e-3 for MLP neurons and 1e-4 for attention neurons.
 MLP and attention neurons may be scored by different methods (``mlp_method``,
 ``attn_method``), as in the paper's code.
+
+``wanda`` is weight-aware, in the spirit of Wanda (Sun et al. 2023, which scores a
+weight by its magnitude times the norm of its input activation): a unit's importance
+is the RMS size of what it writes into the residual stream, its activation's RMS times
+the L2 norm ``||w_out||`` of its row of the output projection. In the ratio the norm
+multiplies both sides, so it acts through ``eps`` alone: the score is
+``rms_forget / (rms_retain + eps / ||w_out||)``, which shrinks the score of a unit
+whose output weights are small (it barely moves the model whatever it fires on).
 
 :func:`select` takes the top ``frac`` of *all* units of a kind by score, globally
 across layers (the paper's choice) or within each layer, never choosing a unit in
@@ -51,6 +60,7 @@ __all__ = [
     "IMPORTANCE",
     "RATIO_METHODS",
     "SCORING_METHODS",
+    "WEIGHT_METHODS",
     "Scores",
     "head_scores",
     "importance",
@@ -68,9 +78,11 @@ IMPORTANCE: dict[str, Callable[[RunningStats], torch.Tensor]] = {
     "std": lambda s: s.std,
     "sqrt": lambda s: s.sqrt_abs_mean,
 }
-RATIO_METHODS = tuple(IMPORTANCE)
+RATIO_METHODS = (*IMPORTANCE, "wanda")
 """Methods whose score is a forget/retain importance ratio."""
-SCORING_METHODS = (*IMPORTANCE, "mean", "rand")
+SCORING_METHODS = (*IMPORTANCE, "wanda", "mean", "rand")
+WEIGHT_METHODS = ("wanda",)
+"""Methods that also need the norms of the units' output weights (``output_norms``)."""
 HEAD_AGGREGATIONS = ("mean", "median")
 
 
@@ -142,12 +154,17 @@ class Scores:
 
 
 def _score_block(
-    forget: RunningStats, retain: RunningStats, method: str, eps: float, gen: torch.Generator
+    forget: RunningStats, retain: RunningStats, method: str, eps: float, gen: torch.Generator,
+    norms: torch.Tensor | None,
 ) -> torch.Tensor:
     if method == "rand":
         return torch.randn(forget.unit_shape, generator=gen, dtype=torch.float64).to(forget.count.device)
     if method == "mean":
         return (forget.mean - retain.mean).abs()
+    if method == "wanda":
+        assert norms is not None
+        norms = norms.to(device=forget.count.device, dtype=torch.float64)
+        return forget.rms * norms / (retain.rms * norms + eps)
     return importance(forget, method) / (importance(retain, method) + eps)
 
 
@@ -161,6 +178,7 @@ def score(
     mlp_eps: float = 1e-3,
     attn_eps: float = 1e-4,
     seed: int = 0,
+    output_norms: dict[str, torch.Tensor] | None = None,
 ) -> Scores:
     """Score every unit by how much more it matters for forget than for retain.
 
@@ -174,11 +192,18 @@ def score(
         mlp_eps: denominator offset for MLP neurons.
         attn_eps: denominator offset for attention neurons.
         seed: seed of the ``rand`` control.
+        output_norms: for ``wanda``: the L2 norm of each unit's output weights,
+            ``{"mlp": [layer d_mlp], "attn": [layer head d_head]}``
+            (:func:`unlearn_lens.pruning.output_norms`).
 
     Returns:
         :class:`Scores` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``.
     """
     methods = per_kind(method, mlp_method, attn_method, what="scoring method", choices=SCORING_METHODS)
+    for kind, chosen in methods.items():
+        if chosen in WEIGHT_METHODS and (output_norms is None or kind not in output_norms):
+            raise UnlearnLensError(f"scoring {chosen!r} needs the norms of the units' output weights: pass "
+                                   "output_norms=unlearn_lens.pruning.output_norms(model)")
     if forget_stats.dims != retain_stats.dims:
         raise UnlearnLensError(
             f"forget and retain statistics come from different models ({forget_stats.dims} vs {retain_stats.dims})"
@@ -191,7 +216,7 @@ def score(
     eps = {"mlp": mlp_eps, "attn": attn_eps}
     gen = torch.Generator().manual_seed(seed)
     blocks = {kind: _score_block(getattr(forget_stats, kind), getattr(retain_stats, kind), methods[kind],
-                                 eps[kind], gen) for kind in UNIT_KINDS}
+                                 eps[kind], gen, (output_norms or {}).get(kind)) for kind in UNIT_KINDS}
     config = {"mlp_method": methods["mlp"], "attn_method": methods["attn"], "mlp_eps": mlp_eps,
               "attn_eps": attn_eps, "seed": seed}
     return Scores(blocks["mlp"], blocks["attn"], methods["mlp"], methods["attn"], config)

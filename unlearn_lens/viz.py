@@ -57,7 +57,8 @@ logger = logging.getLogger(__name__)
 LOG10_FLOOR = -6.0
 """Ratio scores are clipped at 10**LOG10_FLOOR before taking log10."""
 
-_IMPORTANCE_NAME = {"abs": "mean |x|", "freq": "P(x>0)", "rms": "RMS", "std": "std", "sqrt": "mean √|x|"}
+_IMPORTANCE_NAME = {"abs": "mean |x|", "freq": "P(x>0)", "rms": "RMS", "std": "std", "sqrt": "mean √|x|",
+                    "wanda": "RMS·‖w_out‖"}
 _KIND_NAME = {"mlp": "MLP neurons", "attn": "attention neurons"}
 _KIND_TITLE = {"mlp": "MLP neurons", "attn": "Attention neurons"}
 _DATASET_COLOURS = {"forget": "#c0392b", "retain": "#2471a3"}
