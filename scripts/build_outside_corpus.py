@@ -16,15 +16,11 @@ Usage::
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import importlib.metadata as md
-import io
-import json
 import tokenize
 from pathlib import Path
 
-from unlearn_lens.demo import PINNED_DIR, split_source
+from unlearn_lens.demo import PINNED_DIR, split_source, write_pinned_rows
 
 # (distribution, import package): BSD, MIT or Apache licences, pure Python, none vendored from the standard library
 PACKAGES = [("jinja2", "jinja2"), ("click", "click"), ("idna", "idna"), ("urllib3", "urllib3"),
@@ -72,14 +68,9 @@ def main() -> None:
                                                                     encoding="utf-8")
     for domain, packages in per_package.items():
         items = _interleaved(packages)
-        lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in items).encode("utf-8")
-        buf = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as f:
-            f.write(lines)
         name = f"{domain}-outside.jsonl.gz"
-        (PINNED_DIR / name).write_bytes(buf.getvalue())
-        print(f"{name}: {len(items)} files, {sum(len(r['text']) for r in items):,} characters, "
-              f"sha256 {hashlib.sha256(lines).hexdigest()}")
+        digest = write_pinned_rows(PINNED_DIR / name, items)
+        print(f"{name}: {len(items)} files, {sum(len(r['text']) for r in items):,} characters, sha256 {digest}")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ __all__ = [
     "pin_heldout_corpus",
     "pinned_rows",
     "split_source",
+    "write_pinned_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -331,15 +332,24 @@ def pin_heldout_corpus(out_dir: str | os.PathLike, root: Path | None = None) -> 
     checksums = {}
     for domain, rows in _heldout_files((root or _stdlib_root()).resolve()).items():
         for part in PINNED_SPLITS:
-            lines = "".join(json.dumps({"path": rel, "text": text}, ensure_ascii=False) + "\n"
-                            for rel, text in rows if _part_of(rel) == part).encode("utf-8")
             name = f"{domain}-{part}.jsonl.gz"
-            buf = io.BytesIO()
-            with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as f:
-                f.write(lines)
-            (out / name).write_bytes(buf.getvalue())
-            checksums[name] = hashlib.sha256(lines).hexdigest()
+            checksums[name] = write_pinned_rows(
+                out / name, [{"path": rel, "text": text} for rel, text in rows if _part_of(rel) == part])
     return checksums
+
+
+def write_pinned_rows(path: str | os.PathLike, rows: list[dict[str, str]]) -> str:
+    """Write rows as gzip-compressed JSON lines without a timestamp (the same rows give the same bytes).
+
+    Returns:
+        The SHA-256 of the uncompressed JSON lines (what the model card records).
+    """
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0) as f:
+        f.write(lines)
+    Path(path).write_bytes(buf.getvalue())
+    return hashlib.sha256(lines).hexdigest()
 
 
 def pinned_rows(domain: str, part: str) -> list[dict[str, str]]:
