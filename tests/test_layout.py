@@ -49,7 +49,7 @@ def test_no_import_circle():
 
 
 # Bottom to top: a module may import only modules before it.
-LAYERS = ["errors", "_version", "_io", "demo", "models", "sources", "data", "distributed", "stats", "masks", "scoring", "pruning", "evaluate",
+LAYERS = ["errors", "_version", "_io", "demo", "models", "sources", "data", "distributed", "stats", "ablations", "masks", "scoring", "pruning", "evaluate",
           "results", "pipeline", "relearn", "membership", "overlap", "viz", "cards", "report", "cli"]
 
 

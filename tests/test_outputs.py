@@ -49,7 +49,7 @@ def test_every_output_follows_the_umask(small_run, tmp_path):
         os.umask(old)
     assert stat.S_IMODE(out.stat().st_mode) == 0o750
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
-    assert len(modes) == 8 and set(modes.values()) == {0o640}, modes
+    assert len(modes) == 9 and set(modes.values()) == {0o640}, modes
 
 
 def test_saved_tensors_are_the_same_bytes_for_the_same_run(small_run, tmp_path):
@@ -70,7 +70,7 @@ def test_two_runs_of_one_command_write_the_same_bytes(gpt2_dir, tmp_path):
                 "--seq-len", "32", "--ablation", "mean", "--out", str(out), "--quiet", "--no-report"]
         assert main(args) == 0
     names = sorted(p.name for p in outs[0].iterdir())
-    assert names == sorted(p.name for p in outs[1].iterdir()) and len(names) == 8
+    assert names == sorted(p.name for p in outs[1].iterdir()) and len(names) == 9
     for name in names:
         a, b = ((out / name).read_bytes() for out in outs)
         if name == "results.json":

@@ -233,7 +233,7 @@ def test_run_directory_round_trip(demo_run, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["results.json", "masks.safetensors", "baseline_masks.safetensors", "means.safetensors",
                             "forget_stats.safetensors", "retain_stats.safetensors", "initial_scores.safetensors",
-                            "scores.safetensors"])
+                            "scores.safetensors", "pruned_step.safetensors"])
     data = json.loads((out / "results.json").read_text())
     assert data["format"] == 2 and data["run"]["strategy"] == "selective" and data["baseline"]["strategy"] == "random"
     assert data["run"]["summary"]["retain_at_forget"]["value"] == demo_run.retain_at_forget(0.5)

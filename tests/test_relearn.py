@@ -149,7 +149,7 @@ def test_evaluation_rows_seen_in_training_are_reported(gpt2, caplog):
     ({"lr": -1e-3}, "lr must be a positive"),
     ({"batch_size": 0}, "batch_size must be at least 1"),
     ({"eval_every": 0}, "eval_every must be at least 1"),
-    ({"ablation": "peak"}, "unknown ablation 'peak'"),
+    ({"ablation": "median"}, "unknown ablation 'median'"),
 ])
 def test_bad_settings(gpt2, held, bad, match):
     with pytest.raises(ul.UnlearnLensError, match=match):

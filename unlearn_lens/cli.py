@@ -51,9 +51,12 @@ _HELP = {
     "scoring": "scoring method of both unit kinds (default abs)",
     "mlp_scoring": "scoring method of MLP neurons (default: --scoring)",
     "attn_scoring": "scoring method of attention neurons (default: --scoring)",
-    "ablation": "pruned units read 0, or their mean on the retain set (default zero; demo mean)",
+    "ablation": "pruned units read 0 (zero), their retain mean (mean), their retain mode (peak), or their value at "
+                "a random retain token (resample) (default zero; demo mean)",
     "mlp_ablation": "ablation of MLP neurons (default: --ablation)",
     "attn_ablation": "ablation of attention neurons (default: --ablation)",
+    "peak_bins": "histogram bins per unit for peak ablation (default 64)",
+    "resample_tokens": "retain tokens kept for resample ablation (default 1024)",
     "collect_tokens": "tokens per dataset for statistics, each step (default 100000; demo 20000)",
     "eval_tokens": "tokens per dataset for evaluation, apart from the statistics tokens (default 100000; demo 20000)",
     "seq_len": "tokens per row (default: the model's context, at most 256)",

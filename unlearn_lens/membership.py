@@ -46,6 +46,7 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from unlearn_lens._version import __version__
+from unlearn_lens.ablations import ActivationHistogram, ActivationSample
 from unlearn_lens.data import _special_ids, default_seq_len
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
@@ -300,6 +301,8 @@ def membership_check(
     mlp_ablation: str | None = None,
     attn_ablation: str | None = None,
     means: ActivationStats | None = None,
+    peaks: ActivationHistogram | None = None,
+    sample: ActivationSample | None = None,
     seq_len: int | None = None,
     batch_size: int = 8,
     k: float = 0.2,
@@ -316,7 +319,8 @@ def membership_check(
         model: a TransformerLens model.
         members: texts the model was trained on.
         nonmembers: texts it was not trained on (best: from the same distribution, and as many).
-        masks, ablation, mlp_ablation, attn_ablation, means: as :func:`unlearn_lens.pruned`;
+        masks, ablation, mlp_ablation, attn_ablation, means, peaks, sample: as
+            :func:`unlearn_lens.pruned`;
             without ``masks`` only the unpruned AUCs are measured.
         seq_len, batch_size, k, progress: as :func:`text_scores`.
 
@@ -331,12 +335,12 @@ def membership_check(
     nonmembers = _texts(nonmembers, "nonmembers")
     _check_k(k)
     options = dict(seq_len=seq_len, batch_size=batch_size, k=k, progress=progress)
-    settings: dict[str, Any] = {"k": float(k), " n_members": len(members), " n_nonmembers": len(nonmembers),
+    settings: dict[str, Any] = {"k": float(k), "n_members": len(members), "n_nonmembers": len(nonmembers),
                                 "version": __version__}
     pruned_scores: tuple[TextScores, TextScores] | None = None
     if masks is not None:  # first, so that masks or means that do not fit fail before any scoring
         with pruned(model, masks, ablation=ablation, mlp_ablation=mlp_ablation, attn_ablation=attn_ablation,
-                    means=means) as handle:
+                    means=means, peaks=peaks, sample=sample) as handle:
             pruned_scores = (text_scores(model, members, **options), text_scores(model, nonmembers, **options))
         settings |= {"ablation": dict(handle.ablations), "n_mlp_pruned": masks.n_mlp, "n_attn_pruned": masks.n_attn}
     before = (text_scores(model, members, **options), text_scores(model, nonmembers, **options))

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearn_lens._io import read_json, read_safetensors, write_json, write_safetensors
+from unlearn_lens.ablations import collect_ablation_values
 from unlearn_lens.data import TokenSet, as_token_sets
 from unlearn_lens.distributed import is_main, shard, world
 from unlearn_lens.errors import UnlearnLensError
@@ -107,15 +108,36 @@ def _evaluate_both(model: Any, data: _Data, cfg: PruneConfig, progress: bool) ->
             evaluate(model, data.retain_eval, desc="eval retain", **kw))
 
 
-def _pruned(model: Any, masks: Masks, means: ActivationStats | None, cfg: PruneConfig) -> Any:
+Values = dict[str, Any]
+"""What pruned units are replaced by: ``{"means": ..., "peaks": ..., "sample": ...}`` (see :func:`pruned`)."""
+
+
+def _values_of(run: PruneRun) -> Values:
+    return {"means": run.means, "peaks": run.peaks, "sample": run.sample}
+
+
+def _ablation_values(model: Any, retain_stats: ActivationStats, data: _Data, cfg: PruneConfig, progress: bool
+                     ) -> Values:
+    """The unpruned model's retain means, modes and sample, those the config's ablations need."""
+    out: Values = {"means": retain_stats if cfg.needs_means else None, "peaks": None, "sample": None}
+    if cfg.needs_peaks or cfg.needs_sample:
+        out["peaks"], out["sample"] = collect_ablation_values(
+            model, data.retain_collect, retain_stats, bins=cfg.peak_bins if cfg.needs_peaks else None,
+            sample_tokens=min(cfg.resample_tokens, data.retain_collect.n_tokens) if cfg.needs_sample else 0,
+            seed=cfg.seed, max_tokens=None, batch_size=cfg.batch_size, progress=progress)
+    return out
+
+
+def _pruned(model: Any, masks: Masks, values: Values, cfg: PruneConfig) -> Any:
     """The run's pruning so far, as hooks (nothing is pruned before the first step)."""
-    return pruned(model, masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"], means=means)
+    return pruned(model, masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"],
+                  seed=cfg.seed, **values)
 
 
 def _prune_and_evaluate(
-    model: Any, masks: Masks, means: ActivationStats | None, data: _Data, cfg: PruneConfig, progress: bool
+    model: Any, masks: Masks, values: Values, data: _Data, cfg: PruneConfig, progress: bool
 ) -> tuple[EvalResult, EvalResult]:
-    with _pruned(model, masks, means, cfg):
+    with _pruned(model, masks, values, cfg):
         return _evaluate_both(model, data, cfg, progress)
 
 
@@ -125,9 +147,9 @@ def _collect(model: Any, tokens: TokenSet, name: str, cfg: PruneConfig, progress
 
 
 def _collect_both(
-    model: Any, masks: Masks, means: ActivationStats | None, data: _Data, cfg: PruneConfig, progress: bool
+    model: Any, masks: Masks, values: Values, data: _Data, cfg: PruneConfig, progress: bool
 ) -> tuple[ActivationStats, ActivationStats]:
-    with _pruned(model, masks, means, cfg):
+    with _pruned(model, masks, values, cfg):
         return (_collect(model, data.forget_collect, "forget", cfg, progress),
                 _collect(model, data.retain_collect, "retain", cfg, progress))
 
@@ -145,8 +167,11 @@ class _Recorder:
             self.masks = Masks.empty(self.dims)
             self.history = [StepRecord(0, zeros, zeros, zeros, zeros, forget, retain, self.masks.clone(),
                                        time.time() - self.t_start)]
+            self.pruned_step: tuple[torch.Tensor, torch.Tensor] | None = (
+                torch.zeros(self.dims.mlp_shape, dtype=torch.int32), torch.zeros(self.dims.attn_shape, dtype=torch.int32))
         else:
             self.masks, self.history = resumed.masks.clone(), list(resumed.history)
+            self.pruned_step = None if resumed.pruned_step is None else tuple(t.clone() for t in resumed.pruned_step)
             self.t_start -= resumed.seconds
         self.strategy = strategy
         self.bar = tqdm(total=n_steps, initial=len(self.history) - 1, desc=f"{strategy} pruning", unit="step",
@@ -158,6 +183,8 @@ class _Recorder:
         m = self.masks
         self.history.append(StepRecord(step, chosen.mlp_counts(), chosen.attn_counts(), m.mlp_counts(),
                                        m.attn_counts(), forget, retain, m.clone(), time.time() - t_step))
+        if self.pruned_step is not None:  # the step that pruned each unit (None: unknown, resumed from an old run)
+            self.pruned_step[0][chosen.mlp.cpu()], self.pruned_step[1][chosen.attn.cpu()] = step, step
         base = self.history[0]
         rel_f = forget.top1 / base.forget.top1 if base.forget.top1 else math.nan
         rel_r = retain.top1 / base.retain.top1 if base.retain.top1 else math.nan
@@ -281,9 +308,10 @@ def selective_prune(
     while not finished:
         step = len(rec.history)
         t_step = time.time()
-        forget_stats, retain_stats = _collect_both(model, rec.masks, run.means, data, cfg, progress)
-        if step == 1 and cfg.needs_means:
-            run.means = retain_stats  # the unpruned model's retain means, kept for every later step
+        forget_stats, retain_stats = _collect_both(model, rec.masks, _values_of(run), data, cfg, progress)
+        if step == 1:  # the unpruned model's retain means, modes or sample, kept for every later step
+            values = _ablation_values(model, retain_stats, data, cfg, progress)
+            run.means, run.peaks, run.sample = values["means"], values["peaks"], values["sample"]
         scores = score(forget_stats, retain_stats, mlp_method=cfg.scorings["mlp"], attn_method=cfg.scorings["attn"],
                        mlp_eps=cfg.mlp_eps, attn_eps=cfg.attn_eps, seed=cfg.seed + step, output_norms=norms)
         run.initial_scores = scores if step == 1 else run.initial_scores
@@ -295,11 +323,12 @@ def selective_prune(
             finished = True
         else:
             rec.masks = rec.masks | chosen
-            forget, retain = _prune_and_evaluate(model, rec.masks, run.means, data, cfg, progress)
+            forget, retain = _prune_and_evaluate(model, rec.masks, _values_of(run), data, cfg, progress)
             rel_f = rec.add(chosen, forget, retain, t_step)
             stopped = cfg.stop_at_forget is not None and rel_f <= cfg.stop_at_forget
             finished = stopped or step >= cfg.n_steps
         run.history, run.masks, run.seconds = rec.history, rec.masks, time.time() - rec.t_start
+        run.pruned_step = rec.pruned_step
         if path is not None:
             _save_checkpoint(path, run, data, finished)
     run.seconds = rec.close()
@@ -320,8 +349,9 @@ def random_baseline(
     neurons (or whole heads) in each layer as ``reference`` did at that step, chosen
     uniformly among those not yet pruned, and evaluates exactly as ``reference``
     did: its config (ablation, token budgets, row length, batch size) is used, never
-    a default. Mean ablation uses the reference's retain means (or, for a run read
-    back without them, the same means collected again on the unpruned model).
+    a default. Mean, peak and resample ablation use the reference's retain means,
+    modes and sample (or, for a run read back without them, the same collected again
+    on the unpruned model).
 
     Args:
         model: the model ``reference`` was made on.
@@ -347,17 +377,19 @@ def random_baseline(
     if rec.history[0].forget != reference.base.forget or rec.history[0].retain != reference.base.retain:
         logger.warning("the unpruned model scores differently than in the reference run: are the model and "
                        "texts the ones it was made on?")
-    means = reference.means
-    if cfg.needs_means and means is None:
-        means = _collect(model, data.retain_collect, "retain", cfg, progress)
+    values = _values_of(reference)
+    if ((cfg.needs_means and values["means"] is None) or (cfg.needs_peaks and values["peaks"] is None)
+            or (cfg.needs_sample and values["sample"] is None)):
+        values = _ablation_values(model, _collect(model, data.retain_collect, "retain", cfg, progress), data, cfg,
+                                  progress)
     for ref in reference.history[1:]:
         t_step = time.time()
         chosen = random_masks(ref.new_mlp, ref.new_attn, exclude=rec.masks, seed=cfg.seed * 1000 + ref.step,
                               heads=cfg.heads)
         rec.masks = rec.masks | chosen
-        forget, retain = _prune_and_evaluate(model, rec.masks, means, data, cfg, progress)
+        forget, retain = _prune_and_evaluate(model, rec.masks, values, data, cfg, progress)
         rec.add(chosen, forget, retain, t_step)
     seconds = rec.close()
     return PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="random",
-                    model=model_name(model), means=means if cfg.needs_means else None, info=dict(reference.info),
-                    seconds=seconds)
+                    pruned_step=rec.pruned_step,
+                    model=model_name(model), info=dict(reference.info), seconds=seconds, **values)

@@ -1,8 +1,11 @@
 """Applying masks: reversible hook ablation and permanent weight edits.
 
-A pruned unit's activation is replaced by 0 (``ablation="zero"``) or by its mean on
-the retain set (``ablation="mean"``, means from an :class:`ActivationStats`). MLP and
-attention neurons may be ablated differently (``mlp_ablation``, ``attn_ablation``).
+A pruned unit's activation is replaced by 0 (``ablation="zero"``), by its mean on the
+retain set (``"mean"``, means from an :class:`ActivationStats`), by the mode of its
+retain distribution (``"peak"``, from an :class:`~unlearn_lens.ablations.ActivationHistogram`)
+or, at every token, by its value at a random retain token (``"resample"``, from an
+:class:`~unlearn_lens.ablations.ActivationSample`; see :mod:`unlearn_lens.ablations`).
+MLP and attention neurons may be ablated differently (``mlp_ablation``, ``attn_ablation``).
 
 Reversible form (weights untouched): :func:`pruned` adds the hooks at once and
 returns a :class:`Pruning` handle. Use it as a context manager (the hooks go on
@@ -10,10 +13,14 @@ exit, also after an exception), call :meth:`Pruning.remove`, or make it permanen
 with :meth:`Pruning.make_permanent`.
 
 Permanent form, :func:`prune_weights_`: the unit's row of the output projection is
-zeroed and, for mean ablation, ``mean * row`` is folded into the output bias:
+zeroed and, for mean (or peak) ablation, ``mean * row`` (``peak * row``) is folded into
+the output bias:
 
 * MLP neuron i of layer l: ``W_out[l][i, :] = 0``, ``b_out[l] += mean_i * W_out[l][i, :]``;
 * attention neuron (h, d): ``W_O[l][h, d, :] = 0``, ``b_O[l] += mean_(h,d) * W_O[l][h, d, :]``.
+
+Resample ablation gives every token its own value, which no weight edit reproduces: it
+exists only as hooks.
 
 The edit is made on the underlying weights (the Hugging Face module for a bridge,
 ``W_out``/``W_O`` for a legacy HookedTransformer), so ``save_pretrained`` exports
@@ -31,6 +38,7 @@ from typing import Any
 
 import torch
 
+from unlearn_lens.ablations import ABLATIONS, ActivationHistogram, ActivationSample
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import (
@@ -50,17 +58,23 @@ __all__ = ["ABLATIONS", "BIAS_SWITCHES", "Pruning", "hf_state_dict", "output_nor
 
 logger = logging.getLogger(__name__)
 
-ABLATIONS = ("zero", "mean")
-
 BIAS_SWITCHES = {"mlp": "mlp_bias", "attn": "attention_bias"}
 """Config switches that give a Hugging Face architecture its output-projection biases."""
 
 
+_SOURCES = {"mean": ("means", ActivationStats, "retain ActivationStats"),
+            "peak": ("peaks", ActivationHistogram, "a retain ActivationHistogram from collect_ablation_values"),
+            "resample": ("sample", ActivationSample, "a retain ActivationSample from collect_ablation_values")}
+
+
 def _resolve(
     model: Any, masks: Masks, ablation: str, mlp_ablation: str | None, attn_ablation: str | None,
-    means: ActivationStats | None,
+    sources: dict[str, Any],
 ) -> dict[str, str]:
-    """Check the arguments of a pruning call; return the ablation of each unit kind."""
+    """Check the arguments of a pruning call; return the ablation of each unit kind.
+
+    ``sources`` holds the ``means``, ``peaks`` and ``sample`` arguments.
+    """
     ablations = per_kind(ablation, mlp_ablation, attn_ablation, what="ablation", choices=ABLATIONS)
     if not isinstance(masks, Masks):
         raise UnlearnLensError(f"masks must be a Masks, got {type(masks).__name__}")
@@ -69,14 +83,26 @@ def _resolve(
         raise UnlearnLensError(
             f"masks for a model with {masks.dims.to_dict()} do not fit {model_name(model)!r} ({dims.to_dict()})"
         )
-    if any(ablations[kind] == "mean" and bool(getattr(masks, kind).any()) for kind in UNIT_KINDS):
-        if means is None:
-            raise UnlearnLensError("ablation 'mean' needs means= (retain ActivationStats)")
-        if means.dims != dims:
-            raise UnlearnLensError(
-                f"means come from a model with {means.dims.to_dict()}, not {model_name(model)!r} ({dims.to_dict()})"
-            )
+    for name, (arg, cls, what) in _SOURCES.items():
+        if not any(ablations[kind] == name and bool(getattr(masks, kind).any()) for kind in UNIT_KINDS):
+            continue
+        value = sources.get(arg)
+        if not isinstance(value, cls):
+            got = "none" if value is None else f"a {type(value).__name__}"
+            raise UnlearnLensError(f"ablation {name!r} needs {arg}= ({what}), got {got}")
+        if value.dims != dims:
+            raise UnlearnLensError(f"{arg} come from a model with {value.dims.to_dict()}, not {model_name(model)!r} "
+                                   f"({dims.to_dict()})")
     return ablations
+
+
+def _constant(kind: str, ablation: str, sources: dict[str, Any]) -> torch.Tensor | None:
+    """Every unit's replacement value under a constant ablation (None for zero)."""
+    if ablation == "mean":
+        return getattr(sources["means"], kind).mean
+    if ablation == "peak":
+        return sources["peaks"].values(kind)
+    return None
 
 
 def _replace_hook(mask: torch.Tensor, values: torch.Tensor | None) -> Any:
@@ -91,16 +117,41 @@ def _replace_hook(mask: torch.Tensor, values: torch.Tensor | None) -> Any:
     return fn
 
 
-def _pruning_hooks(masks: Masks, ablations: dict[str, str], means: ActivationStats | None) -> list[tuple[str, Any]]:
+def _resample_hook(mask: torch.Tensor, pool: torch.Tensor, generator: torch.Generator) -> Any:
+    """A forward hook giving the masked units, at every token, their values at a random token of ``pool``.
+
+    ``pool`` is ``[n, *units]``; one pool token is drawn per position, for all masked units at once.
+    """
+    flat = mask.reshape(-1)
+    values = pool.reshape(pool.shape[0], -1)[:, flat]  # [n, pruned units]
+
+    def fn(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+        lead = activation.shape[: activation.dim() - mask.dim()]
+        pick = torch.randint(values.shape[0], (int(torch.tensor(lead).prod()),), generator=generator)
+        out = activation.reshape(*lead, -1).clone()
+        out[..., flat.to(activation.device)] = values[pick].to(device=activation.device, dtype=activation.dtype
+                                                              ).reshape(*lead, -1)
+        return out.reshape(activation.shape)
+
+    return fn
+
+
+def _pruning_hooks(masks: Masks, ablations: dict[str, str], sources: dict[str, Any], seed: int
+                   ) -> list[tuple[str, Any]]:
     """The ``(hook_name, forward_hook)`` pairs that apply ``masks``; layers with nothing pruned get none."""
     hooks: list[tuple[str, Any]] = []
+    generator = torch.Generator().manual_seed(seed)
     for layer in range(masks.dims.n_layers):
         for kind in UNIT_KINDS:
             mask = getattr(masks, kind)[layer]
             if not bool(mask.any()):
                 continue
-            values = getattr(means, kind).mean[layer].float() if ablations[kind] == "mean" else None
-            hooks.append((hook_name(kind, layer), _replace_hook(mask, values)))
+            if ablations[kind] == "resample":
+                hooks.append((hook_name(kind, layer), _resample_hook(mask, getattr(sources["sample"], kind)[:, layer],
+                                                                     generator)))
+                continue
+            values = _constant(kind, ablations[kind], sources)
+            hooks.append((hook_name(kind, layer), _replace_hook(mask, None if values is None else values[layer].float())))
     return hooks
 
 
@@ -112,14 +163,14 @@ class Pruning:
     for the equivalent weight edit.
     """
 
-    def __init__(self, model: Any, masks: Masks, ablations: dict[str, str], means: ActivationStats | None):
+    def __init__(self, model: Any, masks: Masks, ablations: dict[str, str], sources: dict[str, Any], seed: int = 0):
         self.model = model
         self.masks = masks
         self.ablations = ablations
-        self.means = means
+        self.sources = sources
         self._tokens: list[Any] = []
         try:
-            for name, fn in _pruning_hooks(masks, ablations, means):
+            for name, fn in _pruning_hooks(masks, ablations, sources, seed):
                 self._tokens.append(add_hook(model, name, fn))
         except BaseException:
             self.remove()
@@ -143,7 +194,7 @@ class Pruning:
         """
         self.remove()
         return prune_weights_(self.model, self.masks, mlp_ablation=self.ablations["mlp"],
-                              attn_ablation=self.ablations["attn"], means=self.means)
+                              attn_ablation=self.ablations["attn"], **self.sources)
 
     def __enter__(self) -> Pruning:
         return self
@@ -165,6 +216,9 @@ def pruned(
     mlp_ablation: str | None = None,
     attn_ablation: str | None = None,
     means: ActivationStats | None = None,
+    peaks: ActivationHistogram | None = None,
+    sample: ActivationSample | None = None,
+    seed: int = 0,
 ) -> Pruning:
     """Ablate the masked units with hooks (weights untouched).
 
@@ -177,17 +231,23 @@ def pruned(
     Args:
         model: a TransformerLens model.
         masks: units to prune.
-        ablation: ``"zero"`` or ``"mean"``, for both unit kinds unless overridden.
+        ablation: ``"zero"``, ``"mean"``, ``"peak"`` or ``"resample"``, for both unit kinds
+            unless overridden.
         mlp_ablation: the ablation of MLP neurons (default ``ablation``).
         attn_ablation: the ablation of attention neurons (default ``ablation``).
         means: retain statistics, required for ``"mean"``.
+        peaks: retain histograms, required for ``"peak"`` (see
+            :func:`~unlearn_lens.ablations.collect_ablation_values`).
+        sample: retain activation sample, required for ``"resample"``.
+        seed: seed of the resample draws (each handle draws the same sequence).
 
     Returns:
         A :class:`Pruning` handle; the hooks are already in place. If adding them
         fails part-way, those already added are removed before the error propagates.
     """
-    ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, means)
-    return Pruning(model, masks, ablations, means)
+    sources = {"means": means, "peaks": peaks, "sample": sample}
+    ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, sources)
+    return Pruning(model, masks, ablations, sources, seed)
 
 
 def _in_rows(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -296,26 +356,35 @@ def prune_weights_(
     mlp_ablation: str | None = None,
     attn_ablation: str | None = None,
     means: ActivationStats | None = None,
+    peaks: ActivationHistogram | None = None,
+    sample: ActivationSample | None = None,
 ) -> Any:
     """Prune permanently by editing the output projections in place.
 
     Zeroes row i of ``W_out[l]`` for every pruned MLP neuron and ``W_O[l][h, d, :]``
-    for every pruned attention neuron; with mean ablation first adds ``mean * row``
-    to ``b_out[l]`` / ``b_O[l]``, so the model computes exactly what :func:`pruned`
+    for every pruned attention neuron; with mean (peak) ablation first adds ``mean * row``
+    (``peak * row``) to ``b_out[l]`` / ``b_O[l]``, so the model computes exactly what :func:`pruned`
     computes. A Hugging Face architecture without those biases gets zero biases
     when its config can switch them on (``mlp_bias`` / ``attention_bias``, as Llama's).
 
     Args:
-        model, masks, ablation, mlp_ablation, attn_ablation, means: as :func:`pruned`.
+        model, masks, ablation, mlp_ablation, attn_ablation, means, peaks: as :func:`pruned`.
+        sample: accepted for symmetry with :func:`pruned`; resample ablation cannot be
+            folded into weights and is refused.
 
     Returns:
         The model (edited in place).
 
     Raises:
-        UnlearnLensError: bad masks/means, or mean ablation on a projection without a
-            bias whose architecture has no switch for one.
+        UnlearnLensError: bad masks/means, resample ablation, or mean or peak ablation on a
+            projection without a bias whose architecture has no switch for one.
     """
-    ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, means)
+    sources = {"means": means, "peaks": peaks, "sample": sample}
+    ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, sources)
+    for kind in UNIT_KINDS:
+        if ablations[kind] == "resample" and bool(getattr(masks, kind).any()):
+            raise UnlearnLensError("resample ablation draws a new value at every token, which no weight edit can "
+                                   "reproduce: it exists only as hooks (ul.pruned)")
     for layer in range(masks.dims.n_layers):
         for kind, (rows, _) in _projections(model, layer).items():
             if rows.device.type == "meta":
@@ -323,7 +392,7 @@ def prune_weights_(
                     f"the {kind} output projection of layer {layer} is offloaded (a device map with disk or CPU "
                     "offload keeps it elsewhere), so it cannot be edited in place; prune with hooks (ul.pruned)")
     for kind in UNIT_KINDS:
-        needs_bias = ablations[kind] == "mean" and bool(getattr(masks, kind).any())
+        needs_bias = ablations[kind] in ("mean", "peak") and bool(getattr(masks, kind).any())
         if needs_bias and any(_projections(model, layer)[kind][1] is None for layer in range(masks.dims.n_layers)):
             _add_zero_biases(model, kind)
     for layer in range(masks.dims.n_layers):
@@ -334,13 +403,15 @@ def prune_weights_(
                 continue
             rows, bias = projections[kind]
             mask = mask.to(rows.device)
-            if ablations[kind] == "mean":
+            values = _constant(kind, ablations[kind], sources)
+            if values is not None:
                 if bias is None:
                     raise UnlearnLensError(
-                        f"model {model_name(model)!r} has no {kind} output bias in layer {layer}, so mean "
-                        "ablation cannot be folded into the weights; use ablation='zero' or the hook form"
+                        f"model {model_name(model)!r} has no {kind} output bias in layer {layer}, so "
+                        f"{ablations[kind]} ablation cannot be folded into the weights; use ablation='zero' or the "
+                        "hook form"
                     )
-                mu = getattr(means, kind).mean[layer].reshape(-1).to(device=rows.device, dtype=torch.float64)[mask]
+                mu = values[layer].reshape(-1).to(device=rows.device, dtype=torch.float64)[mask]
                 bias.add_((mu @ rows[mask].double()).to(bias.dtype))
             rows[mask] = 0
     return model

@@ -12,10 +12,10 @@ How :func:`relearn` fine-tunes:
   weights and gets no hooks;
 * the hooks of :func:`unlearn_lens.pruned` stay on the copy through training and
   evaluation, so a pruned unit reads its ablated value (0, or its retain mean) on
-  every pass. The hook overwrites the activation, so no gradient flows back through
+  every pass (resample: a random retain token's value). The hook overwrites the activation, so no gradient flows back through
   a pruned unit (its own input weights stay as they are). With zero ablation its
-  row of the output projection gets none either; with mean ablation mean * row acts
-  as a bias and is trained as one;
+  row of the output projection gets none either; with mean (peak) ablation mean * row
+  acts as a bias and is trained as one;
 * every parameter is trained with AdamW (fixed learning rate, no weight decay) on
   next-token cross-entropy over the real tokens of packed rows, in the model's
   mode (eval for models from ``load_model``: no dropout). Rows are taken in a
@@ -26,7 +26,7 @@ How :func:`relearn` fine-tunes:
   warning is logged if evaluation rows also occur among the training rows.
 
 :func:`relearn_comparison` runs the check for a :class:`~unlearn_lens.results.PruneRun`
-(its masks, its baseline's, none) under the run's ablation and means;
+(its masks, its baseline's, none) under the run's ablation and ablation values;
 :func:`relearn_figure` draws the curves::
 
     from unlearn_lens.relearn import relearn_comparison, relearn_figure
@@ -51,6 +51,7 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
 from unlearn_lens._version import __version__
+from unlearn_lens.ablations import ActivationHistogram, ActivationSample
 from unlearn_lens.data import TokenSet, as_token_set, default_seq_len
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult, evaluate
@@ -86,7 +87,7 @@ class RelearnConfig:
         seed: seed of the order of the training rows (and of any other randomness).
         seq_len: row length of texts (None: the model's context, at most 256).
         eval_tokens: evaluation tokens per dataset at most (None: all given).
-        ablation: ``"zero"`` or ``"mean"`` for both unit kinds.
+        ablation: ``"zero"``, ``"mean"``, ``"peak"`` or ``"resample"`` for both unit kinds.
         mlp_ablation, attn_ablation: per-kind ablations (None: ``ablation``).
         topk: k of the top-k accuracy recorded beside top-1.
         skip_common: leave the N most common target tokens out of evaluation.
@@ -309,6 +310,8 @@ def relearn(
     mlp_ablation: str | None = None,
     attn_ablation: str | None = None,
     means: ActivationStats | None = None,
+    peaks: ActivationHistogram | None = None,
+    sample: ActivationSample | None = None,
     steps: int = 20, lr: float = 1e-4, batch_size: int = 8, eval_every: int = 5, seed: int = 0,
     seq_len: int | None = None, eval_tokens: int | None = 10_000, topk: int = 10, skip_common: int = 0,
     progress: bool = False, desc: str = "relearn",
@@ -327,7 +330,7 @@ def relearn(
             ``steps * batch_size`` rows the budget needs are read.
         forget_eval: held-out forget texts (or a TokenSet) to evaluate on.
         retain_eval: held-out retain texts (or a TokenSet), or None.
-        ablation, mlp_ablation, attn_ablation, means: as :func:`unlearn_lens.pruned`.
+        ablation, mlp_ablation, attn_ablation, means, peaks, sample: as :func:`unlearn_lens.pruned`.
         steps, lr, batch_size, eval_every, seed, seq_len, eval_tokens, topk,
             skip_common: see :class:`RelearnConfig`.
         progress: show a progress bar over the steps.
@@ -387,7 +390,7 @@ def relearn(
     eval_steps = set(cfg.eval_steps)
     try:
         with pruned(work, masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"],
-                    means=means):
+                    means=means, peaks=peaks, sample=sample, seed=cfg.seed):
             measure(0)
             losses = finetune_(work, train, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
                                callback=after_step)
@@ -398,7 +401,7 @@ def relearn(
                         model=model_name(model), seconds=time.time() - t_start)
 
 
-_FIXED = ("ablation", "mlp_ablation", "attn_ablation", "means")
+_FIXED = ("ablation", "mlp_ablation", "attn_ablation", "means", "peaks", "sample")
 
 
 def relearn_comparison(
@@ -436,7 +439,7 @@ def relearn_comparison(
         raise UnlearnLensError(f"run must be a PruneRun, got {type(run).__name__}")
     fixed = sorted(set(settings) & set(_FIXED))
     if fixed:
-        raise UnlearnLensError(f"{', '.join(fixed)} come from the run's config and means; do not pass them")
+        raise UnlearnLensError(f"{', '.join(fixed)} come from the run's config and ablation values; do not pass them")
     dims = model_dims(model)
     if run.dims != dims:
         raise UnlearnLensError(
@@ -444,7 +447,7 @@ def relearn_comparison(
     cfg = run.config
     kw: dict[str, Any] = {"seq_len": cfg.seq_len, "topk": cfg.topk, "skip_common": cfg.skip_common, **settings,
                           "mlp_ablation": cfg.ablations["mlp"], "attn_ablation": cfg.ablations["attn"],
-                          "means": run.means}
+                          "means": run.means, "peaks": run.peaks, "sample": run.sample}
     masks = {name: r.masks for name, r in run.runs().items()}
     masks["unpruned"] = Masks.empty(dims)
     return {name: relearn(model, m, forget_train, forget_eval, retain_eval, progress=progress,
@@ -467,8 +470,7 @@ def relearn_figure(curves: Mapping[str, RelearnCurve] | RelearnCurve, *, title: 
     """
     import plotly.graph_objects as go
 
-    if isinstance(curves, RelearnCurve):
-        curves = {"pruned": curves}
+    curves = {"pruned": curves} if isinstance(curves, RelearnCurve) else curves
     if not isinstance(curves, Mapping) or not curves:
         raise UnlearnLensError("no relearning curves to plot")
     fig = go.Figure()

@@ -20,8 +20,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from unlearn_lens._io import atomic_dir, read_json, write_json
+import torch
+
+from unlearn_lens._io import atomic_dir, read_json, read_safetensors, write_json, write_safetensors
 from unlearn_lens._version import __version__
+from unlearn_lens.ablations import ActivationHistogram, ActivationSample
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult
 from unlearn_lens.masks import Masks
@@ -64,8 +67,11 @@ class PruneConfig:
         n_steps: maximum number of pruning steps.
         scoring: scoring method of both unit kinds (``abs freq rms std sqrt mean rand``).
         mlp_scoring, attn_scoring: per-kind scoring methods (None: ``scoring``).
-        ablation: ``"zero"`` or ``"mean"`` (retain means of the unpruned model) for both kinds.
+        ablation: ``"zero"``, ``"mean"``, ``"peak"`` or ``"resample"`` for both kinds (the
+            means, modes and samples come from the unpruned model's retain activations).
         mlp_ablation, attn_ablation: per-kind ablations (None: ``ablation``).
+        peak_bins: histogram bins per unit for ``"peak"``.
+        resample_tokens: retain tokens kept for ``"resample"``.
         collect_tokens: tokens per dataset for statistics, each step.
         eval_tokens: tokens per dataset for evaluation, apart from the collection tokens.
         seq_len: row length (None: the model's context, at most 256).
@@ -90,6 +96,8 @@ class PruneConfig:
     ablation: str = "zero"
     mlp_ablation: str | None = None
     attn_ablation: str | None = None
+    peak_bins: int = 64
+    resample_tokens: int = 1024
     collect_tokens: int = 100_000
     eval_tokens: int = 100_000
     seq_len: int | None = None
@@ -112,7 +120,8 @@ class PruneConfig:
         if self.mlp_frac == 0 and self.attn_frac == 0:
             raise UnlearnLensError("mlp_frac and attn_frac are both 0: nothing would be pruned")
         for name, least in (("n_steps", 1), ("collect_tokens", 1), ("eval_tokens", 1), ("batch_size", 1),
-                            ("topk", 1), ("skip_common", 0), ("seed", None)):
+                            ("topk", 1), ("skip_common", 0), ("seed", None), ("peak_bins", 1),
+                            ("resample_tokens", 1)):
             value = getattr(self, name)
             if not _is_int(value):
                 raise UnlearnLensError(f"{name} must be an integer, got {value!r}")
@@ -147,6 +156,16 @@ class PruneConfig:
     def needs_means(self) -> bool:
         """Whether some unit kind is mean-ablated (retain means are then collected)."""
         return "mean" in self.ablations.values()
+
+    @property
+    def needs_peaks(self) -> bool:
+        """Whether some unit kind is peak-ablated (retain histograms are then collected)."""
+        return "peak" in self.ablations.values()
+
+    @property
+    def needs_sample(self) -> bool:
+        """Whether some unit kind is resample-ablated (a retain activation sample is then kept)."""
+        return "resample" in self.ablations.values()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,8 +288,11 @@ def separability_area(history: Sequence[StepRecord], metric: str = "top1") -> fl
     return sum((x0 - x1) * (y0 + y1) / 2 for x0, y0, x1, y1 in zip(xs, ys, xs[1:], ys[1:]))
 
 
+PRUNED_STEP_FILE = "pruned_step.safetensors"  # PruneRun.pruned_step
 _TENSOR_FILES = {  # attribute -> (file, loader)
     "means": ("means.safetensors", ActivationStats.load),
+    "peaks": ("peaks.safetensors", ActivationHistogram.load),
+    "sample": ("resample.safetensors", ActivationSample.load),
     "forget_stats": ("forget_stats.safetensors", ActivationStats.load),
     "retain_stats": ("retain_stats.safetensors", ActivationStats.load),
     "initial_scores": ("initial_scores.safetensors", Scores.load),
@@ -290,6 +312,8 @@ class PruneRun:
         strategy: ``"selective"`` or ``"random"`` (from :func:`random_baseline`).
         model: the model's name.
         means: retain statistics of the unpruned model (mean ablation), or None.
+        peaks: retain histograms of the unpruned model (peak ablation), or None.
+        sample: retain activation sample of the unpruned model (resample ablation), or None.
         initial_scores: scores on the unpruned model (selective runs).
         scores: scores of the last step (selective runs).
         forget_stats, retain_stats: statistics of the last step (selective runs).
@@ -298,6 +322,8 @@ class PruneRun:
             command line records it.
         version: unlearn_lens version that made the run.
         seconds: total wall time.
+        pruned_step: the step that pruned each unit (0: never), int32 ``(mlp [layer d_mlp],
+            attn [layer head d_head])``, or None when unknown (runs saved before it was recorded).
     """
 
     config: PruneConfig
@@ -307,6 +333,8 @@ class PruneRun:
     strategy: str = "selective"
     model: str = ""
     means: ActivationStats | None = None
+    peaks: ActivationHistogram | None = None
+    sample: ActivationSample | None = None
     initial_scores: Scores | None = None
     scores: Scores | None = None
     forget_stats: ActivationStats | None = None
@@ -315,6 +343,7 @@ class PruneRun:
     info: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     seconds: float = 0.0
+    pruned_step: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def base(self) -> StepRecord:
@@ -396,9 +425,10 @@ class PruneRun:
         The directory is built under a temporary name and renamed into place, so an
         interruption leaves either the complete directory or nothing. It holds
         ``results.json`` (config, history, summaries, data sources),
-        ``masks.safetensors``, ``baseline_masks.safetensors`` (with a baseline), and
-        those of ``means``, ``forget_stats``, ``retain_stats``, ``initial_scores`` and
-        ``scores`` that the run has, each as ``<name>.safetensors``.
+        ``masks.safetensors``, ``baseline_masks.safetensors`` (with a baseline),
+        ``pruned_step.safetensors`` (when known), and those of ``means``, ``peaks``, ``forget_stats``, ``retain_stats``,
+        ``initial_scores`` and ``scores`` that the run has, each as
+        ``<name>.safetensors`` (``sample`` as ``resample.safetensors``).
 
         Args:
             path: the run directory to create.
@@ -420,6 +450,9 @@ class PruneRun:
                 value = getattr(self, attr)
                 if value is not None:
                     value.save(tmp / name)
+            if self.pruned_step is not None:
+                write_safetensors(tmp / PRUNED_STEP_FILE, dict(zip(("mlp", "attn"), self.pruned_step)),
+                                  {"format": "unlearn_lens.PrunedStep"})
             write_json(tmp / "results.json", {
                 "library": "unlearn_lens", "format": RESULTS_FORMAT, "version": self.version,
                 "run": self.to_dict(), "baseline": self.baseline.to_dict() if self.baseline is not None else None,
@@ -457,6 +490,11 @@ class PruneRun:
         for attr, (name, loader) in _TENSOR_FILES.items():
             if (path / name).is_file():
                 setattr(run, attr, loader(path / name))
+        if (path / PRUNED_STEP_FILE).is_file():  # absent in older run directories: pruned_step stays None
+            t, _ = read_safetensors(path / PRUNED_STEP_FILE, "unlearn_lens.PrunedStep", "cpu")
+            if [tuple(t[k].shape) if k in t else None for k in ("mlp", "attn")] != [run.dims.mlp_shape, run.dims.attn_shape]:
+                raise UnlearnLensError(f"file {str(path / PRUNED_STEP_FILE)!r} is corrupt or made for another model")
+            run.pruned_step = (t["mlp"].int(), t["attn"].int())
         if baseline is not None:
-            baseline.means = run.means
+            baseline.means, baseline.peaks, baseline.sample = run.means, run.peaks, run.sample
         return run

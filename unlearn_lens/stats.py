@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ from unlearn_lens.models import (
     model_name,
 )
 
-__all__ = ["ActivationStats", "RunningStats", "collect_stats"]
+__all__ = ["ActivationStats", "RunningStats", "collect_stats", "stream_units"]
 
 logger = logging.getLogger(__name__)
 
@@ -321,19 +321,23 @@ class ActivationStats:
 
 
 class _StopForward(Exception):
-    """Raised by the last statistics hook of a batch: nothing after it is needed."""
+    """Raised by the last hook of a batch: nothing after it is needed."""
+
+
+Update = Callable[[str, int, torch.Tensor, "_Workspace"], None]
+"""``update(kind, layer, rows, workspace)``: consume one batch's counted activations ``[tokens, *units]``."""
 
 
 class _Collector:
-    """Forward hooks that stream one batch at a time into an :class:`ActivationStats`.
+    """Forward hooks that hand each batch's counted activations of every unit to ``update``.
 
     Once every hook has seen the batch, the last one stops the forward pass: the
     rest of the model (the last layer's output projection, the final norm and the
-    unembedding, often a third of the compute) is never needed for statistics.
+    unembedding, often a third of the compute) is never needed.
     """
 
-    def __init__(self, stats: ActivationStats):
-        self.stats = stats
+    def __init__(self, update: Update):
+        self.update = update
         self.rows: torch.Tensor | None = None
         self.workspace = _Workspace()
         self.n_hooks = 0
@@ -343,17 +347,16 @@ class _Collector:
         self.rows = valid.reshape(-1).nonzero().squeeze(1)
         self.fired = 0
 
-    def hook(self, kind: str, layer: int) -> Any:
-        target = self.stats.mlp if kind == "mlp" else self.stats.attn
+    def hook(self, kind: str, layer: int, unit_shape: tuple[int, ...]) -> Any:
         self.n_hooks += 1
 
         def fn(activation: torch.Tensor, hook: Any) -> None:
             assert self.rows is not None
-            x = activation.detach().reshape(-1, *target.unit_shape[1:])
+            x = activation.detach().reshape(-1, *unit_shape)
             rows = self.workspace.get(f"rows-{kind}", (self.rows.numel(), *x.shape[1:]), x)
             index = self.rows if self.rows.device == x.device else self.rows.to(x.device)
             torch.index_select(x, 0, index, out=rows)
-            target.update(rows, layer, self.workspace)
+            self.update(kind, layer, rows, self.workspace)
             self.fired += 1
             if self.fired == self.n_hooks:
                 raise _StopForward
@@ -366,6 +369,37 @@ class _Collector:
             model(tokens)
         except _StopForward:
             pass
+
+
+@torch.no_grad()
+def stream_units(model: Any, tokens: TokenSet, update: Update, *, batch_size: int, progress: bool, desc: str,
+                 owner: str) -> int:
+    """Run ``model`` over this process's share of ``tokens``, handing every unit's activations to ``update``.
+
+    The loop behind :func:`collect_stats` and the other streamed per-unit records: BOS
+    and padding are left out, batches go in order, and each forward pass stops after
+    the last MLP and attention hooks.
+
+    Returns:
+        The number of counted tokens this process saw.
+    """
+    if batch_size <= 0:
+        raise UnlearnLensError(f"batch_size must be positive, got {batch_size}")
+    dims = model_dims(model)
+    collector = _Collector(update)
+    hooks = []
+    for layer in range(dims.n_layers):
+        hooks.append((mlp_hook_name(layer), collector.hook("mlp", layer, dims.mlp_shape[1:])))
+        hooks.append((attn_hook_name(layer), collector.hook("attn", layer, dims.attn_shape[1:])))
+    part = shard(tokens)  # this process's rows (all of them without a process group)
+    bar = tqdm(total=part.n_tokens, desc=desc, unit="tok", disable=not (progress and is_main()), leave=False)
+    with exclusive(model, owner), attached(model, hooks):
+        for batch in part.batches(batch_size, model_device(model)):
+            collector.set_batch(batch.valid)
+            collector.run(model, batch.tokens)
+            bar.update(int(batch.valid.sum()))
+    bar.close()
+    return part.n_tokens
 
 
 @torch.no_grad()
@@ -406,28 +440,19 @@ def collect_stats(
     Returns:
         :class:`ActivationStats` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``.
     """
-    if batch_size <= 0:
-        raise UnlearnLensError(f"batch_size must be positive, got {batch_size}")
     dims = model_dims(model)
     device = model_device(model)
     tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
     stats = ActivationStats.empty(dims, device)
-    collector = _Collector(stats)
-    hooks = []
-    for layer in range(dims.n_layers):
-        hooks.append((mlp_hook_name(layer), collector.hook("mlp", layer)))
-        hooks.append((attn_hook_name(layer), collector.hook("attn", layer)))
-    part = shard(tokens)  # this process's rows (all of them without a process group)
-    bar = tqdm(total=part.n_tokens, desc=desc, unit="tok", disable=not (progress and is_main()), leave=False)
-    with exclusive(model, "collect_stats"), attached(model, hooks):
-        for batch in part.batches(batch_size, device):
-            collector.set_batch(batch.valid)
-            collector.run(model, batch.tokens)
-            bar.update(int(batch.valid.sum()))
-    bar.close()
+
+    def update(kind: str, layer: int, rows: torch.Tensor, workspace: _Workspace) -> None:
+        (stats.mlp if kind == "mlp" else stats.attn).update(rows, layer, workspace)
+
+    n_part = stream_units(model, tokens, update, batch_size=batch_size, progress=progress, desc=desc,
+                          owner="collect_stats")
     meta: dict[str, Any] = {"model": model_name(model)}
     if world()[1] > 1:
-        meta["rank_tokens"] = [int(t) for t in gather(torch.tensor([part.n_tokens], device=device))]
+        meta["rank_tokens"] = [int(t) for t in gather(torch.tensor([n_part], device=device))]
         stats = ActivationStats(stats.mlp.combined_across_ranks(), stats.attn.combined_across_ranks())
     stats.meta = {**meta, "n_tokens": stats.n_tokens}
     return stats
