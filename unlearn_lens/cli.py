@@ -1,4 +1,4 @@
-"""Command line: ``unlearn-lens prune`` and ``unlearn-lens report``.
+"""Command line: ``unlearn-lens prune``, ``unlearn-lens sweep`` and ``unlearn-lens report``.
 
 ``unlearn-lens prune`` with no arguments runs the bundled demo offline: the demo
 model, forget = Python code, retain = English prose, with settings sized to finish
@@ -77,25 +77,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parser() -> argparse.ArgumentParser:
-    from unlearn_lens._version import __version__
-    from unlearn_lens.pruning import ABLATIONS
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags ``prune`` and ``sweep`` share: model, data, every PruneConfig field, device, output."""
+    from unlearn_lens.ablations import ABLATIONS
     from unlearn_lens.results import PruneConfig
     from unlearn_lens.scoring import HEAD_AGGREGATIONS, SCORING_METHODS
 
-    parser = argparse.ArgumentParser(
-        prog="unlearn-lens",
-        description="Machine unlearning by selective pruning on TransformerLens models.",
-    )
-    parser.add_argument("--version", action="version", version=f"unlearn_lens {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser(
-        "prune",
-        help="score and prune forget-specific units step by step, evaluate, write results",
-        description="Iterative selective pruning and its random baseline. With no arguments: the bundled demo "
-        "model, forget = demo:code, retain = demo:prose, offline.",
-    )
     p.add_argument("--model", default="demo", help="'demo' (default), a local HF model directory, or a Hub id")
     p.add_argument("--forget", nargs="+", default=["demo:code"], metavar="SRC",
                    help="forget dataset: demo:code, a local file/folder, or a Hub id; several are mixed by token share")
@@ -124,8 +111,6 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(*names, dest=f.name, choices=choices[kind], help=_HELP[f.name])
         else:
             p.add_argument(*names, dest=f.name, type=convert, help=_HELP[f.name])
-    p.add_argument("--baseline", choices=("random", "none"), default="random",
-                   help="also run the random baseline with the same per-layer counts (default random)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--device-map", type=_device_map, metavar="MAP",
                    help="spread a model too large for one device: auto, balanced, or a JSON object of module names "
@@ -135,10 +120,51 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out directory (whole, and only once the new one is complete)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from unlearn_lens._version import __version__
+    from unlearn_lens.ablations import ABLATIONS
+    from unlearn_lens.scoring import SCORING_METHODS
+    from unlearn_lens.sweep import DEFAULT_SCORINGS
+
+    parser = argparse.ArgumentParser(
+        prog="unlearn-lens",
+        description="Machine unlearning by selective pruning on TransformerLens models.",
+    )
+    parser.add_argument("--version", action="version", version=f"unlearn_lens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "prune",
+        help="score and prune forget-specific units step by step, evaluate, write results",
+        description="Iterative selective pruning and its random baseline. With no arguments: the bundled demo "
+        "model, forget = demo:code, retain = demo:prose, offline.",
+    )
+    _add_run_flags(p)
+    p.add_argument("--baseline", choices=("random", "none"), default="random",
+                   help="also run the random baseline with the same per-layer counts (default random)")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue an interrupted run from its checkpoint (OUT.partial, written after every step); "
                    "its model, data and settings are the checkpoint's, other settings are ignored")
     p.add_argument("--no-report", action="store_true", help="do not write report.html into the output directory")
+
+    w = sub.add_parser(
+        "sweep",
+        help="the selective loop for every ablation x scoring method, on the same tokens; one table and figure",
+        description="Run selective pruning once per cell of a grid of ablations and scoring methods, every cell "
+        "on the same statistics and evaluation tokens, and write one directory: sweep.json (the comparison "
+        "table), cells/<ablation>-<scoring>/ (each cell's run) and report.html. The other flags are those of "
+        "`prune`; with no arguments, the demo.",
+    )
+    _add_run_flags(w)
+    w.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=ABLATIONS, metavar="A",
+                   help=f"ablations to compare (default: all of {', '.join(ABLATIONS)})")
+    w.add_argument("--scorings", nargs="+", default=list(DEFAULT_SCORINGS), choices=SCORING_METHODS, metavar="S",
+                   help=f"scoring methods to compare (default: {' '.join(DEFAULT_SCORINGS)})")
+    w.add_argument("--baseline", choices=("random", "none"), default="none",
+                   help="also run each cell's random baseline (default none: it doubles the cost)")
+    w.add_argument("--no-report", action="store_true", help="do not write report.html")
 
     r = sub.add_parser(
         "report",
@@ -327,6 +353,40 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from unlearn_lens.models import load_model
+    from unlearn_lens.sweep import sweep, write_sweep_report
+
+    if args.shuffle_buffer < 0:
+        raise UnlearnLensError(f"--shuffle-buffer must be 0 or more, got {args.shuffle_buffer}")
+    out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
+        f"sweep-{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    check_output_dir(out, overwrite=args.overwrite)
+    config = _config_from_args(args)
+    t0 = time.time()
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
+    data, info = _load_data(args, model, config)
+    result = sweep(model, data["forget"], data["retain"], config, ablations=args.ablations, scorings=args.scorings,
+                   baseline=args.baseline == "random", progress=not args.quiet, info=info)
+    from unlearn_lens.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 alone writes
+        return 0
+    result.save(out, overwrite=args.overwrite)
+    rows = [["ablation", "scoring", f"retain at forget {result.level:.0%}", "area", "steps"]]
+    for r in result.table():
+        value = r["retain_at_forget"]
+        rows.append([r["ablation"], r["scoring"], f"{value:.1%}" if value is not None else
+                     f"not reached ({r['forget_rel']:.0%})", f"{r['separability_area']:.3f}", str(r["steps"])])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print(f"sweep: {out / 'sweep.json'}  ({time.time() - t0:.0f}s)")
+    if not args.no_report:
+        print(f"report: {write_sweep_report(result, out)}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from unlearn_lens.report import write_report
 
@@ -360,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _cmd_report(args)
         joined = init_from_env(args.device)  # under torchrun: one process of a data-parallel run
+        if args.command == "sweep":
+            return _cmd_sweep(args)
         return _cmd_prune(args, state)
     except UnlearnLensError as exc:
         print("unlearn-lens: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # one line
