@@ -131,3 +131,110 @@ def test_errors():
     with pytest.raises(UnlearnLensError, match="OverlapMatrix"):
         overlap_figure({"a": A})  # type: ignore[arg-type]
     assert isinstance(overlap_matrix({"a": A, "b": B}), OverlapMatrix)
+
+
+# --- the random-initialisation control: the same selective runs on a re-initialised copy ----------------------
+
+from conftest import CODE, PROSE, _HookedTransformer  # noqa: E402
+
+import unlearn_lens as ul  # noqa: E402
+from unlearn_lens.overlap import random_init_control, random_init_copy  # noqa: E402
+
+INIT_FIXTURES = ["gpt2", "neox", "llama", "native_gpt2", "native_gated",
+                 *(["legacy_gpt2", "legacy_gated"] if _HookedTransformer is not None else [])]
+CONTROL_CFG = dict(mlp_frac=0.1, attn_frac=0.05, n_steps=2, collect_tokens=400, eval_tokens=200, seq_len=16,
+                   batch_size=4)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("fixture", INIT_FIXTURES)
+def test_random_init_copy_same_shapes_new_weights_seeded_original_untouched(fixture, request):
+    model = request.getfixturevalue(fixture)
+    before, rng = _weights(model), torch.get_rng_state()
+    fresh = random_init_copy(model, seed=7)  # not the fixtures' own seeds (native_gpt2 is boot_native seed 0)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random state is left as it was
+    after = _weights(model)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # the original is untouched
+    new = _weights(fresh)
+    assert sorted(new) == sorted(before)
+    assert all(new[n].shape == before[n].shape and new[n].dtype == before[n].dtype for n in before)
+    matrices = [n for n in before if before[n].dim() >= 2 and before[n].std() > 0]  # not the zero biases
+    assert matrices and all(not torch.equal(new[n], before[n]) for n in matrices)
+    assert type(fresh) is type(model) and fresh.tokenizer is model.tokenizer and fresh.training == model.training
+    assert ul.ModelDims.of(fresh) == ul.ModelDims.of(model)
+    tokens = model.to_tokens(CODE[0])
+    with torch.no_grad():
+        logits, fresh_logits = model(tokens), fresh(tokens)
+    assert logits.shape == fresh_logits.shape and not torch.allclose(logits, fresh_logits)
+    again, other = _weights(random_init_copy(model, seed=7)), _weights(random_init_copy(model, seed=8))
+    assert all(torch.equal(again[n], new[n]) for n in new)  # deterministic per seed
+    assert any(not torch.equal(other[n], new[n]) for n in matrices)
+
+
+def test_random_init_copy_rejects_what_it_cannot_reinitialise():
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.original_model = torch.nn.Linear(2, 2)
+
+    with pytest.raises(UnlearnLensError, match="wrapping Linear"):
+        random_init_copy(Wrapper())
+    with pytest.raises(UnlearnLensError, match="HookedTransformer"):
+        random_init_copy(torch.nn.Linear(2, 2))
+    with pytest.raises(UnlearnLensError, match="seed"):
+        random_init_copy(torch.nn.Linear(2, 2), seed=0.5)  # type: ignore[arg-type]
+
+
+def test_random_init_control_runs_the_loop_with_the_right_counts(gpt2):
+    forget = {"code": CODE, "code reversed": CODE[::-1]}
+    cfg = ul.PruneConfig(**CONTROL_CFG, stop_at_forget=0.99)  # ignored by the control: every step is run
+    control = random_init_control(gpt2, forget, PROSE, cfg)
+    assert list(control) == ["code", "code reversed"]
+    full = ul.selective_prune(gpt2, CODE, PROSE, ul.PruneConfig(**CONTROL_CFG), progress=False)
+    for masks in control.values():
+        assert masks.dims == ul.ModelDims.of(gpt2)
+        assert (masks.n_mlp, masks.n_attn) == (full.masks.n_mlp, full.masks.n_attn)
+    assert control == random_init_control(gpt2, forget, PROSE, cfg)  # seeded
+    matrix = overlap_matrix(control)
+    assert matrix.overall[0, 0].item() == 1.0 and 0.0 <= matrix.overall[0, 1].item() <= 1.0
+
+    # like: each control run mirrors its run's config and number of steps
+    runs = {"code": ul.selective_prune(gpt2, CODE, PROSE, ul.PruneConfig(**{**CONTROL_CFG, "n_steps": 1}),
+                                       progress=False), "code reversed": full}
+    mirrored = random_init_control(gpt2, forget, PROSE, like=runs)
+    for name, run in runs.items():
+        assert (mirrored[name].n_mlp, mirrored[name].n_attn) == (run.masks.n_mlp, run.masks.n_attn)
+    fig = overlap_figure(overlap_matrix(runs), controls={"random masks": overlap_matrix(random_control(runs)),
+                                                         "random init": overlap_matrix(mirrored)})
+    assert [t.type for t in fig.data] == ["heatmap"] * 3
+    assert [a.text for a in fig.layout.annotations][:3] == ["pruned units", "random masks", "random init"]
+
+
+def test_random_init_control_errors(gpt2):
+    cfg = ul.PruneConfig(**CONTROL_CFG)
+    with pytest.raises(UnlearnLensError, match="at least two"):
+        random_init_control(gpt2, {"code": CODE}, PROSE, cfg)
+    with pytest.raises(UnlearnLensError, match="read once per forget set"):
+        random_init_control(gpt2, {"a": CODE, "b": CODE}, iter(PROSE), cfg)
+    with pytest.raises(UnlearnLensError, match="not both"):
+        random_init_control(gpt2, {"a": CODE, "b": CODE}, PROSE, cfg, like={})
+    with pytest.raises(UnlearnLensError, match="same runs"):
+        random_init_control(gpt2, {"a": CODE, "b": CODE}, PROSE, like={"a": None})
+    with pytest.raises(UnlearnLensError, match="PruneRun"):
+        random_init_control(gpt2, {"a": CODE, "b": CODE}, PROSE, like={"a": None, "b": None})
+
+
+def test_figure_controls_beside_control():
+    m = overlap_matrix({"a": A, "b": B, "c": C})
+    chance = overlap_matrix(random_control({"a": A, "b": B, "c": C}))
+    fig = overlap_figure(m, chance, controls={"random init": m})
+    assert [a.text for a in fig.layout.annotations][:3] == ["pruned units", "random control (same counts)",
+                                                            "random init"]
+    assert fig.data[2].xaxis == "x3"
+    with pytest.raises(UnlearnLensError, match="OverlapMatrix"):
+        overlap_figure(m, controls={"x": {"a": A}})  # type: ignore[dict-item]
+    with pytest.raises(UnlearnLensError, match="two panels"):
+        overlap_figure(m, chance, controls={"random control (same counts)": m})
