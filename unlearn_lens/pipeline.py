@@ -44,7 +44,7 @@ from unlearn_lens.results import PruneConfig, PruneRun, StepRecord
 from unlearn_lens.scoring import WEIGHT_METHODS, random_masks, score, select
 from unlearn_lens.stats import ActivationStats, collect_stats
 
-__all__ = ["checkpoint_tokens", "random_baseline", "selective_prune"]
+__all__ = ["checkpoint_tokens", "random_baseline", "run_tokens", "selective_prune"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,40 @@ def checkpoint_tokens(path: str | os.PathLike) -> tuple[TokenSet, TokenSet]:
             TokenSet.concat([data.retain_collect, data.retain_eval]))
 
 
+def run_tokens(run: PruneRun, model: Any, key: str, budgets: Sequence[int]) -> TokenSet:
+    """Consecutive token budgets of one of a run's datasets, read again from the sources ``run.info`` names.
+
+    The sources, text fields, shares and shuffle the run recorded are opened again and
+    read lazily, as far as ``budgets`` need; with ``budgets=[collect_tokens, eval_tokens,
+    ...]`` the first two budgets are the run's own statistics and evaluation tokens, and
+    each later budget is packed from texts of its own, which the run never used.
+
+    Args:
+        run: a run made from named sources (the command line records them).
+        model: the model whose tokenizer packs the texts.
+        key: ``"forget"`` or ``"retain"``.
+        budgets: token budgets, in order.
+
+    Returns:
+        One :class:`TokenSet` of all budgets in order (split it with :meth:`TokenSet.split`).
+
+    Raises:
+        UnlearnLensError: the run names no source for ``key``, or a source cannot be read.
+    """
+    from unlearn_lens.data import mix_token_sets
+    from unlearn_lens.sources import iter_texts
+
+    info = run.info
+    if not info.get(key):
+        raise UnlearnLensError(f"the run does not name its {key} data source (run.info[{key!r}])")
+    sources = info[key] if isinstance(info[key], list) else [info[key]]
+    field_name = info.get(f"{key}_field", info.get("text_field", "text"))
+    streams = [iter_texts(src, split=info.get("split", "train"), text_field=field_name,
+                          shuffle_seed=info.get("shuffle_seed"), buffer_size=info.get("shuffle_buffer") or 1)
+               for src in sources]
+    return mix_token_sets(model, streams, info.get(f"{key}_shares"), list(budgets), seq_len=run.config.seq_len)
+
+
 def selective_prune(
     model: Any,
     forget_texts: Iterable[str] | TokenSet | None = None,
@@ -298,7 +332,7 @@ def selective_prune(
         data = _Data.split(model, forget_texts, retain_texts, cfg)
     rec = _Recorder(model, data, cfg, "selective", cfg.n_steps, progress, resumed=resumed)
     run = resumed or PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="selective",
-                              model=model_name(model),
+                              model=model_name(model), pruned_step=rec.pruned_step,
                               info={**(info or {}), "texts": data.describe(), **data.distribution()})
     if path is not None and resumed is None:
         _save_checkpoint(path, run, data, finished=False)

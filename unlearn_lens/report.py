@@ -8,8 +8,9 @@ top-1 where forget top-1 first falls to 50 % (:meth:`PruneRun.retain_at_forget
 <unlearn_lens.results.PruneRun.retain_at_forget>`), with the separability area, its
 definition and its dependence on the stop beside it; the settings and data sources;
 every figure of :mod:`unlearn_lens.viz` with an explanation and the step tables; and
-neuron cards (:mod:`unlearn_lens.cards`) of the top-scoring MLP neurons, or a note
-saying why they are missing. A run directory is read only by ``PruneRun.load``.
+neuron cards (:mod:`unlearn_lens.cards`) of the top-scoring MLP neurons and the neuron
+explorer (:mod:`unlearn_lens.explorer`) of every unit, or notes saying why they are missing.
+A run directory is read only by ``PruneRun.load``.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class _Section:
     figures: list[Markup] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     cards: list[Markup] = field(default_factory=list)
+    explorer: Markup | None = None
 
 
 # --- summary, settings, steps -----------------------------------------------------------------------------
@@ -271,9 +273,8 @@ def _card_inputs(
     Texts named in the run's data sources are read again lazily, only as far as
     ``card_tokens`` needs (in the run's order, shuffled alike if it was).
     """
-    from unlearn_lens.data import mix_token_sets
     from unlearn_lens.models import load_model
-    from unlearn_lens.sources import iter_texts
+    from unlearn_lens.pipeline import run_tokens
 
     info = run.info
     if model is None or isinstance(model, (str, os.PathLike)):
@@ -293,14 +294,8 @@ def _card_inputs(
     problem = " (none given, none named in the run's data sources)"
     for key in ("forget", "retain"):
         if texts[key] is None and info.get(key):
-            field_name = info.get(f"{key}_field", info.get("text_field", "text"))
             try:
-                sources = info[key] if isinstance(info[key], list) else [info[key]]
-                streams = [iter_texts(src, split=info.get("split", "train"), text_field=field_name,
-                                      shuffle_seed=info.get("shuffle_seed"), buffer_size=info.get("shuffle_buffer") or 1)
-                           for src in sources]
-                texts[key] = mix_token_sets(model, streams, info.get(f"{key}_shares"), [card_tokens],
-                                            seq_len=run.config.seq_len)
+                texts[key] = run_tokens(run, model, key, [card_tokens])
             except UnlearnLensError as exc:
                 logger.warning("report: cannot load the %s texts %r: %s", key, info[key], exc)
                 if key == "forget":
@@ -312,7 +307,7 @@ def _card_inputs(
 
 def _cards_section(
     run: PruneRun, *, model: Any, forget_texts: Any, retain_texts: Any, n_cards: int, load_model_from_results: bool,
-    device: str | None, card_tokens: int, n_contexts: int,
+    device: str | None, card_tokens: int, n_contexts: int, inputs: tuple[Any, Any, Any, str | None] | None = None,
 ) -> _Section:
     from unlearn_lens.cards import neuron_cards
     from unlearn_lens.models import ModelDims
@@ -325,8 +320,8 @@ def _cards_section(
     if scores is None:
         section.notes.append("No scores are saved, so there is no ranking of units to pick neuron cards from.")
         return section
-    model, forget, retain, note = _card_inputs(run, model, forget_texts, retain_texts, load_model_from_results,
-                                               device, card_tokens)
+    model, forget, retain, note = inputs or _card_inputs(run, model, forget_texts, retain_texts,
+                                                         load_model_from_results, device, card_tokens)
     if note is None:
         try:
             dims = ModelDims.of(model)
@@ -353,6 +348,54 @@ def _cards_section(
     return section
 
 
+def _explorer_section(run: PruneRun, inputs: tuple[Any, Any, Any, str | None] | None, tokens: int) -> _Section:
+    """The neuron explorer of every unit (:mod:`unlearn_lens.explorer`), or a note saying why it is missing."""
+    from unlearn_lens.explorer import explorer_data, explorer_html
+
+    section = _Section("explorer", "Neuron explorer")
+    if inputs is None:
+        section.notes.append("The neuron explorer was switched off (explorer=False).")
+        return section
+    model, forget, retain, note = inputs
+    if note is None:
+        try:
+            t0 = time.time()
+            data = explorer_data(run, model, forget, retain, max_tokens=tokens)
+            section.explorer = Markup(explorer_html(data, include_css=False))
+            logger.info("neuron explorer: %d units in %.1f s", len(data["step"]), time.time() - t0)
+        except UnlearnLensError as exc:
+            note = f"The neuron explorer could not be made: {exc}"
+    if note is not None:
+        section.notes.append(note.replace("there are no neuron cards", "the neuron explorer is left out"))
+        return section
+    d = run.dims
+    section.explain.append(
+        f"Every unit of the model: {d.n_mlp:,} MLP neurons and {d.n_attn:,} attention neurons. The score is the "
+        f"run's, from {data['score_from'] or 'nowhere (no scores saved)'}; the statistics are over up to {tokens:,} "
+        "tokens of each dataset on the unpruned model (BOS excluded), and the ratio divides forget mean |x| by "
+        "retain mean |x|; “pruned” is the step that pruned the unit. Click a column to sort; search by words such "
+        "as L2 mlp 17, L1.H3.D5, attn H3, pruned, kept, step2, score>5 or ratio<0.5 (all must match); click a row "
+        "(or press Enter on it) for the unit's top-activating contexts on each dataset, coloured as in the cards.")
+    if not data["step_known"]:
+        section.notes.append("This run directory does not record at which step each unit was pruned (it was "
+                             "written before pruned_step.safetensors existed): pruned units show “?”.")
+    return section
+
+
+def _checks_section(checks: Any) -> _Section:
+    """Relearning and membership checks (:mod:`unlearn_lens.checks`), or how to add them."""
+    section = _Section("checks", "Does the capability come back?")
+    if checks is None:
+        section.notes.append(Markup("No checks of this run yet: <code>unlearn-lens check RUN_DIR</code> adds "
+                                    "relearning and membership checks and rebuilds this report."))
+        return section
+    parts = checks.report_parts()
+    section.explain, section.notes = parts["explain"], parts["notes"]
+    section.figures = [_figure(fig, f"checks-{i}") for i, fig in enumerate(parts["figures"])]
+    section.steps = [{**t, "rows": [[_Cell(c) for c in row] for row in t["rows"]]} for t in parts["tables"]]
+    return section
+
+
 # --- the page -------------------------------------------------------------------------------------------------
 
 
@@ -361,11 +404,12 @@ def _render(**context: Any) -> str:
     from plotly.offline import get_plotlyjs
 
     from unlearn_lens.cards import CARD_CSS
+    from unlearn_lens.explorer import EXPLORER_CSS
 
     env = Environment(loader=PackageLoader("unlearn_lens", "."), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     return env.get_template(TEMPLATE_NAME).render(plotlyjs=Markup(get_plotlyjs()), card_css=Markup(CARD_CSS),
-                                                  **context)
+                                                  explorer_css=Markup(EXPLORER_CSS), **context)
 
 
 def write_report(
@@ -381,8 +425,11 @@ def write_report(
     title: str | None = None,
     card_tokens: int = 20_000,
     n_contexts: int = 5,
+    explorer: bool = True,
+    explorer_tokens: int = 20_000,
+    checks: Any = None,
 ) -> Path:
-    """Write ``report.html``: summary, settings, every figure and neuron cards, in one offline file.
+    """Write ``report.html``: summary, settings, every figure, neuron cards and the neuron explorer, in one offline file.
 
     Args:
         run: a :class:`PruneRun` (its ``baseline``, if any, is reported beside it), or a run
@@ -401,6 +448,11 @@ def write_report(
         title: page title.
         card_tokens: tokens scanned per dataset for the cards.
         n_contexts: contexts per dataset in each card.
+        explorer: add the neuron explorer: every unit in a searchable, sortable table with its
+            top contexts (one more forward pass per dataset; it needs the model and texts as the cards do).
+        explorer_tokens: tokens scanned per dataset for the explorer.
+        checks: relearning and membership checks (:class:`~unlearn_lens.checks.RunChecks`);
+            default for a run directory: its ``checks.json``, if any.
 
     Returns:
         The path of the report.
@@ -410,8 +462,11 @@ def write_report(
             run in memory is given without ``out_dir``.
     """
     if isinstance(run, (str, os.PathLike)):
+        from unlearn_lens.checks import RunChecks
+
         run_dir = Path(run)
         run = PruneRun.load(run_dir)
+        checks = checks if checks is not None else RunChecks.load(run_dir)
         out = Path(out_dir) if out_dir is not None else run_dir
     elif isinstance(run, PruneRun):
         if out_dir is None:
@@ -424,10 +479,15 @@ def write_report(
     model_label = run.info.get("model") or run.model or "model"
     meta = {"forget": run.info.get("forget", "?"), "retain": run.info.get("retain", "?"), "runs": list(runs),
             "written": time.strftime("%Y-%m-%d %H:%M"), "run_dir": str(out)}
-    sections = _figure_sections(runs, run)
+    sections = _figure_sections(runs, run) + [_checks_section(checks)]
+    inputs = None  # the model and texts, resolved once for the cards and the explorer
+    if explorer:
+        inputs = _card_inputs(run, model, forget_texts, retain_texts, load_model_from_results, device,
+                              max(card_tokens, explorer_tokens))
     sections.append(_cards_section(run, model=model, forget_texts=forget_texts, retain_texts=retain_texts,
                                    n_cards=n_cards, load_model_from_results=load_model_from_results, device=device,
-                                   card_tokens=card_tokens, n_contexts=n_contexts))
+                                   card_tokens=card_tokens, n_contexts=n_contexts, inputs=inputs))
+    sections.append(_explorer_section(run, inputs, explorer_tokens))
     page = _render(title=title or f"Selective pruning report: {model_label}", meta=meta, version=run.version,
                    summary=_summary(runs, run, HEADLINE_LEVEL), settings=_settings(run, runs), sections=sections)
     out.mkdir(parents=True, exist_ok=True)
