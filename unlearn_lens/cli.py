@@ -1,4 +1,4 @@
-"""Command line: ``unlearn-lens prune``, ``unlearn-lens sweep`` and ``unlearn-lens report``.
+"""Command line: ``unlearn-lens prune``, ``sweep``, ``check`` and ``report``.
 
 ``unlearn-lens prune`` with no arguments runs the bundled demo offline: the demo
 model, forget = Python code, retain = English prose, with settings sized to finish
@@ -165,6 +165,26 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--baseline", choices=("random", "none"), default="none",
                    help="also run each cell's random baseline (default none: it doubles the cost)")
     w.add_argument("--no-report", action="store_true", help="do not write report.html")
+
+    c = sub.add_parser(
+        "check", help="does the capability come back? relearning and membership checks of a finished run",
+        description="Fine-tune copies of the model (selective masks, random masks, none) on forget text the run "
+        "never used and follow forget top-1; score membership (LOSS, zlib, Min-K %%) of the model's training "
+        "texts before and after pruning. Writes RUN_DIR/checks.json and rebuilds the report.")
+    c.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `unlearn-lens prune`")
+    c.add_argument("--model", help="the model (default: the one named in results.json)")
+    c.add_argument("--device", help="device for the model (default: cuda if available)")
+    c.add_argument("--relearn-steps", type=int, default=20, help="fine-tuning steps (default 20)")
+    c.add_argument("--relearn-lr", type=float, default=1e-4, help="AdamW learning rate (default 1e-4)")
+    c.add_argument("--relearn-batch-size", type=int, default=8, help="rows per fine-tuning step (default 8)")
+    c.add_argument("--no-relearn", action="store_true", help="skip the relearning check")
+    for domain in ("forget", "retain"):
+        c.add_argument(f"--{domain}-members", metavar="SRC", help=f"{domain}-domain texts the model was trained "
+                       "on (default for the demo model: its training split)")
+        c.add_argument(f"--{domain}-nonmembers", metavar="SRC", help=f"{domain}-domain texts it was not trained on")
+    c.add_argument("--n-texts", type=int, default=100, help="texts per side of the membership check (default 100)")
+    c.add_argument("--no-report", action="store_true", help="do not rebuild report.html")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser(
         "report",
@@ -387,6 +407,37 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from unlearn_lens.checks import DEMO_MEMBERS, run_checks
+    from unlearn_lens.models import load_model
+    from unlearn_lens.results import PruneRun
+
+    run = PruneRun.load(args.run_dir)
+    name = args.model or run.info.get("model") or run.model
+    members = {d: (getattr(args, f"{d}_members"), getattr(args, f"{d}_nonmembers")) for d in ("forget", "retain")}
+    for domain, pair in members.items():
+        if (pair[0] is None) != (pair[1] is None):
+            raise UnlearnLensError(f"--{domain}-members and --{domain}-nonmembers go together")
+    members = {d: pair for d, pair in members.items() if pair[0] is not None}
+    if not members and name == "demo":
+        members = dict(DEMO_MEMBERS)
+    model = load_model(name, device=args.device)
+    checks = run_checks(model, run, relearn=not args.no_relearn, members=members or None, n_texts=args.n_texts,
+                        steps=args.relearn_steps, lr=args.relearn_lr, batch_size=args.relearn_batch_size,
+                        progress=not args.quiet)
+    print(f"checks: {checks.save(args.run_dir)}  ({checks.seconds:.0f}s)")
+    for label, curve in checks.relearn.items():
+        print(f"relearn {label}: forget top1 " + " -> ".join(f"{v:.3f}" for v in curve.forget_top1))
+    for domain, result in checks.membership.items():
+        print(f"membership {domain}: AUC unpruned " + ", ".join(f"{k} {v:.3f}" for k, v in result["unpruned"].items())
+              + "; pruned " + ", ".join(f"{k} {v:.3f}" for k, v in (result["pruned"] or {}).items()))
+    if not args.no_report:
+        from unlearn_lens.report import write_report
+
+        print(f"report: {write_report(args.run_dir, model=model)}")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from unlearn_lens.report import write_report
 
@@ -417,8 +468,8 @@ def main(argv: list[str] | None = None) -> int:
 
     joined = False
     try:
-        if args.command == "report":
-            return _cmd_report(args)
+        if args.command in ("report", "check"):
+            return _cmd_report(args) if args.command == "report" else _cmd_check(args)
         joined = init_from_env(args.device)  # under torchrun: one process of a data-parallel run
         if args.command == "sweep":
             return _cmd_sweep(args)
