@@ -23,6 +23,7 @@ from typing import Any
 
 from unlearn_lens._io import check_output_dir
 from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.tables import summary_table, sweep_table
 
 __all__ = ["DEMO_SETTINGS", "main", "summary_table"]
 
@@ -148,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run from its checkpoint (OUT.partial, written after every step); "
                    "its model, data and settings are the checkpoint's, other settings are ignored")
     p.add_argument("--no-report", action="store_true", help="do not write report.html into the output directory")
+    p.add_argument("--no-explorer", action="store_true", help="leave the neuron explorer out of the report")
 
     w = sub.add_parser(
         "sweep",
@@ -196,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `unlearn-lens prune`")
     r.add_argument("--model", help="model for the neuron cards (default: the one named in results.json)")
     r.add_argument("--device", help="device for the model (default: cuda if available)")
-    r.add_argument("--no-cards", action="store_true", help="no neuron cards (does not load the model)")
+    r.add_argument("--no-cards", action="store_true", help="no neuron cards or explorer (does not load the model)")
+    r.add_argument("--no-explorer", action="store_true", help="leave the neuron explorer out")
     return parser
 
 
@@ -231,43 +234,6 @@ def _warn_deprecated(argv: list[str]) -> None:
             print(f"unlearn-lens: {name} is deprecated; use {_flag(_DEPRECATED_FLAGS[name])}", file=sys.stderr)
 
 
-def summary_table(run: Any, level: float = 0.5) -> str:
-    """A one-screen text table: the unpruned model vs the final step of the run and of its baseline."""
-    runs = run.runs()
-    base = run.base
-    rows: list[list[str]] = [["", "unpruned", *runs]]
-
-    def rel(value: float, ref: float) -> str:
-        return f"{value:.4f} ({value / ref:.0%})" if ref else f"{value:.4f}"
-
-    rows.append(["steps", "0", *[str(len(r.history) - 1) for r in runs.values()]])
-    rows.append(["MLP neurons pruned", "0%", *[f"{r.final.n_mlp / r.dims.n_mlp:.1%}" for r in runs.values()]])
-    rows.append(["attention neurons pruned", "0%", *[f"{r.final.n_attn / r.dims.n_attn:.1%}" for r in runs.values()]])
-    skipped = base.forget.all_tokens is not None
-    for dataset in ("forget", "retain"):
-        for metric in ("top1", "topk", "loss"):
-            b = getattr(getattr(base, dataset), metric)
-            label = f"{dataset} {metric if metric != 'topk' else f'top{base.forget.k}'}"
-            label += f" (w/o {run.config.skip_common} most common)" if skipped else ""
-            rows.append([label, f"{b:.4f}", *[rel(getattr(getattr(r.final, dataset), metric), b) for r in runs.values()]])
-        for metric in ("top1", "topk") if skipped else ():
-            b = getattr(getattr(base, dataset).all_tokens, metric)
-            label = f"{dataset} {metric if metric != 'topk' else f'top{base.forget.k}'} (all tokens)"
-            rows.append([label, f"{b:.4f}", *[rel(getattr(getattr(r.final, dataset).all_tokens, metric), b)
-                                              for r in runs.values()]])
-    headline = []
-    for r in runs.values():
-        value = r.retain_at_forget(level)
-        headline.append(f"{value:.1%}" if value is not None else f"not reached ({r.relative_path()[0][-1]:.0%})")
-    rows.append([f"retain top1 at forget top1 = {level:.0%}", "-", *headline])
-    rows.append(["separability area (to last step)", "-", *[f"{r.separability_area():.3f}" for r in runs.values()]])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-             for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
 class _Progress:
     """What a prune command has written so far, for the message after an interruption."""
 
@@ -294,6 +260,8 @@ def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[
     from unlearn_lens.data import mix_token_sets
     from unlearn_lens.sources import iter_texts
 
+    if args.shuffle_buffer < 0:
+        raise UnlearnLensError(f"--shuffle-buffer must be 0 or more, got {args.shuffle_buffer}")
     info: dict[str, Any] = {"model": str(args.model), "split": args.split,
                             "shuffle_seed": config.seed if args.shuffle_buffer else None,
                             "shuffle_buffer": args.shuffle_buffer or None}
@@ -319,8 +287,6 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
     from unlearn_lens.pipeline import checkpoint_tokens, random_baseline, selective_prune
     from unlearn_lens.results import PruneRun
 
-    if args.shuffle_buffer < 0:
-        raise UnlearnLensError(f"--shuffle-buffer must be 0 or more, got {args.shuffle_buffer}")
     if args.resume:
         ckpt = Path(args.resume)
         if not (ckpt / "checkpoint.json").is_file():
@@ -368,7 +334,8 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         from unlearn_lens.report import write_report
 
         with local():  # the neuron cards run the model on rank 0 alone
-            report = write_report(run, out, model=model, forget_texts=forget, retain_texts=retain)
+            report = write_report(run, out, model=model, forget_texts=forget, retain_texts=retain,
+                                  explorer=not args.no_explorer)
         print(f"report: {report}")
     return 0
 
@@ -377,8 +344,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from unlearn_lens.models import load_model
     from unlearn_lens.sweep import sweep, write_sweep_report
 
-    if args.shuffle_buffer < 0:
-        raise UnlearnLensError(f"--shuffle-buffer must be 0 or more, got {args.shuffle_buffer}")
     out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
         f"sweep-{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
     check_output_dir(out, overwrite=args.overwrite)
@@ -393,14 +358,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if not is_main():  # under torchrun, rank 0 alone writes
         return 0
     result.save(out, overwrite=args.overwrite)
-    rows = [["ablation", "scoring", f"retain at forget {result.level:.0%}", "area", "steps"]]
-    for r in result.table():
-        value = r["retain_at_forget"]
-        rows.append([r["ablation"], r["scoring"], f"{value:.1%}" if value is not None else
-                     f"not reached ({r['forget_rel']:.0%})", f"{r['separability_area']:.3f}", str(r["steps"])])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    print(sweep_table(result))
     print(f"sweep: {out / 'sweep.json'}  ({time.time() - t0:.0f}s)")
     if not args.no_report:
         print(f"report: {write_sweep_report(result, out)}")
@@ -415,9 +373,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     run = PruneRun.load(args.run_dir)
     name = args.model or run.info.get("model") or run.model
     members = {d: (getattr(args, f"{d}_members"), getattr(args, f"{d}_nonmembers")) for d in ("forget", "retain")}
-    for domain, pair in members.items():
-        if (pair[0] is None) != (pair[1] is None):
-            raise UnlearnLensError(f"--{domain}-members and --{domain}-nonmembers go together")
+    for domain in [d for d, (a, b) in members.items() if (a is None) != (b is None)]:
+        raise UnlearnLensError(f"--{domain}-members and --{domain}-nonmembers go together")
     members = {d: pair for d, pair in members.items() if pair[0] is not None}
     if not members and name == "demo":
         members = dict(DEMO_MEMBERS)
@@ -442,7 +399,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from unlearn_lens.report import write_report
 
     report = write_report(args.run_dir, model=args.model, load_model_from_results=not args.no_cards,
-                          n_cards=0 if args.no_cards else 4, device=args.device)
+                          n_cards=0 if args.no_cards else 4, device=args.device,
+                          explorer=not (args.no_cards or args.no_explorer))
     print(f"report: {report}")
     return 0
 
