@@ -88,3 +88,16 @@ def test_cli_check(run_dir, capsys):
     assert 'id="fig-checks-0"' in page  # the relearning curves
     assert main(["check", str(run_dir), "--retain-members", "demo:prose", "--quiet"]) == 2
     assert "go together" in capsys.readouterr().err
+
+
+def test_membership_texts_are_drawn_from_a_pool_not_the_first_ones():
+    from unlearn_lens.checks import _texts
+
+    texts = [f"text {i}" for i in range(100)]
+    picked = _texts(texts, 5, "member", seed=0)
+    assert picked == _texts(texts, 5, "member", seed=0) != _texts(texts, 5, "member", seed=1)
+    assert len(set(picked)) == 5 and picked != texts[:5]
+    assert all(int(t.split()[1]) < 50 for t in picked)  # from the first 10 * n only
+    assert _texts(texts[:3], 5, "member", seed=0) == texts[:3]
+    with pytest.raises(ul.UnlearnLensError, match="no member texts"):
+        _texts([], 5, "member", seed=0)

@@ -19,6 +19,7 @@ run's data sources again (:func:`run_token_sets`); :meth:`RunChecks.save` writes
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,17 +148,23 @@ class RunChecks:
             raise UnlearnLensError(f"file {str(path)!r} is incomplete or corrupt ({exc})") from exc
 
 
-def _texts(source: str | Iterable[str], n: int, what: str) -> list[str]:
+def _texts(source: str | Iterable[str], n: int, what: str, seed: int) -> list[str]:
+    """``n`` texts drawn at random (seeded) from the first ``10 * n`` of ``source``, in their order there.
+
+    Drawing from a pool rather than taking the first ``n`` keeps the order a source lists
+    its files in (alphabetical, by package) from deciding which kinds of text are compared.
+    """
     from unlearn_lens.sources import iter_texts
 
-    texts = []
+    pool = []
     for text in iter_texts(source) if isinstance(source, (str, os.PathLike)) else source:
-        texts.append(text)
-        if len(texts) == n:
+        pool.append(text)
+        if len(pool) == 10 * n:
             break
-    if not texts:
+    if not pool:
         raise UnlearnLensError(f"no {what} texts in {source!r}")
-    return texts
+    picked = sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))
+    return [pool[i] for i in picked]
 
 
 def run_checks(
@@ -172,6 +179,7 @@ def run_checks(
     batch_size: int = 8,
     eval_every: int = 5,
     eval_tokens: int = 10_000,
+    seed: int = 0,
     progress: bool = False,
 ) -> RunChecks:
     """Relearning and membership checks of ``run`` on ``model`` (the unpruned model it was made on).
@@ -184,9 +192,10 @@ def run_checks(
             run's own evaluation tokens every ``eval_every`` steps.
         members: per domain, ``(members, nonmembers)``: training texts of the model and
             texts it did not see (sources as :func:`~unlearn_lens.sources.iter_texts` takes,
-            or lists); the first ``n_texts`` of each are scored. None: no membership check
-            (for the demo model, :data:`DEMO_MEMBERS`).
+            or lists); ``n_texts`` of each, drawn at random from its first ``10 * n_texts``,
+            are scored. None: no membership check (for the demo model, :data:`DEMO_MEMBERS`).
         n_texts: texts per side of the membership check.
+        seed: seed of that draw and of the fine-tuning's row order.
         steps, lr, batch_size, eval_every, eval_tokens: relearning settings.
         progress: show progress bars.
 
@@ -207,14 +216,15 @@ def run_checks(
                              f"instead of {need:,} (rows are reused).")
         out.relearn = relearn_comparison(model, run, forget_train, forget_eval, data["retain"][1], steps=steps, lr=lr,
                                          batch_size=batch_size, eval_every=eval_every, eval_tokens=eval_tokens,
-                                         progress=progress)
+                                         seed=seed, progress=progress)
     else:
         out.notes.append("The relearning check was not run.")
     if members:
         cfg = run.config
         for domain, (inside, outside) in members.items():
             result = membership_check(
-                model, _texts(inside, n_texts, f"{domain} member"), _texts(outside, n_texts, f"{domain} non-member"),
+                model, _texts(inside, n_texts, f"{domain} member", seed),
+                _texts(outside, n_texts, f"{domain} non-member", seed + 1),
                 masks=run.masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"],
                 means=run.means, peaks=run.peaks, sample=run.sample, seq_len=cfg.seq_len, progress=progress)
             out.membership[domain] = {"unpruned": result.unpruned, "pruned": result.pruned,
