@@ -66,32 +66,6 @@ def test_statistics_equal_naive_reference(request, fixture):
     assert_matches(stats, naive_stats(model, tokens))
 
 
-def test_full_batches_are_read_in_place_and_equal_gathered_rows(gpt2, monkeypatch):
-    """A batch counting every position but BOS is read as a view of the activation; others gather their rows.
-
-    Both paths meet the naive reference, and the in-place one is really taken."""
-    from unlearn_lens import stats as stats_module
-
-    tokens = ul.tokenize_texts(gpt2.tokenizer, CODE[:10], seq_len=24)
-    full = ul.TokenSet(tokens.tokens[:-1], tokens.valid[:-1])  # drop the padded row
-    assert bool(full.valid[:, 1:].all()) and not bool(full.valid[:, 0].any())
-    seen: list[int] = []
-    original = stats_module.RunningStats.update
-
-    def spy(self, x, index=Ellipsis, workspace=None, token_dims=1):
-        seen.append(token_dims)
-        return original(self, x, index, workspace, token_dims)
-
-    monkeypatch.setattr(stats_module.RunningStats, "update", spy)
-    in_place = ul.collect_stats(gpt2, full, batch_size=3, max_tokens=None, progress=False)
-    assert set(seen) == {2}
-    assert_matches(in_place, naive_stats(gpt2, full))
-    seen.clear()
-    mixed = ul.collect_stats(gpt2, tokens, batch_size=4, max_tokens=None, progress=False)
-    assert set(seen) == {1, 2}  # the batch with the padded row gathers its rows
-    assert_matches(mixed, naive_stats(gpt2, tokens))
-
-
 def test_bos_and_padding_never_count(gpt2):
     tokens = ul.tokenize_texts(gpt2.tokenizer, PROSE[:3], seq_len=32)
     stats = ul.collect_stats(gpt2, tokens, progress=False)

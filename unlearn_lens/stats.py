@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -126,8 +125,7 @@ class RunningStats:
 
     @torch.no_grad()
     def update(
-        self, x: Float[torch.Tensor, "tokens ..."], index: Any = Ellipsis, workspace: _Workspace | None = None,
-        token_dims: int = 1,
+        self, x: Float[torch.Tensor, "tokens ..."], index: Any = Ellipsis, workspace: _Workspace | None = None
     ) -> None:
         """Add a batch of activations ``x`` ``[tokens, *units]`` to the units at ``index``.
 
@@ -135,14 +133,11 @@ class RunningStats:
             x: activations of one batch's counted tokens.
             index: the block the batch belongs to (e.g. one layer: ``3``).
             workspace: reusable scratch buffers (saves re-allocating them every batch).
-            token_dims: leading dimensions of ``x`` that index tokens (2 for a
-                ``[batch, pos, *units]`` view whose every entry counts).
         """
-        lead = tuple(x.shape[:token_dims])
-        n = math.prod(lead)
+        n = x.shape[0]
         if n == 0:
             return
-        flat = x.reshape(*lead, -1)  # a view when the unit dimensions are contiguous
+        flat = x.reshape(n, -1)
         if flat.dtype not in (torch.float32, torch.float64):
             flat = flat.float()
         shape = self.unit_shape[1:] if index is not Ellipsis else self.unit_shape
@@ -152,7 +147,7 @@ class RunningStats:
         if key is not None and key in self._seen:
             shift = self._mean[index].reshape(-1).to(device=flat.device, dtype=flat.dtype)
         else:
-            shift = flat.sum(tuple(range(token_dims))).div_(n)
+            shift = flat.sum(0).div_(n)
         # the sums of a layer on another device (a model split by a device map) come over once per batch
         sums = _batch_sums(flat, shift, workspace).to(self.count.device)
         s1, s2, abs_sum, sqrt_sum, pos, top = sums.view(6, *shape)
@@ -229,35 +224,32 @@ _SQRT_FLOOR = 1e-30
 
 
 def _batch_sums(
-    x: Float[torch.Tensor, "... units"], shift: Float[torch.Tensor, " units"], workspace: _Workspace | None
+    x: Float[torch.Tensor, "tokens units"], shift: Float[torch.Tensor, " units"], workspace: _Workspace | None
 ) -> Float[torch.Tensor, "6 units"]:
     """Per-unit sums of one batch, as one float64 tensor.
 
-    ``x`` holds one token per entry of its leading dimensions (``[tokens, units]``, or
-    a strided view ``[batch, pos, units]`` of the activation itself). Rows:
-    ``sum(x - shift)``, ``sum((x - shift)^2)``, ``sum|x|``, ``sum sqrt|x|``,
+    Rows: ``sum(x - shift)``, ``sum((x - shift)^2)``, ``sum|x|``, ``sum sqrt|x|``,
     ``#(x > 0)`` and ``max x``. ``shift`` (in x's dtype) should be close to each
     unit's mean: the deviations are then small, so their squares keep full precision
     even when |mean| >> std, and the batch mean is ``shift + row0 / n``.
 
-    Each sum is one elementwise pass into a reused buffer followed by one reduction
-    over the token dimensions; the results land in one small buffer that is converted once.
+    Each sum is one elementwise pass into a reused buffer followed by one column
+    reduction; the results land in one small buffer that is converted once.
     """
     work = workspace or _Workspace()
-    dims = tuple(range(x.dim() - 1))
     buf = work.get("buf", tuple(x.shape), x)
-    sums = work.get("sums", (6, x.shape[-1]), x)
+    sums = work.get("sums", (6, x.shape[1]), x)
     torch.sub(x, shift, out=buf)
-    torch.sum(buf, dims, out=sums[0])
+    torch.sum(buf, 0, out=sums[0])
     buf.mul_(buf)
-    torch.sum(buf, dims, out=sums[1])
+    torch.sum(buf, 0, out=sums[1])
     torch.abs(x, out=buf)
-    torch.sum(buf, dims, out=sums[2])
+    torch.sum(buf, 0, out=sums[2])
     buf.clamp_(min=_SQRT_FLOOR).sqrt_()
-    torch.sum(buf, dims, out=sums[3])
+    torch.sum(buf, 0, out=sums[3])
     torch.gt(x, 0, out=buf)
-    torch.sum(buf, dims, out=sums[4])
-    torch.amax(x, dims, out=sums[5])
+    torch.sum(buf, 0, out=sums[4])
+    torch.amax(x, 0, out=sums[5])
     return sums.to(torch.float64)
 
 
@@ -333,11 +325,7 @@ class _StopForward(Exception):
 
 
 Update = Callable[[str, int, torch.Tensor, "_Workspace"], None]
-"""``update(kind, layer, x, workspace)``: consume one batch's counted activations ``x``.
-
-``x`` is ``[tokens, *units]``; with ``in_place`` streaming it may instead be the view
-``[batch, pos - 1, *units]`` of the activation itself (when every position but the
-first counts), tokens in the same order."""
+"""``update(kind, layer, rows, workspace)``: consume one batch's counted activations ``[tokens, *units]``."""
 
 
 class _Collector:
@@ -348,35 +336,27 @@ class _Collector:
     unembedding, often a third of the compute) is never needed.
     """
 
-    def __init__(self, update: Update, in_place: bool = False):
+    def __init__(self, update: Update):
         self.update = update
-        self.in_place = in_place
         self.rows: torch.Tensor | None = None
-        self.skip_first = False
         self.workspace = _Workspace()
         self.n_hooks = 0
         self.fired = 0
 
     def set_batch(self, valid: Bool[torch.Tensor, "batch pos"]) -> None:
-        # the usual packed batch counts every position but the BOS column: read it in place, no gather
-        self.skip_first = self.in_place and bool(valid[:, 1:].all()) and not bool(valid[:, 0].any())
-        self.rows = None if self.skip_first else valid.reshape(-1).nonzero().squeeze(1)
+        self.rows = valid.reshape(-1).nonzero().squeeze(1)
         self.fired = 0
 
     def hook(self, kind: str, layer: int, unit_shape: tuple[int, ...]) -> Any:
         self.n_hooks += 1
 
         def fn(activation: torch.Tensor, hook: Any) -> None:
-            if self.skip_first:
-                x = activation.detach()
-                self.update(kind, layer, x.reshape(*x.shape[:2], *unit_shape)[:, 1:], self.workspace)
-            else:
-                assert self.rows is not None
-                x = activation.detach().reshape(-1, *unit_shape)
-                rows = self.workspace.get(f"rows-{kind}", (self.rows.numel(), *x.shape[1:]), x)
-                index = self.rows if self.rows.device == x.device else self.rows.to(x.device)
-                torch.index_select(x, 0, index, out=rows)
-                self.update(kind, layer, rows, self.workspace)
+            assert self.rows is not None
+            x = activation.detach().reshape(-1, *unit_shape)
+            rows = self.workspace.get(f"rows-{kind}", (self.rows.numel(), *x.shape[1:]), x)
+            index = self.rows if self.rows.device == x.device else self.rows.to(x.device)
+            torch.index_select(x, 0, index, out=rows)
+            self.update(kind, layer, rows, self.workspace)
             self.fired += 1
             if self.fired == self.n_hooks:
                 raise _StopForward
@@ -393,14 +373,12 @@ class _Collector:
 
 @torch.no_grad()
 def stream_units(model: Any, tokens: TokenSet, update: Update, *, batch_size: int, progress: bool, desc: str,
-                 owner: str, in_place: bool = False) -> int:
+                 owner: str) -> int:
     """Run ``model`` over this process's share of ``tokens``, handing every unit's activations to ``update``.
 
     The loop behind :func:`collect_stats` and the other streamed per-unit records: BOS
     and padding are left out, batches go in order, and each forward pass stops after
-    the last MLP and attention hooks. With ``in_place``, a batch whose every position
-    but the first counts (the usual packed batch) reaches ``update`` as a strided view
-    of the activation, without the copy that gathering its counted rows costs.
+    the last MLP and attention hooks.
 
     Returns:
         The number of counted tokens this process saw.
@@ -408,7 +386,7 @@ def stream_units(model: Any, tokens: TokenSet, update: Update, *, batch_size: in
     if batch_size <= 0:
         raise UnlearnLensError(f"batch_size must be positive, got {batch_size}")
     dims = model_dims(model)
-    collector = _Collector(update, in_place)
+    collector = _Collector(update)
     hooks = []
     for layer in range(dims.n_layers):
         hooks.append((mlp_hook_name(layer), collector.hook("mlp", layer, dims.mlp_shape[1:])))
@@ -467,12 +445,11 @@ def collect_stats(
     tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
     stats = ActivationStats.empty(dims, device)
 
-    def update(kind: str, layer: int, x: torch.Tensor, workspace: _Workspace) -> None:
-        target = stats.mlp if kind == "mlp" else stats.attn
-        target.update(x, layer, workspace, token_dims=x.dim() - len(target.unit_shape) + 1)
+    def update(kind: str, layer: int, rows: torch.Tensor, workspace: _Workspace) -> None:
+        (stats.mlp if kind == "mlp" else stats.attn).update(rows, layer, workspace)
 
     n_part = stream_units(model, tokens, update, batch_size=batch_size, progress=progress, desc=desc,
-                          owner="collect_stats", in_place=True)
+                          owner="collect_stats")
     meta: dict[str, Any] = {"model": model_name(model)}
     if world()[1] > 1:
         meta["rank_tokens"] = [int(t) for t in gather(torch.tensor([n_part], device=device))]
