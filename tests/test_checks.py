@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import CODE, PROSE
 
 import unlearn_lens as ul
@@ -59,6 +60,41 @@ def test_checks_run_save_and_load(gpt2, run_dir):
     assert RunChecks.load(run_dir) is None
 
 
+@pytest.fixture(scope="module")
+def other_run_dir(gpt2_dir, run_dir):
+    from unlearn_lens.cli import main
+
+    (run_dir.parent / "more_code.jsonl").write_text(
+        "".join(json.dumps({"text": f"x_{i} = {i}\n{t}"}) + "\n" for i, t in enumerate(reversed(CODE * 4))))
+    out = run_dir.parent / "other"
+    assert main(["prune", "--model", str(gpt2_dir), "--forget", str(run_dir.parent / "more_code.jsonl"), "--retain",
+                 "demo:prose", "--mlp-frac", "0.1", "--attn-frac", "0.05", "--n-steps", "2", "--collect-tokens", "300",
+                 "--eval-tokens", "200", "--seq-len", "32", "--ablation", "zero", "--out", str(out), "--quiet",
+                 "--no-report"]) == 0
+    return out
+
+
+def test_overlap_with_other_runs_and_both_controls(gpt2, run_dir, other_run_dir, tmp_path):
+    from unlearn_lens.overlap import OverlapMatrix, jaccard
+    from unlearn_lens.report import write_report
+
+    run, other = ul.PruneRun.load(run_dir), ul.PruneRun.load(other_run_dir)
+    checks = run_checks(gpt2, run, relearn=False, others={"more code": other}, init_control=True)
+    assert set(checks.overlap) == {"mlp", "attn"}
+    assert set(checks.overlap["mlp"]) == {"trained", "random masks", "random init"}
+    trained = OverlapMatrix.from_dict(checks.overlap["mlp"]["trained"])
+    assert trained.names == ["this run", "more code"]
+    assert trained.overall[0, 1].item() == pytest.approx(jaccard(run, other).overall)
+    init = OverlapMatrix.from_dict(checks.overlap["attn"]["random init"])
+    assert init.counts["this run"] == run.masks.attn_counts()  # the control prunes as many units per layer
+    back = OverlapMatrix.from_dict(json.loads(json.dumps(trained.to_dict())))
+    assert torch.equal(back.per_layer.nan_to_num(-1), trained.per_layer.nan_to_num(-1))
+    page = write_report(run, tmp_path, checks=checks, explorer=False, n_cards=0).read_text()
+    assert "Capability overlap" in page and "random init" in page
+    with pytest.raises(ul.UnlearnLensError, match="this run"):
+        run_checks(gpt2, run, relearn=False, others={"this run": other})
+
+
 def test_report_says_how_to_add_checks(run_dir, tmp_path):
     from unlearn_lens.report import write_report
 
@@ -73,21 +109,25 @@ def test_a_run_without_sources_is_refused(gpt2):
         run_checks(gpt2, run)
 
 
-def test_cli_check(run_dir, capsys):
+def test_cli_check(run_dir, other_run_dir, capsys):
     from unlearn_lens.cli import main
 
     args = ["check", str(run_dir), "--relearn-steps", "2", "--relearn-batch-size", "2", "--forget-members",
-            str(run_dir.parent / "code.jsonl"), "--forget-nonmembers", "demo:code", "--n-texts", "5", "--quiet"]
+            str(run_dir.parent / "code.jsonl"), "--forget-nonmembers", "demo:code", "--n-texts", "5",
+            "--overlap", f"more code={other_run_dir}", "--quiet"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "relearn selective: forget top1" in printed and "membership forget: AUC unpruned" in printed
     checks = RunChecks.load(run_dir)
     assert checks.membership["forget"]["n_members"] == 5 and "retain" not in checks.membership
+    assert checks.overlap["mlp"]["trained"]["names"] == ["this run", "more code"]
     page = (run_dir / "report.html").read_text()
     assert "Relearning: forget top-1 before and after fine-tuning" in page and "Membership AUC" in page
     assert 'id="fig-checks-0"' in page  # the relearning curves
     assert main(["check", str(run_dir), "--retain-members", "demo:prose", "--quiet"]) == 2
     assert "go together" in capsys.readouterr().err
+    assert main(["check", str(run_dir), "--overlap", "no-equals-sign", "--quiet"]) == 2
+    assert "NAME=RUN_DIR" in capsys.readouterr().err
 
 
 def test_membership_texts_are_drawn_from_a_pool_not_the_first_ones():

@@ -9,7 +9,10 @@ whether the capability was removed or only hidden:
   on the run's own evaluation tokens;
 * **membership** (:mod:`unlearn_lens.membership`): how well LOSS, zlib-ratio and
   Min-K % Prob tell the model's training texts from other texts, before and after
-  pruning, per domain (only where the training texts are known, as for the demo).
+  pruning, per domain (only where the training texts are known, as for the demo);
+* **overlap** (:mod:`unlearn_lens.overlap`), given other runs (other forget sets against
+  the same retain set): the Jaccard overlap of the units each pruned, beside random
+  masks with the same counts and, optionally, the same runs on a randomly initialised copy.
 
 :func:`run_checks` runs them for a :class:`~unlearn_lens.results.PruneRun`, reading the
 run's data sources again (:func:`run_token_sets`); :meth:`RunChecks.save` writes
@@ -72,6 +75,8 @@ class RunChecks:
         relearn: ``{"selective" | "random" | "unpruned": RelearnCurve}`` (empty when not run).
         membership: per domain (``"forget"``, ``"retain"``): the AUC of each score unpruned
             and pruned, the texts' sources and counts (empty when not run).
+        overlap: per unit kind, ``{"trained" | "random masks" | "random init": OverlapMatrix.to_dict()}``
+            (empty when no other runs were given).
         notes: why a check is missing, or what to keep in mind reading it.
         version: unlearn_lens version.
         seconds: wall time.
@@ -79,19 +84,21 @@ class RunChecks:
 
     relearn: dict[str, RelearnCurve] = field(default_factory=dict)
     membership: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overlap: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     version: str = __version__
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": 1, "version": self.version, "seconds": round(self.seconds, 3), "notes": list(self.notes),
-                "relearn": {k: v.to_dict() for k, v in self.relearn.items()}, "membership": self.membership}
+                "relearn": {k: v.to_dict() for k, v in self.relearn.items()}, "membership": self.membership,
+                "overlap": self.overlap}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunChecks:
         return cls({k: RelearnCurve.from_dict(v) for k, v in data.get("relearn", {}).items()},
-                   dict(data.get("membership", {})), list(data.get("notes", [])), data.get("version", "?"),
-                   float(data.get("seconds", 0.0)))
+                   dict(data.get("membership", {})), dict(data.get("overlap", {})), list(data.get("notes", [])),
+                   data.get("version", "?"), float(data.get("seconds", 0.0)))
 
     def report_parts(self) -> dict[str, Any]:
         """What the report shows: ``explain`` (paragraphs), ``notes``, ``figures`` (plotly) and ``tables``
@@ -124,6 +131,18 @@ class RunChecks:
                        f"{m['unpruned'][k]:.3f}" for k in names]] for domain, m in self.membership.items()]
             out["tables"].append({"title": "Membership AUC, unpruned → pruned", "rows": rows,
                                   "header": ["domain", "members", "non-members", "LOSS", "zlib", "Min-K %"]})
+        if self.overlap:
+            from unlearn_lens.overlap import OverlapMatrix, overlap_figure
+
+            mlp = {label: OverlapMatrix.from_dict(m) for label, m in self.overlap["mlp"].items()}
+            out["explain"].append(
+                "Capability overlap: the Jaccard overlap |A ∩ B| / |A ∪ B| of the MLP neurons pruned by this run and "
+                "by the other runs given (other forget sets against the same retain set), beside random masks with "
+                "the same per-layer counts" + (" and the same runs on a randomly initialised copy of the model, "
+                "whose overlap comes from the architecture and the data statistics alone" if "random init" in mlp
+                                               else "") + ". Only overlap beyond the controls points to shared "
+                "learned units.")
+            out["figures"].append(overlap_figure(mlp.pop("trained"), controls=mlp))
         return out
 
     def save(self, run_dir: str | os.PathLike) -> Path:
@@ -174,6 +193,8 @@ def run_checks(
     relearn: bool = True,
     members: Mapping[str, tuple[str | Iterable[str], str | Iterable[str]]] | None = None,
     n_texts: int = 100,
+    others: Mapping[str, PruneRun] | None = None,
+    init_control: bool = False,
     steps: int = 20,
     lr: float = 1e-4,
     batch_size: int = 8,
@@ -195,6 +216,10 @@ def run_checks(
             or lists); ``n_texts`` of each, drawn at random from its first ``10 * n_texts``,
             are scored. None: no membership check (for the demo model, :data:`DEMO_MEMBERS`).
         n_texts: texts per side of the membership check.
+        others: other runs on the same model, by name (e.g. other forget sets against the
+            same retain set), for the overlap check; None: no overlap check.
+        init_control: also run this run and ``others`` again on a randomly initialised copy
+            of the model (the runs' own settings and data, read again from their sources).
         seed: seed of that draw and of the fine-tuning's row order.
         steps, lr, batch_size, eval_every, eval_tokens: relearning settings.
         progress: show progress bars.
@@ -234,5 +259,22 @@ def run_checks(
                                       "settings": result.settings}
     else:
         out.notes.append("No membership check: the model's training texts were not given.")
+    if others:
+        out.overlap = _overlap(model, run, others, init_control, progress)
     out.seconds = time.time() - t0
     return out
+
+
+def _overlap(model: Any, run: PruneRun, others: Mapping[str, PruneRun], init_control: bool, progress: bool
+             ) -> dict[str, dict[str, Any]]:
+    from unlearn_lens.overlap import overlap_matrix, random_control, random_init_control
+
+    runs = {"this run": run, **{str(k): v for k, v in others.items()}}
+    if "this run" in others:
+        raise UnlearnLensError("'this run' names the checked run; give the other runs other names")
+    masks = {"trained": runs, "random masks": random_control(runs)}
+    if init_control:
+        forget = {name: TokenSet.concat(run_token_sets(r, model)["forget"]) for name, r in runs.items()}
+        retain = TokenSet.concat(run_token_sets(run, model)["retain"])
+        masks["random init"] = random_init_control(model, forget, retain, like=runs, progress=progress)
+    return {kind: {label: overlap_matrix(m, kind).to_dict() for label, m in masks.items()} for kind in ("mlp", "attn")}

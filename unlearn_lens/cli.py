@@ -172,7 +172,8 @@ def _parser() -> argparse.ArgumentParser:
         "check", help="does the capability come back? relearning and membership checks of a finished run",
         description="Fine-tune copies of the model (selective masks, random masks, none) on forget text the run "
         "never used and follow forget top-1; score membership (LOSS, zlib, Min-K %%) of the model's training "
-        "texts before and after pruning. Writes RUN_DIR/checks.json and rebuilds the report.")
+        "texts before and after pruning; with --overlap, compare the pruned units with other runs'. Writes "
+        "RUN_DIR/checks.json and rebuilds the report.")
     c.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `unlearn-lens prune`")
     c.add_argument("--model", help="the model (default: the one named in results.json)")
     c.add_argument("--device", help="device for the model (default: cuda if available)")
@@ -185,6 +186,10 @@ def _parser() -> argparse.ArgumentParser:
                        "on (default for the demo model: its training split)")
         c.add_argument(f"--{domain}-nonmembers", metavar="SRC", help=f"{domain}-domain texts it was not trained on")
     c.add_argument("--n-texts", type=int, default=100, help="texts per side of the membership check (default 100)")
+    c.add_argument("--overlap", nargs="+", metavar="NAME=RUN_DIR", help="other runs (e.g. other forget sets against "
+                   "the same retain set) to compare the pruned units with: Jaccard overlap beside random masks")
+    c.add_argument("--overlap-init", action="store_true", help="also repeat the runs on a randomly initialised "
+                   "copy of the model, as a control of the overlap")
     c.add_argument("--no-report", action="store_true", help="do not rebuild report.html")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -378,8 +383,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     members = {d: pair for d, pair in members.items() if pair[0] is not None}
     if not members and name == "demo":
         members = dict(DEMO_MEMBERS)
+    others = {}
+    for item in args.overlap or []:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise UnlearnLensError(f"--overlap takes NAME=RUN_DIR, got {item!r}")
+        others[label] = PruneRun.load(path)
     model = load_model(name, device=args.device)
     checks = run_checks(model, run, relearn=not args.no_relearn, members=members or None, n_texts=args.n_texts,
+                        others=others or None, init_control=args.overlap_init,
                         steps=args.relearn_steps, lr=args.relearn_lr, batch_size=args.relearn_batch_size,
                         progress=not args.quiet)
     print(f"checks: {checks.save(args.run_dir)}  ({checks.seconds:.0f}s)")

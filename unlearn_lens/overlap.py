@@ -160,6 +160,18 @@ class OverlapMatrix:
         return {"names": list(self.names), "kind": self.kind, "overall": _nan_to_none(self.overall.tolist()),
                 "per_layer": _nan_to_none(self.per_layer.tolist()), "counts": dict(self.counts)}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> OverlapMatrix:
+        """The inverse of :meth:`to_dict`."""
+        def tensor(values: Any) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float64) if values else torch.zeros(0, dtype=torch.float64)
+
+        nan = float("nan")
+        overall = [[nan if v is None else v for v in row] for row in data["overall"]]
+        per_layer = [[[nan if v is None else v for v in row] for row in layer] for layer in data["per_layer"]]
+        return cls(list(data["names"]), str(data["kind"]), tensor(overall), tensor(per_layer),
+                   {str(k): list(v) for k, v in data["counts"].items()})
+
 
 def _checked(masks: Mapping[str, Masks | PruneRun]) -> dict[str, Masks]:
     """``masks`` as ``{name: Masks}``, at least two of them, all of one model's shapes."""

@@ -384,10 +384,10 @@ def _explorer_section(run: PruneRun, inputs: tuple[Any, Any, Any, str | None] | 
 
 def _checks_section(checks: Any) -> _Section:
     """Relearning and membership checks (:mod:`unlearn_lens.checks`), or how to add them."""
-    section = _Section("checks", "Does the capability come back?")
+    section = _Section("checks", "Checks beyond the paper: relearning, membership, overlap")
     if checks is None:
         section.notes.append(Markup("No checks of this run yet: <code>unlearn-lens check RUN_DIR</code> adds "
-                                    "relearning and membership checks and rebuilds this report."))
+                                    "relearning, membership and overlap checks and rebuilds this report."))
         return section
     parts = checks.report_parts()
     section.explain, section.notes = parts["explain"], parts["notes"]
