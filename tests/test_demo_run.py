@@ -59,6 +59,20 @@ def test_random_baseline_does_much_worse(demo_run):
     assert rnd["summary"]["retain_at_forget"]["value"] is None  # never reaches half of code accuracy
 
 
+def test_every_random_seed_stays_far_from_selective(demo_run):
+    """The protocol's bar: every random seed is 10 points lower on prose at the same code level, or never gets there."""
+    out, results = demo_run
+    run = ul.PruneRun.load(out)
+    seeds = run.random_runs()
+    assert [r.seed for r in seeds] == [0, 1, 2]  # the demo's default: three seeds
+    selective = run.retain_at_forget(0.5)
+    for r in seeds:
+        assert [s.mlp_counts for s in r.history] == [s.mlp_counts for s in run.history]
+        value = r.retain_at_forget(0.5)
+        assert value is None or value <= selective - 0.10, (r.seed, value)
+    assert len({tuple(r.masks.mlp.reshape(-1).nonzero().reshape(-1).tolist()) for r in seeds}) == 3
+
+
 def test_outputs_are_complete(demo_run):
     out, results = demo_run
     run = ul.PruneRun.load(out)

@@ -42,6 +42,9 @@ DEMO_SETTINGS: dict[str, Any] = {
     "stop_at_forget": 0.5,
 }
 
+# Random baselines of the default (demo) run, one per seed (seed, seed + 1, ...): a band, not one draw.
+DEMO_BASELINE_SEEDS = 3
+
 # Older flag spellings, still accepted: alias -> field.
 _DEPRECATED_FLAGS = {"--ff-frac": "mlp_frac", "--steps": "n_steps", "--stop-at": "stop_at_forget"}
 
@@ -145,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_flags(p)
     p.add_argument("--baseline", choices=("random", "none"), default="random",
                    help="also run the random baseline with the same per-layer counts (default random)")
+    p.add_argument("--baseline-seeds", type=int, metavar="N",
+                   help="random baselines to run, seeded --seed, --seed + 1, ...; the report and figures show them as "
+                   f"a band (default 1; demo {DEMO_BASELINE_SEEDS})")
     p.add_argument("--resume", metavar="CHECKPOINT",
                    help="continue an interrupted run from its checkpoint (OUT.partial, written after every step); "
                    "its model, data and settings are the checkpoint's, other settings are ignored")
@@ -309,6 +315,10 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
             raise UnlearnLensError(f"a checkpoint of an earlier run is in {str(ckpt)!r}: continue it with "
                                    f"`unlearn-lens prune --resume {ckpt}`, or remove it")
     check_output_dir(out, overwrite=args.overwrite)
+    if args.baseline_seeds is not None and (args.baseline_seeds < 1 or args.baseline == "none"):
+        raise UnlearnLensError(f"--baseline-seeds must be at least 1, with --baseline random; got {args.baseline_seeds}"
+                               f" with --baseline {args.baseline}")
+    n_seeds = args.baseline_seeds or (DEMO_BASELINE_SEEDS if model_source == "demo" else 1)
     progress = not args.quiet
     if args.quiet:
         import transformers
@@ -327,7 +337,9 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         progress_state.checkpoint = ckpt
     run = selective_prune(model, forget, retain, config, progress=progress, checkpoint=ckpt, info=info)
     if args.baseline == "random":
-        run.baseline = random_baseline(model, forget, retain, run, progress=progress)
+        baselines = [random_baseline(model, forget, retain, run, seed=run.config.seed + i, progress=progress)
+                     for i in range(n_seeds)]
+        run.baseline, run.baselines = baselines[0], baselines[1:]
     if not is_main():
         return 0
     run.save(out, overwrite=args.overwrite)

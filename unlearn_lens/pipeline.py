@@ -14,7 +14,8 @@ top-1 falls to ``stop_at_forget`` times its unpruned value.
 :func:`random_baseline` prunes, at every step of a selective run, exactly as many
 units in each layer as that run did, chosen uniformly at random, under the run's
 own config (ablation, token budgets, row length): the control selective pruning
-must beat. Both return a :class:`~unlearn_lens.results.PruneRun`.
+must beat; called once per seed (``seed=``), it gives the band that chance spans.
+Both return a :class:`~unlearn_lens.results.PruneRun`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from unlearn_lens._io import read_json, read_safetensors, write_json, write_safetensors
 from unlearn_lens.ablations import collect_ablation_values
+from unlearn_lens.config import is_int
 from unlearn_lens.data import TokenSet, as_token_sets
 from unlearn_lens.distributed import is_main, shard, world
 from unlearn_lens.errors import UnlearnLensError
@@ -375,6 +377,7 @@ def random_baseline(
     retain_texts: Sequence[str] | TokenSet,
     reference: PruneRun,
     *,
+    seed: int | None = None,
     progress: bool = True,
 ) -> PruneRun:
     """The random baseline of a selective run: the same units per layer and step, chosen at random.
@@ -391,10 +394,16 @@ def random_baseline(
         model: the model ``reference`` was made on.
         forget_texts, retain_texts: the datasets ``reference`` was made on.
         reference: a selective run (from :func:`selective_prune` or :meth:`PruneRun.load`).
+        seed: seed of the random choices (step ``s`` draws with ``seed * 1000 + s``); None: the
+            reference's ``config.seed``. Baselines of several seeds draw a band around chance.
         progress: show progress bars.
 
     Returns:
-        A :class:`PruneRun` with ``strategy="random"`` and as many steps as ``reference``.
+        A :class:`PruneRun` with ``strategy="random"``, as many steps as ``reference``, and its
+        seed in ``info["baseline_seed"]`` (:attr:`PruneRun.seed`).
+
+    Raises:
+        UnlearnLensError: ``reference`` is not a selective run of this model, or ``seed`` is not an integer.
     """
     if not isinstance(reference, PruneRun):
         raise UnlearnLensError(f"reference must be a PruneRun, got {type(reference).__name__}")
@@ -405,6 +414,9 @@ def random_baseline(
         raise UnlearnLensError(f"the reference run is for a model with {reference.dims.to_dict()}, not "
                                f"{model_name(model)!r} ({dims.to_dict()})")
     cfg = reference.config
+    seed = cfg.seed if seed is None else seed
+    if not is_int(seed):
+        raise UnlearnLensError(f"seed must be an integer, got {seed!r}")
     data = _Data.split(model, forget_texts, retain_texts, cfg)
     n_steps = len(reference.history) - 1
     rec = _Recorder(model, data, cfg, "random", n_steps, progress)
@@ -418,7 +430,7 @@ def random_baseline(
                                   progress)
     for ref in reference.history[1:]:
         t_step = time.time()
-        chosen = random_masks(ref.new_mlp, ref.new_attn, exclude=rec.masks, seed=cfg.seed * 1000 + ref.step,
+        chosen = random_masks(ref.new_mlp, ref.new_attn, exclude=rec.masks, seed=seed * 1000 + ref.step,
                               heads=cfg.heads)
         rec.masks = rec.masks | chosen
         forget, retain = _prune_and_evaluate(model, rec.masks, values, data, cfg, progress)
@@ -426,4 +438,5 @@ def random_baseline(
     seconds = rec.close()
     return PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="random",
                     pruned_step=rec.pruned_step,
-                    model=model_name(model), info=dict(reference.info), seconds=seconds, **values)
+                    model=model_name(model), info={**reference.info, "baseline_seed": int(seed)}, seconds=seconds,
+                    **values)

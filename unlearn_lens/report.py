@@ -15,7 +15,6 @@ A run directory is read only by ``PruneRun.load``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -26,9 +25,11 @@ from typing import Any
 from markupsafe import Markup
 
 from unlearn_lens._io import check_output_dir, write_text
+from unlearn_lens.bands import group_label, run_groups
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.results import PruneRun
 from unlearn_lens.scoring import RATIO_METHODS, Scores, top_units
+from unlearn_lens.summary import Cell, pct, settings, steps_table, summary
 
 __all__ = ["HEADLINE_LEVEL", "REPORT_NAME", "TEMPLATE_NAME", "write_report"]
 
@@ -38,25 +39,6 @@ REPORT_NAME = "report.html"
 TEMPLATE_NAME = "report.html.j2"
 HEADLINE_LEVEL = 0.5
 """Forget level of the headline: retain top-1 where relative forget top-1 first falls to it."""
-
-
-@dataclass
-class _Cell:
-    text: str
-    rel: str = ""
-    value: float | None = None  # the exact number, written as data-value
-    cls: str = ""
-
-
-@dataclass
-class _Row:
-    label: str = ""
-    unpruned: str = ""
-    cells: list[_Cell] = field(default_factory=list)
-    definition: str = ""
-    cls: str = ""
-    group: str = ""
-    detail: str = ""
 
 
 @dataclass
@@ -71,114 +53,6 @@ class _Section:
     explorer: Markup | None = None
 
 
-# --- summary, settings, steps -----------------------------------------------------------------------------
-
-
-def _pct(level: float) -> str:
-    return f"{level * 100:g} %"
-
-
-def _separation_rows(runs: dict[str, PruneRun], level: float) -> list[_Row]:
-    headline, areas = [], []
-    for r in runs.values():
-        xs, _ = r.relative_path()
-        stop = f"forget at {xs[-1]:.0%} after step {r.final.step}"
-        value = r.retain_at_forget(level)
-        if value is None:
-            headline.append(_Cell("not reached", stop))
-        else:
-            headline.append(_Cell(f"{value:.1%}", f"top-1 {value * r.base.retain.top1:.4f}", value))
-        area = r.separability_area()
-        areas.append(_Cell(f"{area:.3f}", f"stopped with {stop}", area))
-    return [
-        _Row(group="separation", detail="top-1, relative to the unpruned model"),
-        _Row(f"retain top-1 at forget top-1 = {_pct(level)}", "100 %", headline, cls="headline",
-             definition=f"Retain top-1 (share of its unpruned value) where forget top-1 first falls to {_pct(level)} "
-                        "of its unpruned value, interpolated linearly between steps. It does not depend on where the "
-                        "run stopped; “not reached” gives the forget level of the last step."),
-        _Row("separability area (top-1)", "–", areas,
-             definition="Area under the path of retain top-1 against forget top-1 (both relative to the unpruned "
-                        "model) from (1, 1), closed by a straight line from the last step to (0, 0). It depends on "
-                        f"where the run stopped: a perfect run stopped at forget {_pct(level)} scores at most 0.75, "
-                        "so compare areas only of runs stopped at similar forget levels."),
-    ]
-
-
-def _summary(runs: dict[str, PruneRun], main: PruneRun, level: float) -> dict[str, Any]:
-    base = main.base
-    rows = _separation_rows(runs, level)
-    rows.append(_Row(group="pruned"))
-    rows.append(_Row("steps", "0", [_Cell(str(len(r.history) - 1)) for r in runs.values()]))
-    for label, attr in (("MLP neurons", "n_mlp"), ("attention neurons", "n_attn")):
-        cells = [_Cell(f"{getattr(r.final, attr):,}", f"{getattr(r.final, attr) / getattr(r.dims, attr):.1%}")
-                 for r in runs.values()]
-        rows.append(_Row(label, "0", cells))
-    metrics = (("top1", "top-1 accuracy", ".4f"), ("topk", f"top-{base.forget.k} accuracy", ".4f"),
-               ("loss", "loss (nats)", ".4f"), ("perplexity", "perplexity", ".2f"))
-    for dataset in ("forget", "retain"):
-        rows.append(_Row(group=f"{dataset} set", detail=f"{getattr(base, dataset).n_tokens:,} evaluation tokens"))
-        for metric, label, fmt in metrics:
-            b = getattr(getattr(base, dataset), metric)
-            values = [getattr(getattr(r.final, dataset), metric) for r in runs.values()]
-            if getattr(base, dataset).all_tokens is not None:
-                label += f" (without the {main.config.skip_common} most common tokens)"
-            rows.append(_Row(label, f"{b:{fmt}}", [_Cell(f"{v:{fmt}}", f"{v / b:.0%}" if b else "", v) for v in values]))
-        for metric, label, fmt in metrics[:2] if getattr(base, dataset).all_tokens is not None else ():
-            b = getattr(getattr(base, dataset).all_tokens, metric)
-            values = [getattr(getattr(r.final, dataset).all_tokens, metric) for r in runs.values()]
-            rows.append(_Row(f"{label} (all tokens)", f"{b:{fmt}}",
-                             [_Cell(f"{v:{fmt}}", f"{v / b:.0%}" if b else "", v) for v in values]))
-    explain = ["Values in brackets are relative to the unpruned model. The random run prunes the same number of "
-               "units per layer and step as the selective run, chosen uniformly at random."]
-    return {"names": list(runs), "rows": rows, "explain": explain}
-
-
-def _plain(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-
-
-def _texts_used(texts: dict[str, Any]) -> str:
-    """One line on which texts gave the statistics and which the evaluation."""
-    def ranges(spans: list[dict[str, Any]]) -> str:
-        return "; ".join(f"{s['tokens']:,} tokens from texts {s['texts'][0]}–{s['texts'][1] - 1} of {s['source']}"
-                         for s in spans) or "unknown"
-    shared = texts.get("shared_texts")
-    return (f"statistics: {ranges(texts.get('statistics', []))}. evaluation: {ranges(texts.get('evaluation', []))}. "
-            + ("texts shared: unknown" if shared is None else f"texts shared: {shared}"))
-
-
-def _settings(run: PruneRun, runs: dict[str, PruneRun]) -> dict[str, dict[str, str]]:
-    info, d = run.info, run.dims
-    facts: dict[str, Any] = {"model": info.get("model") or run.model or "?"}
-    if run.model and run.model != facts["model"]:
-        facts["model name"] = run.model
-    for key in ("forget", "retain"):
-        facts[f"{key} dataset"] = info.get(key, "?")
-        if f"{key}_field" in info:
-            facts[f"{key} text field"] = info[f"{key}_field"]
-    if "split" in info:
-        facts["split"] = info["split"]
-    for key, texts in (info.get("texts") or {}).items():
-        facts[f"{key} texts"] = _texts_used(texts)
-    facts["units"] = f"{d.n_layers} layers × {d.d_mlp} MLP neurons; {d.n_heads} heads × {d.d_head} attention neurons"
-    facts["unlearn_lens version"] = run.version
-    facts.update({f"run time ({name})": f"{r.seconds:.0f} s" for name, r in runs.items()})
-    return {"run": {k: _plain(v) for k, v in facts.items()},
-            "config": {k: _plain(v) for k, v in run.config.to_dict().items()}}
-
-
-def _steps_table(name: str, run: PruneRun) -> dict[str, Any]:
-    d, k = run.dims, run.base.forget.k
-    header = ["step", "MLP pruned", "attn pruned", "forget top-1", f"forget top-{k}", "forget loss", "retain top-1",
-              f"retain top-{k}", "retain loss", "seconds"]
-    rows = []
-    for s in run.history:
-        metrics = [getattr(getattr(s, ds), m) for ds in ("forget", "retain") for m in ("top1", "topk", "loss")]
-        rows.append([_Cell(str(s.step)), _Cell(f"{s.n_mlp / d.n_mlp:.1%}"), _Cell(f"{s.n_attn / d.n_attn:.1%}"),
-                     *[_Cell(f"{v:.4f}", value=v) for v in metrics], _Cell(f"{s.seconds:.1f}", cls="secs")])
-    return {"name": name, "header": header, "rows": rows}
-
-
 # --- figures ----------------------------------------------------------------------------------------------------
 
 _EXPLAIN = {
@@ -187,7 +61,7 @@ _EXPLAIN = {
                "than retain performance; the random run (same number of units per layer) is the control.",
     "separability": "Each point is a pruning step: forget top-1 (x) and retain top-1 (y), both relative to the "
                     "unpruned model, starting at (1, 1). The star on a path is the headline number: retain top-1 "
-                    f"where forget top-1 first falls to {_pct(HEADLINE_LEVEL)} (the dashed line), interpolated "
+                    f"where forget top-1 first falls to {pct(HEADLINE_LEVEL)} (the dashed line), interpolated "
                     "between steps. The shaded region is the path closed by a straight (dotted) line from its last "
                     "step to (0, 0): the separability area, about 0.5 when both fall together (the dotted diagonal) "
                     "and approaching 1 when forget collapses while retain holds. Because of that closing line the "
@@ -221,17 +95,25 @@ def _figure(fig: Any, anchor: str) -> Markup:
                               config={"displaylogo": False, "responsive": True}))
 
 
-def _figure_sections(runs: dict[str, PruneRun], main: PruneRun) -> list[_Section]:
+def _figure_sections(runs: dict[str, list[PruneRun]], main: PruneRun) -> list[_Section]:
     from unlearn_lens import viz
 
     effects = _Section("effects", "Forget and retain performance", [_EXPLAIN["effects"]],
                        figures=[_figure(viz.pruning_effects(runs), "effects")],
-                       steps=[_steps_table(n, r) for n, r in runs.items()])
+                       steps=[steps_table(f"{n} seed {r.seed}" if len(g) > 1 else n, r)
+                              for n, g in runs.items() for r in g])
     sep = _Section("separability", "Separability", [_EXPLAIN["separability"]])
     try:
         sep.figures.append(_figure(viz.separability_trajectory(runs, level=HEADLINE_LEVEL), "separability"))
     except UnlearnLensError as exc:
         sep.notes.append(f"No separability plot: {exc}")
+    for name, group in runs.items():
+        if len(group) > 1:
+            seeds = ", ".join(str(r.seed) for r in group)
+            effects.explain.append(f"The {name} run is drawn over {len(group)} seeds ({seeds}): the shaded band "
+                                   "spans their minimum and maximum at each step, the line is their mean.")
+            sep.explain.append(f"Each of the {len(group)} seeds of the {name} run ({seeds}) is drawn as its own "
+                               "thin, lightly shaded path, with a star where it reaches the dashed line.")
     sections = [effects, sep]
     scores, which = main.initial_scores, "the unpruned model (step 1), the ranking the first step pruned by"
     if scores is None and main.scores is not None:
@@ -392,7 +274,7 @@ def _checks_section(checks: Any) -> _Section:
     parts = checks.report_parts()
     section.explain, section.notes = parts["explain"], parts["notes"]
     section.figures = [_figure(fig, f"checks-{i}") for i, fig in enumerate(parts["figures"])]
-    section.steps = [{**t, "rows": [[_Cell(c) for c in row] for row in t["rows"]]} for t in parts["tables"]]
+    section.steps = [{**t, "rows": [[Cell(c) for c in row] for row in t["rows"]]} for t in parts["tables"]]
     return section
 
 
@@ -475,9 +357,9 @@ def write_report(
     else:
         raise UnlearnLensError(f"run must be a PruneRun or a run directory, got {type(run).__name__}")
     check_output_dir(out, overwrite=True)  # fail before loading a model for the cards
-    runs = run.runs()
+    runs = run_groups(run)  # every seed of the random baseline
     model_label = run.info.get("model") or run.model or "model"
-    meta = {"forget": run.info.get("forget", "?"), "retain": run.info.get("retain", "?"), "runs": list(runs),
+    meta = {"forget": run.info.get("forget", "?"), "retain": run.info.get("retain", "?"), "runs": [group_label(n, g) for n, g in runs.items()],
             "written": time.strftime("%Y-%m-%d %H:%M"), "run_dir": str(out)}
     sections = _figure_sections(runs, run) + [_checks_section(checks)]
     inputs = None  # the model and texts, resolved once for the cards and the explorer
@@ -489,7 +371,7 @@ def write_report(
                                    card_tokens=card_tokens, n_contexts=n_contexts, inputs=inputs))
     sections.append(_explorer_section(run, inputs, explorer_tokens))
     page = _render(title=title or f"Selective pruning report: {model_label}", meta=meta, version=run.version,
-                   summary=_summary(runs, run, HEADLINE_LEVEL), settings=_settings(run, runs), sections=sections)
+                   summary=summary(runs, run, HEADLINE_LEVEL), settings=settings(run, runs), sections=sections)
     out.mkdir(parents=True, exist_ok=True)
     path = out / REPORT_NAME
     write_text(path, page)

@@ -1,8 +1,9 @@
 """The record of a pruning run: its config, its steps, its separation numbers, and its directory.
 
-:class:`PruneConfig` holds the settings of a run; :class:`StepRecord` one step's
-evaluation; :class:`PruneRun` the whole run (and the random baseline compared with
-it), with :meth:`PruneRun.save` / :meth:`PruneRun.load` owning the run directory.
+:class:`PruneConfig` (from :mod:`unlearn_lens.config`) holds the settings of a run;
+:class:`StepRecord` one step's evaluation; :class:`PruneRun` the whole run (and the
+random baselines compared with it, one per seed), with :meth:`PruneRun.save` /
+:meth:`PruneRun.load` owning the run directory.
 
 The headline number of a run is :func:`retain_at_forget`: retain top-1 (relative to
 the unpruned model) where forget top-1 first falls to a level (0.5 by default),
@@ -13,10 +14,9 @@ the last step to (0, 0).
 
 from __future__ import annotations
 
-import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,12 @@ import torch
 from unlearn_lens._io import atomic_dir, read_json, read_safetensors, write_json, write_safetensors
 from unlearn_lens._version import __version__
 from unlearn_lens.ablations import ActivationHistogram, ActivationSample
+from unlearn_lens.config import PruneConfig
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult
 from unlearn_lens.masks import Masks
-from unlearn_lens.models import ModelDims, per_kind
-from unlearn_lens.pruning import ABLATIONS
-from unlearn_lens.scoring import HEAD_AGGREGATIONS, SCORING_METHODS, Scores
+from unlearn_lens.models import ModelDims
+from unlearn_lens.scoring import Scores
 from unlearn_lens.stats import ActivationStats
 
 __all__ = [
@@ -48,135 +48,6 @@ RESULTS_FORMAT = 2
 """Version of the run directory layout written by :meth:`PruneRun.save`."""
 
 STRATEGIES = ("selective", "random")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-@dataclass
-class PruneConfig:
-    """Settings of one selective-pruning run (validated on creation).
-
-    The same names are used by the command line (``--mlp-frac``, ``--n-steps``, ...)
-    and in ``results.json``.
-
-    Attributes:
-        mlp_frac: fraction of all MLP neurons pruned per step.
-        attn_frac: fraction of all attention neurons (or heads, with ``heads``) per step.
-        n_steps: maximum number of pruning steps.
-        scoring: scoring method of both unit kinds (``abs freq rms std sqrt mean rand``).
-        mlp_scoring, attn_scoring: per-kind scoring methods (None: ``scoring``).
-        ablation: ``"zero"``, ``"mean"``, ``"peak"`` or ``"resample"`` for both kinds (the
-            means, modes and samples come from the unpruned model's retain activations).
-        mlp_ablation, attn_ablation: per-kind ablations (None: ``ablation``).
-        peak_bins: histogram bins per unit for ``"peak"``.
-        resample_tokens: retain tokens kept for ``"resample"``.
-        collect_tokens: tokens per dataset for statistics, each step.
-        eval_tokens: tokens per dataset for evaluation, apart from the collection tokens.
-        seq_len: row length (None: the model's context, at most 256).
-        batch_size: rows per forward pass.
-        seed: seed of random choices (``rand`` scoring, the random baseline).
-        stop_at_forget: stop once forget top-1 is at most this fraction of its
-            unpruned value (None: run all steps).
-        per_layer: select within each layer instead of globally.
-        heads: prune whole attention heads.
-        head_agg: ``"mean"`` or ``"median"`` of neuron scores for head scores.
-        mlp_eps, attn_eps: score denominators' offsets.
-        topk: k of top-k accuracy.
-        skip_common: leave the N most common tokens out of evaluation.
-    """
-
-    mlp_frac: float = 0.02
-    attn_frac: float = 0.0
-    n_steps: int = 10
-    scoring: str = "abs"
-    mlp_scoring: str | None = None
-    attn_scoring: str | None = None
-    ablation: str = "zero"
-    mlp_ablation: str | None = None
-    attn_ablation: str | None = None
-    peak_bins: int = 64
-    resample_tokens: int = 1024
-    collect_tokens: int = 100_000
-    eval_tokens: int = 100_000
-    seq_len: int | None = None
-    batch_size: int = 8
-    seed: int = 0
-    stop_at_forget: float | None = None
-    per_layer: bool = False
-    heads: bool = False
-    head_agg: str = "mean"
-    mlp_eps: float = 1e-3
-    attn_eps: float = 1e-4
-    topk: int = 10
-    skip_common: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("mlp_frac", "attn_frac"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
-                raise UnlearnLensError(f"{name} must be a fraction in [0, 1], got {value!r}")
-        if self.mlp_frac == 0 and self.attn_frac == 0:
-            raise UnlearnLensError("mlp_frac and attn_frac are both 0: nothing would be pruned")
-        for name, least in (("n_steps", 1), ("collect_tokens", 1), ("eval_tokens", 1), ("batch_size", 1),
-                            ("topk", 1), ("skip_common", 0), ("seed", None), ("peak_bins", 1),
-                            ("resample_tokens", 1)):
-            value = getattr(self, name)
-            if not _is_int(value):
-                raise UnlearnLensError(f"{name} must be an integer, got {value!r}")
-            if least is not None and value < least:
-                raise UnlearnLensError(f"{name} must be at least {least}, got {value!r}")
-        if self.seq_len is not None and (not _is_int(self.seq_len) or self.seq_len < 2):
-            raise UnlearnLensError(f"seq_len must be an integer of at least 2, got {self.seq_len!r}")
-        self.scorings  # noqa: B018 - validates the scoring methods
-        self.ablations  # noqa: B018 - validates the ablations
-        if self.head_agg not in HEAD_AGGREGATIONS:
-            raise UnlearnLensError(f"head_agg must be 'mean' or 'median', got {self.head_agg!r}")
-        if self.stop_at_forget is not None and (
-            isinstance(self.stop_at_forget, bool) or not isinstance(self.stop_at_forget, numbers.Real)
-            or not 0.0 <= self.stop_at_forget <= 1.0
-        ):
-            raise UnlearnLensError(f"stop_at_forget must be in [0, 1], got {self.stop_at_forget!r}")
-        for name in ("mlp_eps", "attn_eps"):
-            if not isinstance(getattr(self, name), numbers.Real) or getattr(self, name) < 0:
-                raise UnlearnLensError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
-
-    @property
-    def scorings(self) -> dict[str, str]:
-        """The scoring method of each unit kind: ``{"mlp": ..., "attn": ...}``."""
-        return per_kind(self.scoring, self.mlp_scoring, self.attn_scoring, what="scoring", choices=SCORING_METHODS)
-
-    @property
-    def ablations(self) -> dict[str, str]:
-        """The ablation of each unit kind: ``{"mlp": ..., "attn": ...}``."""
-        return per_kind(self.ablation, self.mlp_ablation, self.attn_ablation, what="ablation", choices=ABLATIONS)
-
-    @property
-    def needs_means(self) -> bool:
-        """Whether some unit kind is mean-ablated (retain means are then collected)."""
-        return "mean" in self.ablations.values()
-
-    @property
-    def needs_peaks(self) -> bool:
-        """Whether some unit kind is peak-ablated (retain histograms are then collected)."""
-        return "peak" in self.ablations.values()
-
-    @property
-    def needs_sample(self) -> bool:
-        """Whether some unit kind is resample-ablated (a retain activation sample is then kept)."""
-        return "resample" in self.ablations.values()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise UnlearnLensError(f"unknown PruneConfig fields: {sorted(unknown)}")
-        return cls(**data)
 
 
 @dataclass
@@ -317,7 +188,9 @@ class PruneRun:
         initial_scores: scores on the unpruned model (selective runs).
         scores: scores of the last step (selective runs).
         forget_stats, retain_stats: statistics of the last step (selective runs).
-        baseline: the random baseline compared with this run, if one was made.
+        baseline: the random baseline compared with this run, if one was made (the first seed).
+        baselines: more random baselines of this run, one per further seed (empty: one seed);
+            :meth:`random_runs` gives them all, ``baseline`` first.
         info: where the data came from (dataset names, text fields, split), as the
             command line records it.
         version: unlearn_lens version that made the run.
@@ -340,6 +213,7 @@ class PruneRun:
     forget_stats: ActivationStats | None = None
     retain_stats: ActivationStats | None = None
     baseline: PruneRun | None = None
+    baselines: list[PruneRun] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     version: str = __version__
     seconds: float = 0.0
@@ -354,12 +228,21 @@ class PruneRun:
     def final(self) -> StepRecord:
         return self.history[-1]
 
+    @property
+    def seed(self) -> int:
+        """The seed of the run's random choices: a baseline's own (``info["baseline_seed"]``), else ``config.seed``."""
+        return int(self.info.get("baseline_seed", self.config.seed))
+
     def runs(self) -> dict[str, PruneRun]:
-        """This run under its strategy's name, and its baseline (if any) under ``"random"``."""
+        """This run under its strategy's name, and its first baseline (if any) under ``"random"``."""
         out = {self.strategy: self}
         if self.baseline is not None:
             out[self.baseline.strategy] = self.baseline
         return out
+
+    def random_runs(self) -> list[PruneRun]:
+        """Every random baseline of this run, one per seed: ``baseline``, then ``baselines`` (empty without one)."""
+        return [] if self.baseline is None else [self.baseline, *self.baselines]
 
     def relative_path(self, metric: str = "top1") -> tuple[list[float], list[float]]:
         """Forget and retain ``metric`` of every step relative to the unpruned model."""
@@ -426,6 +309,7 @@ class PruneRun:
         interruption leaves either the complete directory or nothing. It holds
         ``results.json`` (config, history, summaries, data sources),
         ``masks.safetensors``, ``baseline_masks.safetensors`` (with a baseline),
+        ``baseline_masks_seed<N>.safetensors`` for each further baseline (seed N),
         ``pruned_step.safetensors`` (when known), and those of ``means``, ``peaks``, ``forget_stats``, ``retain_stats``,
         ``initial_scores`` and ``scores`` that the run has, each as
         ``<name>.safetensors`` (``sample`` as ``resample.safetensors``).
@@ -438,14 +322,18 @@ class PruneRun:
             The directory.
 
         Raises:
-            UnlearnLensError: ``path`` exists and is not empty (without ``overwrite``).
+            UnlearnLensError: ``path`` exists and is not empty (without ``overwrite``), or the
+                baselines have no first ``baseline`` or share a seed.
         """
         path = Path(path)
+        seeds = [b.seed for b in self.random_runs()]
+        if (self.baselines and self.baseline is None) or len(set(seeds)) < len(seeds):
+            raise UnlearnLensError(f"the random baselines need a first baseline and distinct seeds, got seeds {seeds} "
+                                   f"and {len(self.baselines)} further baselines")
         with atomic_dir(path, overwrite=overwrite) as tmp:
             self.masks.save(tmp / "masks.safetensors", meta={"strategy": self.strategy, "model": self.model})
-            if self.baseline is not None:
-                self.baseline.masks.save(tmp / "baseline_masks.safetensors",
-                                         meta={"strategy": self.baseline.strategy, "model": self.model})
+            for i, b in enumerate(self.random_runs()):
+                b.masks.save(tmp / _baseline_masks_file(b, i), meta={"strategy": b.strategy, "model": self.model})
             for attr, (name, _) in _TENSOR_FILES.items():
                 value = getattr(self, attr)
                 if value is not None:
@@ -453,15 +341,17 @@ class PruneRun:
             if self.pruned_step is not None:
                 write_safetensors(tmp / PRUNED_STEP_FILE, dict(zip(("mlp", "attn"), self.pruned_step)),
                                   {"format": "unlearn_lens.PrunedStep"})
+            extra = {"baselines": [b.to_dict() for b in self.baselines]} if self.baselines else {}
             write_json(tmp / "results.json", {
                 "library": "unlearn_lens", "format": RESULTS_FORMAT, "version": self.version,
                 "run": self.to_dict(), "baseline": self.baseline.to_dict() if self.baseline is not None else None,
+                **extra,
             })
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> PruneRun:
-        """Read a run directory written by :meth:`save` (with its baseline, masks, statistics and scores).
+        """Read a run directory written by :meth:`save` (with its baselines, masks, statistics and scores).
 
         Raises:
             UnlearnLensError: a missing or corrupt file, named in the message.
@@ -479,14 +369,15 @@ class PruneRun:
         try:
             run = cls.from_dict(data["run"])
             baseline = cls.from_dict(data["baseline"]) if data.get("baseline") else None
+            extras = [cls.from_dict(b) for b in data.get("baselines") or []] if baseline is not None else []
         except UnlearnLensError as exc:
             raise UnlearnLensError(f"file {str(results_path)!r}: {exc}") from exc
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UnlearnLensError(f"file {str(results_path)!r} is incomplete or corrupt ({exc!r})") from exc
         run.masks = Masks.load(path / "masks.safetensors", dims=run.dims)
-        if baseline is not None:
-            baseline.masks = Masks.load(path / "baseline_masks.safetensors", dims=run.dims)
-            run.baseline = baseline
+        run.baseline, run.baselines = baseline, extras
+        for i, b in enumerate(run.random_runs()):
+            b.masks = Masks.load(path / _baseline_masks_file(b, i), dims=run.dims)
         for attr, (name, loader) in _TENSOR_FILES.items():
             if (path / name).is_file():
                 setattr(run, attr, loader(path / name))
@@ -495,6 +386,11 @@ class PruneRun:
             if [tuple(t[k].shape) if k in t else None for k in ("mlp", "attn")] != [run.dims.mlp_shape, run.dims.attn_shape]:
                 raise UnlearnLensError(f"file {str(path / PRUNED_STEP_FILE)!r} is corrupt or made for another model")
             run.pruned_step = (t["mlp"].int(), t["attn"].int())
-        if baseline is not None:
-            baseline.means, baseline.peaks, baseline.sample = run.means, run.peaks, run.sample
+        for b in run.random_runs():
+            b.means, b.peaks, b.sample = run.means, run.peaks, run.sample
         return run
+
+
+def _baseline_masks_file(baseline: PruneRun, index: int) -> str:
+    """``baseline_masks.safetensors`` for the first baseline, ``baseline_masks_seed<N>.safetensors`` for the others."""
+    return "baseline_masks.safetensors" if index == 0 else f"baseline_masks_seed{baseline.seed}.safetensors"

@@ -10,7 +10,7 @@ the model is never run (neuron cards, which run it, are in :mod:`unlearn_lens.ca
 * :func:`head_map`: whole-head scores and the share of each head that was pruned;
 * :func:`score_distributions`: the spread of scores in each layer;
 * :func:`pruning_effects`: forget and retain accuracy and loss against the share
-  of units pruned, step by step, for several runs (selective vs random);
+  of units pruned, step by step, selective vs random (several seeds: a min–max band);
 * :func:`separability_trajectory`: retain against forget accuracy relative to the
   unpruned model, with the headline point (retain where forget first halves) marked
   and the separability area (closed from the last step, so it depends on the stop) shaded;
@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import einops
 import torch
 from jaxtyping import Float
 
+from unlearn_lens.bands import RunsLike, band, group_label, run_groups
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.results import PruneRun
@@ -273,66 +273,69 @@ def score_distributions(scores: Scores, kind: str = "mlp", *, title: str | None 
     return fig
 
 
-def _as_runs(runs: Mapping[str, PruneRun] | PruneRun) -> dict[str, PruneRun]:
-    """``{name: run}``; a single run brings its baseline along (see :meth:`PruneRun.runs`)."""
-    if isinstance(runs, Mapping):
-        if not runs:
-            raise UnlearnLensError("no runs to plot")
-        return dict(runs)
-    if isinstance(runs, PruneRun):
-        return runs.runs()
-    raise UnlearnLensError(f"expected a PruneRun or {{name: PruneRun}}, got {type(runs).__name__}")
-
-
 def _pruned_fraction(run: PruneRun, combined: bool) -> list[float]:
-    n_mlp, n_attn = run.dims.n_mlp, run.dims.n_attn
-    if combined:
-        return [(s.n_mlp + s.n_attn) / (n_mlp + n_attn) for s in run.history]
-    return [s.n_mlp / n_mlp for s in run.history]
+    """The share of MLP neurons (or, ``combined``, of all units) pruned after each step."""
+    return [(s.n_mlp + s.n_attn * combined) / (run.dims.n_mlp + run.dims.n_attn * combined) for s in run.history]
 
 
-def pruning_effects(runs: Mapping[str, PruneRun] | PruneRun, *, title: str | None = None) -> go.Figure:
+def pruning_effects(runs: RunsLike, *, title: str | None = None) -> go.Figure:
     """Forget and retain top-1, top-k and loss against the share of units pruned.
 
     The x value of each step is ``n_mlp / (n_layers * d_mlp)``, or the share of all
-    MLP and attention neurons together when any run pruned attention neurons.
+    MLP and attention neurons together when any run pruned attention neurons. Several
+    runs under one name (the seeds of a random baseline, which prune the same counts
+    per step) are drawn as a band: their min–max shaded, their mean as the line.
 
     Args:
-        runs: ``{name: PruneRun}`` (e.g. ``{"selective": run, "random": baseline}``),
-            or a single run.
+        runs: ``{name: PruneRun}`` (e.g. ``{"selective": run, "random": baseline}``), with a
+            list of runs for a band (``{"random": run.random_runs()}``), or a single run
+            (with every seed of its baseline).
         title: figure title.
 
     Returns:
-        A figure with three panels (top-1, top-k, loss) and, in each, one line per run
-        and dataset (``3 * 2 * len(runs)`` traces).
+        A figure with three panels (top-1, top-k, loss) and, in each, per name and dataset,
+        one line (name ``"<name> · <dataset>"``), or for a band three traces: the minimum
+        (``meta["band"] == "min"``), the maximum filled down to it (``"max"``) and the mean
+        line (``"mean"``, named ``"<name> (N seeds) · <dataset>"``).
+
+    Raises:
+        UnlearnLensError: the runs of a band prune different shares per step.
     """
     go = _go()
     from plotly.subplots import make_subplots
 
-    runs = _as_runs(runs)
-    combined = any(s.n_attn > 0 for run in runs.values() for s in run.history)
-    k = next(iter(runs.values())).base.forget.k
+    groups = run_groups(runs)
+    combined = any(s.n_attn > 0 for group in groups.values() for run in group for s in run.history)
+    k = next(iter(groups.values()))[0].base.forget.k
     metrics = (("top1", "top-1 accuracy"), ("topk", f"top-{k} accuracy"), ("loss", "loss (nats/token)"))
     fig = make_subplots(rows=1, cols=3, subplot_titles=[m[1] for m in metrics], horizontal_spacing=0.08)
-    for i, (name, run) in enumerate(runs.items()):
-        xs = _pruned_fraction(run, combined)
-        steps = [s.step for s in run.history]
-        for dataset in ("forget", "retain"):
+    for i, (name, group) in enumerate(groups.items()):
+        xs, label = _pruned_fraction(group[0], combined), group_label(name, group)
+        if any(_pruned_fraction(r, combined) != xs for r in group):
+            raise UnlearnLensError(f"the runs of {name!r} prune different shares per step: no band can join them")
+        steps, seeds = [s.step for s in group[0].history], [r.seed for r in group]
+        for dataset, colour in _DATASET_COLOURS.items():  # forget, retain
             for col, (metric, metric_label) in enumerate(metrics, start=1):
-                ys = [getattr(getattr(s, dataset), metric) for s in run.history]
+                ys, lo, hi = band([[getattr(getattr(s, dataset), metric) for s in r.history] for r in group])
+                what = f"mean of seeds {', '.join(map(str, seeds))}<br>" if len(group) > 1 else ""
+                for bound, values in (("min", lo), ("max", hi)) if len(group) > 1 else ():
+                    fig.add_trace(go.Scatter(
+                        x=xs, y=values, mode="lines", name=f"{label} · {dataset} {bound}",
+                        legendgroup=f"{name}-{dataset}", showlegend=False, line={"width": 0, "color": colour},
+                        fill="tonexty" if bound == "max" else None, fillcolor=_rgba(colour, 0.18),
+                        hoverinfo="skip", meta={"band": bound, "seeds": seeds}), row=1, col=col)
                 fig.add_trace(go.Scatter(
-                    x=xs, y=ys, customdata=steps, mode="lines+markers", name=f"{name} · {dataset}",
+                    x=xs, y=ys, customdata=steps, mode="lines+markers", name=f"{label} · {dataset}",
                     legendgroup=f"{name}-{dataset}", showlegend=col == 1,
-                    line={"color": _DATASET_COLOURS[dataset], "dash": _RUN_DASHES[i % len(_RUN_DASHES)]},
-                    marker={"size": 6, "symbol": "circle" if i == 0 else "diamond"},
-                    hovertemplate=(f"{name}, {dataset}<br>step %{{customdata}}<br>pruned %{{x:.2%}}<br>"
-                                   f"{metric_label} %{{y:.4f}}<extra></extra>"),
+                    line={"color": colour, "dash": _RUN_DASHES[i % len(_RUN_DASHES)]}, marker={"size": 6, "symbol": "circle" if i == 0 else "diamond"},
+                    meta={"band": "mean", "seeds": seeds} if len(group) > 1 else None,
+                    hovertemplate=(f"{label}, {dataset}<br>step %{{customdata}}<br>pruned %{{x:.2%}}<br>"
+                                   f"{what}{metric_label} %{{y:.4f}}<extra></extra>"),
                 ), row=1, col=col)
     x_label = "share of MLP + attention neurons pruned" if combined else "share of MLP neurons pruned"
     fig.update_xaxes(title_text=x_label, tickformat=".0%")
-    fig.update_yaxes(title_text="accuracy", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy", row=1, col=2)
-    fig.update_yaxes(title_text="loss", row=1, col=3)
+    for col, y_label in enumerate(("accuracy", "accuracy", "loss"), start=1):
+        fig.update_yaxes(title_text=y_label, row=1, col=col)
     fig.update_layout(template=_TEMPLATE, title={"text": title or "Forget and retain performance while pruning"},
                       height=420, legend={"orientation": "h", "y": -0.22})
     return fig
@@ -344,7 +347,7 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 def separability_trajectory(
-    runs: Mapping[str, PruneRun] | PruneRun, metric: str = "top1", *, level: float = 0.5, title: str | None = None
+    runs: RunsLike, metric: str = "top1", *, level: float = 0.5, title: str | None = None
 ) -> go.Figure:
     """Retain against forget accuracy, both relative to the unpruned model, with the headline point marked.
 
@@ -355,74 +358,88 @@ def separability_trajectory(
     The path is closed by a dotted straight line from its last step to (0, 0), as in
     :func:`unlearn_lens.results.separability_area`, and the area under it is shaded; that
     area depends on where the run stopped, which the legend and annotation say. The
-    diagonal is equal damage to both datasets, roughly what random pruning gives.
+    diagonal is equal damage to both datasets, roughly what random pruning gives. Several
+    runs under one name (the seeds of a random baseline) are each drawn thin and lightly
+    shaded, under one legend entry ``"<name> (N seeds)"`` and one annotation.
 
     Args:
-        runs: ``{name: PruneRun}`` or a single run (with its baseline).
+        runs: ``{name: PruneRun}``, with a list of runs for several seeds, or a single run
+            (with every seed of its baseline).
         metric: ``"top1"`` or ``"topk"``.
         level: the forget level of the headline point (0.5: forget halved).
         title: figure title.
 
     Returns:
         A figure with a diagonal reference line and, per run, the shaded area (its ``meta``
-        holds ``{"separability_area": value}``), the step path, the dotted closing segment
-        to (0, 0) and, if forget reached ``level``, a star marker (``meta``
-        ``{"retain_at_forget": value, "level": level}``). One annotation per run gives both
-        numbers; a dashed vertical line marks ``x = level``.
+        holds ``{"separability_area": value}``, and ``"seed"`` for a run of several seeds),
+        the step path, the dotted closing segment to (0, 0) and, if forget reached ``level``,
+        a star marker (``meta`` ``{"retain_at_forget": value, "level": level}``, and ``"seed"``).
+        One annotation per name gives both numbers; a dashed vertical line marks ``x = level``.
     """
     go = _go()
     if metric not in ("top1", "topk"):
         raise UnlearnLensError(f"metric must be 'top1' or 'topk', got {metric!r}")
-    runs = _as_runs(runs)
-    metric_label = "top-1" if metric == "top1" else f"top-{next(iter(runs.values())).base.forget.k}"
+    groups = run_groups(runs)
+    metric_label = "top-1" if metric == "top1" else f"top-{next(iter(groups.values()))[0].base.forget.k}"
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="equal damage (y = x)",
                              line={"color": "grey", "dash": "dot", "width": 1}, hoverinfo="skip"))
     fig.add_vline(x=level, line={"color": "grey", "dash": "dash", "width": 1},
                   annotation_text=f"forget {metric_label} = {level:.0%}", annotation_position="top left")
     top = 1.05
-    for i, (name, run) in enumerate(runs.items()):
-        colour = _RUN_COLOURS[i % len(_RUN_COLOURS)]
-        xs, ys = run.relative_path(metric)
-        area = run.separability_area(metric)
-        headline = run.retain_at_forget(level, metric)
-        top = max(top, *xs, *ys)
-        # The polygon path -> (0, 0) -> (1, 0) has exactly the trapezoid area of separability_area.
-        fig.add_trace(go.Scatter(
-            x=[*xs, 0.0, 1.0], y=[*ys, 0.0, 0.0], mode="lines", fill="toself", fillcolor=_rgba(colour, 0.15),
-            line={"width": 0, "color": colour}, legendgroup=name, hoverinfo="skip",
-            name=f"{name}: area {area:.3f} (closed from step {run.final.step} to (0, 0))",
-            meta={"separability_area": area},
-        ))
-        steps = [0] + [s.step for s in run.history[1:]]
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines+markers+text", text=[str(s) for s in steps], textposition="top right",
-            textfont={"size": 9, "color": colour}, name=f"{name} steps", legendgroup=name, showlegend=False,
-            line={"color": colour, "width": 2}, marker={"size": 7, "color": colour}, customdata=steps,
-            hovertemplate=(f"{name} step %{{customdata}}<br>forget {metric_label} %{{x:.3f}} of unpruned<br>"
-                           f"retain {metric_label} %{{y:.3f}} of unpruned<extra></extra>"),
-        ))
-        fig.add_trace(go.Scatter(
-            x=[xs[-1], 0.0], y=[ys[-1], 0.0], mode="lines", name=f"{name} closure", legendgroup=name,
-            showlegend=False, line={"color": colour, "dash": "dot", "width": 1}, hoverinfo="skip",
-        ))
-        if headline is not None:
-            point = f"retain {headline:.1%} at forget {level:.0%}"
+    for i, (name, group) in enumerate(groups.items()):
+        colour, label, several = _RUN_COLOURS[i % len(_RUN_COLOURS)], group_label(name, group), len(group) > 1
+        areas = [r.separability_area(metric) for r in group]
+        points = []
+        for r, area in zip(group, areas):
+            xs, ys = r.relative_path(metric)
+            headline = r.retain_at_forget(level, metric)
+            top = max(top, *xs, *ys)
+            tag, seed = (f"{name} seed {r.seed}", {"seed": r.seed}) if several else (name, {})
+            # The polygon path -> (0, 0) -> (1, 0) has exactly the trapezoid area of separability_area.
             fig.add_trace(go.Scatter(
-                x=[level], y=[headline], mode="markers", name=f"{name}: {point}", legendgroup=name,
-                marker={"symbol": "star", "size": 15, "color": colour, "line": {"width": 1, "color": "black"}},
-                meta={"retain_at_forget": headline, "level": level},
-                hovertemplate=f"{html.escape(name)}: {point} (interpolated between steps)<extra></extra>",
+                x=[*xs, 0.0, 1.0], y=[*ys, 0.0, 0.0], mode="lines", fill="toself",
+                fillcolor=_rgba(colour, 0.15 / len(group)), line={"width": 0, "color": colour}, legendgroup=name,
+                hoverinfo="skip", showlegend=r is group[0], meta={"separability_area": area, **seed},
+                name=(f"{label}: area {min(areas):.3f}–{max(areas):.3f} (each closed from its last step to (0, 0))"
+                      if several else f"{name}: area {area:.3f} (closed from step {r.final.step} to (0, 0))"),
             ))
-            point_text = f"retain {metric_label} = {headline:.1%} at forget {level:.0%}"
-        else:
-            point_text = f"forget never reached {level:.0%} (last step: {xs[-1]:.0%})"
+            steps = [0] + [s.step for s in r.history[1:]]
+            fig.add_trace(go.Scatter(
+                x=xs, y=ys, mode="lines+markers" if several else "lines+markers+text", text=[str(s) for s in steps],
+                textposition="top right", textfont={"size": 9, "color": colour}, name=f"{tag} steps",
+                legendgroup=name, showlegend=False, line={"color": colour, "width": 1 if several else 2},
+                marker={"size": 4 if several else 7, "color": colour}, customdata=steps,
+                hovertemplate=(f"{tag} step %{{customdata}}<br>forget {metric_label} %{{x:.3f}} of unpruned<br>"
+                               f"retain {metric_label} %{{y:.3f}} of unpruned<extra></extra>"),
+            ))
+            fig.add_trace(go.Scatter(
+                x=[xs[-1], 0.0], y=[ys[-1], 0.0], mode="lines", name=f"{tag} closure", legendgroup=name,
+                showlegend=False, line={"color": colour, "dash": "dot", "width": 1}, hoverinfo="skip",
+            ))
+            if headline is not None:
+                point = f"retain {headline:.1%} at forget {level:.0%}"
+                fig.add_trace(go.Scatter(
+                    x=[level], y=[headline], mode="markers", name=f"{tag}: {point}", legendgroup=name,
+                    marker={"symbol": "star", "size": 11 if several else 15, "color": colour,
+                            "line": {"width": 1, "color": "black"}},
+                    meta={"retain_at_forget": headline, "level": level, **seed},
+                    hovertemplate=f"{html.escape(tag)}: {point} (interpolated between steps)<extra></extra>",
+                ))
+            points.append(f"{headline:.1%}" if headline is not None else f"not reached (last step: {xs[-1]:.0%})")
+        if several:
+            point_text = f"retain {metric_label} at forget {level:.0%}: {', '.join(points)}"
+            area_text = (f"area {sum(areas) / len(areas):.3f} ({min(areas):.3f}–{max(areas):.3f}), "
+                         "mean (min–max) of the seeds")
+        else:  # one run: its headline and path are the loop's last
+            point_text = (f"retain {metric_label} = {headline:.1%} at forget {level:.0%}" if headline is not None
+                          else f"forget never reached {level:.0%} (last step: {xs[-1]:.0%})")
+            area_text = f"area {areas[0]:.3f}"
         fig.add_annotation(
             x=0.98, y=0.04 + 0.11 * i, xref="x domain", yref="y domain", xanchor="right", yanchor="bottom",
             showarrow=False, font={"color": colour, "size": 13}, bgcolor="rgba(255,255,255,0.8)",
-            text=(f"<b>{html.escape(name)}</b>: {point_text}<br>"
-                  f"<span style='font-size:11px'>area {area:.3f}, closed from the last step "
-                  f"(depends on where the run stopped)</span>"),
+            text=(f"<b>{html.escape(label)}</b>: {point_text}<br><span style='font-size:11px'>{area_text}, closed "
+                  "from the last step (depends on where the run stopped)</span>"),
         )
     fig.update_layout(
         template=_TEMPLATE,
