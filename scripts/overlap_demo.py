@@ -11,7 +11,7 @@ Usage::
 
     python scripts/overlap_demo.py [--json overlap.json]
 
-About 8 minutes on one CPU thread.
+About 7 minutes on one CPU thread.
 """
 
 from __future__ import annotations
