@@ -274,7 +274,10 @@ def _overlap(model: Any, run: PruneRun, others: Mapping[str, PruneRun], init_con
         raise UnlearnLensError("'this run' names the checked run; give the other runs other names")
     masks = {"trained": runs, "random masks": random_control(runs)}
     if init_control:
-        forget = {name: TokenSet.concat(run_token_sets(r, model)["forget"]) for name, r in runs.items()}
-        retain = TokenSet.concat(run_token_sets(run, model)["retain"])
+        def tokens(r: PruneRun, key: str) -> TokenSet:  # the run's statistics and evaluation tokens, in one set
+            return run_tokens(r, model, key, [r.config.collect_tokens, r.config.eval_tokens])
+
+        forget = {name: tokens(r, "forget") for name, r in runs.items()}
+        retain = tokens(run, "retain")
         masks["random init"] = random_init_control(model, forget, retain, like=runs, progress=progress)
     return {kind: {label: overlap_matrix(m, kind).to_dict() for label, m in masks.items()} for kind in ("mlp", "attn")}

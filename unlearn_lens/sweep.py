@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
 
 from unlearn_lens._io import atomic_dir, read_json, write_json, write_text
 from unlearn_lens._version import __version__
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
 __all__ = ["SWEEP_FORMAT", "Sweep", "SweepCell", "sweep", "sweep_figure", "write_sweep_report"]
+
+logger = logging.getLogger(__name__)
 
 SWEEP_FORMAT = 1
 """Version of the sweep directory layout."""
@@ -210,11 +215,10 @@ def sweep(
         parts = as_token_sets(model, texts, [cfg.collect_tokens, cfg.eval_tokens], seq_len=cfg.seq_len)
         data[name] = TokenSet.concat(parts)
     cells = []
-    for i, (ablation, scoring) in enumerate(grid):
+    for ablation, scoring in tqdm(grid, desc="sweep", unit="cell", disable=not progress):
         cell_cfg = dataclasses.replace(cfg, ablation=ablation, mlp_ablation=None, attn_ablation=None,
                                        scoring=scoring, mlp_scoring=None, attn_scoring=None)
-        if progress:
-            print(f"sweep cell {i + 1}/{len(grid)}: ablation {ablation}, scoring {scoring}", flush=True)
+        logger.info("sweep cell: ablation %s, scoring %s", ablation, scoring)
         run = selective_prune(model, data["forget"], data["retain"], cell_cfg, progress=progress, info=info)
         if baseline:
             run.baseline = random_baseline(model, data["forget"], data["retain"], run, progress=progress)

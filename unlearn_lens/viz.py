@@ -33,7 +33,7 @@ import einops
 import torch
 from jaxtyping import Float
 
-from unlearn_lens.bands import RunsLike, band, group_label, run_groups
+from unlearn_lens.bands import RunsLike, band, group_label, run_groups, spread_text
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.results import PruneRun
@@ -429,8 +429,7 @@ def separability_trajectory(
             points.append(f"{headline:.1%}" if headline is not None else f"not reached (last step: {xs[-1]:.0%})")
         if several:
             point_text = f"retain {metric_label} at forget {level:.0%}: {', '.join(points)}"
-            area_text = (f"area {sum(areas) / len(areas):.3f} ({min(areas):.3f}–{max(areas):.3f}), "
-                         "mean (min–max) of the seeds")
+            area_text = f"area {spread_text(areas, '.3f')}, mean (min–max) of the seeds"
         else:  # one run: its headline and path are the loop's last
             point_text = (f"retain {metric_label} = {headline:.1%} at forget {level:.0%}" if headline is not None
                           else f"forget never reached {level:.0%} (last step: {xs[-1]:.0%})")
