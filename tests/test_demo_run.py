@@ -15,6 +15,7 @@ import json
 import time
 
 import pytest
+import torch
 
 import unlearn_lens as ul
 from unlearn_lens.cli import main
@@ -26,7 +27,13 @@ pytestmark = pytest.mark.slow
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
     t0 = time.time()
-    assert main(["prune", "--out", str(out), "--quiet"]) == 0
+    # the command as a user runs it, on both cores (the rest of the suite pins one thread); nothing else runs now
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["prune", "--out", str(out), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.time() - t0
     print(f"default demo run: {seconds:.0f} s")
     return out, json.loads((out / "results.json").read_text())
