@@ -118,7 +118,10 @@ def main() -> None:
         def collect() -> None:
             ul.collect_stats(model, tokens, max_tokens=None, batch_size=args.batch_size, progress=False)
 
-        runs = {"forward": bare, "to_last_hook": to_last_hook, "collect": collect}
+        def collect_fused() -> None:
+            ul.collect_stats(model, tokens, max_tokens=None, batch_size=args.batch_size, progress=False, fused=True)
+
+        runs = {"forward": bare, "to_last_hook": to_last_hook, "collect": collect, "collect_fused": collect_fused}
         for fn in runs.values():  # warm-up
             fn()
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -127,7 +130,7 @@ def main() -> None:
                 t = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t)
-    fwd, part, col = (statistics.median(times[name]) for name in runs)
+    fwd, part, col, fused = (statistics.median(times[name]) for name in runs)
     print(f"model: GPT-2 4 layers, d_model 256, d_mlp 1024, 8 heads; {tokens.n_tokens:,} tokens, "
           f"batch {args.batch_size} x 128, {args.threads} threads, {args.repeats} repeats (medians)")
     print(f"bare forward              {fwd:7.3f} s  ({tokens.n_tokens / fwd:,.0f} tok/s)")
@@ -135,6 +138,8 @@ def main() -> None:
     print(f"collect_stats             {col:7.3f} s  ({tokens.n_tokens / col:,.0f} tok/s)")
     print(f"ratio collect/forward: {col / fwd:.3f}   (target <= 1.15)")
     print(f"ratio collect/forward to the last hook: {col / part:.3f}   (the statistics' own cost)")
+    print(f"collect_stats(fused=True) {fused:7.3f} s: ratio to forward {fused / fwd:.3f}, to the last hook "
+          f"{fused / part:.3f}   (the CUDA default, here compiled for the CPU)")
 
     peaks = {}
     for n in (10_000, 100_000):

@@ -6,7 +6,10 @@ times in one process, alternating them and taking medians:
 * a bare forward pass (logits included);
 * the forward pass stopped after the last MLP / attention hook (what ``collect_stats``
   needs: it stops there too);
-* ``collect_stats`` on every MLP and attention neuron;
+* ``collect_stats`` on every MLP and attention neuron: the default for the device
+  (``collect``), and both reductions side by side: rows gathered and reduced eagerly
+  (``collect_eager``, the CPU default) and the fused in-place kernel compiled by
+  ``torch.compile`` (``collect_fused``, the CUDA default);
 * ``evaluate`` (top-1, top-10, loss);
 
 and, on CUDA, the peak memory of each. Prints one JSON line per shape, with the
@@ -70,13 +73,20 @@ def measure(model, tokens, batch_size: int, repeats: int, device: str) -> dict[s
                 except Stop:
                     pass
 
-    def collect() -> None:
+    def collect() -> None:  # the default: the fused in-place reduction on CUDA, the eager one on CPU
         ul.collect_stats(model, tokens, max_tokens=None, batch_size=batch_size, progress=False)
+
+    def collect_eager() -> None:  # rows gathered, then reduced eagerly (the only path before the fused one)
+        ul.collect_stats(model, tokens, max_tokens=None, batch_size=batch_size, progress=False, fused=False)
+
+    def collect_fused() -> None:
+        ul.collect_stats(model, tokens, max_tokens=None, batch_size=batch_size, progress=False, fused=True)
 
     def evaluate() -> None:
         ul.evaluate(model, tokens, max_tokens=None, batch_size=batch_size, progress=False)
 
     runs: dict[str, Callable[[], None]] = {"forward": forward, "to_last_hook": to_last_hook, "collect": collect,
+                                           "collect_eager": collect_eager, "collect_fused": collect_fused,
                                            "evaluate": evaluate}
     peaks: dict[str, float | None] = {}
     for name, fn in runs.items():  # warm-up, and the peak memory of each
@@ -121,6 +131,9 @@ def main() -> None:
             "us_per_token": {k: round(v, 3) for k, v in per_token.items()},
             "collect_over_forward": round(per_token["collect"] / per_token["forward"], 3),
             "collect_over_to_last_hook": round(per_token["collect"] / per_token["to_last_hook"], 3),
+            "collect_eager_over_forward": round(per_token["collect_eager"] / per_token["forward"], 3),
+            "collect_fused_over_forward": round(per_token["collect_fused"] / per_token["forward"], 3),
+            "collect_fused_over_to_last_hook": round(per_token["collect_fused"] / per_token["to_last_hook"], 3),
             "evaluate_over_forward": round(per_token["evaluate"] / per_token["forward"], 3),
             "peak_gib": {k: (round(r["peak_gib"], 2) if r["peak_gib"] is not None else None)
                          for k, r in result.items()},

@@ -7,6 +7,7 @@ import torch
 from conftest import CODE, MODEL_FIXTURES, PROSE
 
 import unlearn_lens as ul
+from unlearn_lens import kernels
 from unlearn_lens.models import attached, attn_hook_name, mlp_hook_name
 from unlearn_lens.stats import RunningStats
 
@@ -219,3 +220,22 @@ def test_one_model_is_measured_by_one_thread_at_a_time(gpt2):
     # the model is free again, and a thread may nest its own claims (statistics inside pruning)
     with ul.pruned(gpt2, ul.Masks.empty(ul.ModelDims.of(gpt2))):
         assert ul.collect_stats(gpt2, tokens, progress=False).n_tokens == 400
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_collection_equals_naive_reference(gpt2_dir, dtype, monkeypatch):
+    """The compiled in-place reduction (the CUDA default) gives the reference statistics, padding and BOS skipped."""
+    model = ul.load_model(gpt2_dir, device="cpu", dtype=dtype)
+    tokens = ul.tokenize_texts(model.tokenizer, CODE * 2, seq_len=24)
+    assert not tokens.valid[-1].all(), "the fixture should include a padded row"
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "index_select", lambda *a, **k: pytest.fail("the fused path copies no rows"))
+        fused = ul.collect_stats(model, tokens, batch_size=5, progress=False, fused=True)
+    assert not kernels._compiled.get("failed"), "torch.compile should work on this machine"
+    eager = ul.collect_stats(model, tokens, batch_size=5, progress=False, fused=False)
+    assert fused.n_tokens == eager.n_tokens == tokens.n_tokens
+    assert_matches(fused, naive_stats(model, tokens), rtol=1e-5, atol=1e-6)
+    for kind in ("mlp", "attn"):
+        for name in FIELDS:
+            torch.testing.assert_close(getattr(getattr(fused, kind), name), getattr(getattr(eager, kind), name),
+                                       rtol=1e-5, atol=1e-6, msg=f"{kind}.{name}")

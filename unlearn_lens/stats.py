@@ -35,6 +35,7 @@ from unlearn_lens._io import read_safetensors, write_safetensors
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.distributed import gather, is_main, shard, world
 from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.kernels import RowMask, Workspace, accumulation_dtype, batch_sums, masked_mean, masked_sums
 from unlearn_lens.models import (
     ModelDims,
     attached,
@@ -125,32 +126,44 @@ class RunningStats:
 
     @torch.no_grad()
     def update(
-        self, x: Float[torch.Tensor, "tokens ..."], index: Any = Ellipsis, workspace: _Workspace | None = None
+        self,
+        x: Float[torch.Tensor, "rows ..."],
+        index: Any = Ellipsis,
+        workspace: Workspace | None = None,
+        mask: RowMask | None = None,
     ) -> None:
-        """Add a batch of activations ``x`` ``[tokens, *units]`` to the units at ``index``.
+        """Add a batch of activations ``x`` ``[rows, *units]`` to the units at ``index``.
 
         Args:
-            x: activations of one batch's counted tokens.
+            x: activations of one batch: every row counts, unless ``mask`` is given.
             index: the block the batch belongs to (e.g. one layer: ``3``).
             workspace: reusable scratch buffers (saves re-allocating them every batch).
+            mask: which rows of ``x`` count; the sums then come from the fused
+                reduction (:func:`unlearn_lens.kernels.masked_sums`), without copying rows.
         """
-        n = x.shape[0]
+        n = x.shape[0] if mask is None else mask.count
         if n == 0:
             return
-        flat = x.reshape(n, -1)
-        if flat.dtype not in (torch.float32, torch.float64):
-            flat = flat.float()
-        shape = self.unit_shape[1:] if index is not Ellipsis else self.unit_shape
+        flat = x.reshape(x.shape[0], -1)
+        acc = accumulation_dtype(flat.dtype)
+        if mask is None and flat.dtype != acc:
+            flat = flat.to(acc)
         # The shift only has to be near each unit's mean: the running mean once this
         # block has data, else the batch's own mean (one extra pass, first batch only).
         key = index if isinstance(index, (int, type(Ellipsis))) else None
         if key is not None and key in self._seen:
-            shift = self._mean[index].reshape(-1).to(device=flat.device, dtype=flat.dtype)
-        else:
+            shift = self._mean[index].reshape(-1).to(device=flat.device, dtype=acc)
+        elif mask is None:
             shift = flat.sum(0).div_(n)
+        else:
+            shift = masked_mean(flat, mask.valid, n, acc)
+        if mask is None:
+            sums = batch_sums(flat, shift, workspace)
+        else:
+            sums = masked_sums(flat, mask.valid, shift, compiled=mask.compiled)
         # the sums of a layer on another device (a model split by a device map) come over once per batch
-        sums = _batch_sums(flat, shift, workspace).to(self.count.device)
-        s1, s2, abs_sum, sqrt_sum, pos, top = sums.view(6, *shape)
+        shape = self.unit_shape[1:] if index is not Ellipsis else self.unit_shape
+        s1, s2, abs_sum, sqrt_sum, pos, top = sums.to(self.count.device).view(6, *shape)
         mean_d = s1 / n
         m2_b = (s2 - s1 * mean_d).clamp_(min=0)
         n_b = torch.tensor(float(n), dtype=torch.float64, device=self.count.device)
@@ -202,55 +215,6 @@ class RunningStats:
         for part in parts[1:]:
             out = out.merge(part)
         return out
-
-
-class _Workspace:
-    """Scratch buffers reused across batches and layers, keyed by shape and dtype."""
-
-    def __init__(self) -> None:
-        self._buffers: dict[tuple, torch.Tensor] = {}
-
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        key = (name, shape, like.dtype, like.device)
-        buf = self._buffers.get(key)
-        if buf is None:
-            buf = self._buffers[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
-        return buf
-
-
-# sqrt is many times slower on exact zeros (common after a ReLU) than on tiny positive
-# numbers; clamping |x| at 1e-30 first changes each term by at most 1e-15.
-_SQRT_FLOOR = 1e-30
-
-
-def _batch_sums(
-    x: Float[torch.Tensor, "tokens units"], shift: Float[torch.Tensor, " units"], workspace: _Workspace | None
-) -> Float[torch.Tensor, "6 units"]:
-    """Per-unit sums of one batch, as one float64 tensor.
-
-    Rows: ``sum(x - shift)``, ``sum((x - shift)^2)``, ``sum|x|``, ``sum sqrt|x|``,
-    ``#(x > 0)`` and ``max x``. ``shift`` (in x's dtype) should be close to each
-    unit's mean: the deviations are then small, so their squares keep full precision
-    even when |mean| >> std, and the batch mean is ``shift + row0 / n``.
-
-    Each sum is one elementwise pass into a reused buffer followed by one column
-    reduction; the results land in one small buffer that is converted once.
-    """
-    work = workspace or _Workspace()
-    buf = work.get("buf", tuple(x.shape), x)
-    sums = work.get("sums", (6, x.shape[1]), x)
-    torch.sub(x, shift, out=buf)
-    torch.sum(buf, 0, out=sums[0])
-    buf.mul_(buf)
-    torch.sum(buf, 0, out=sums[1])
-    torch.abs(x, out=buf)
-    torch.sum(buf, 0, out=sums[2])
-    buf.clamp_(min=_SQRT_FLOOR).sqrt_()
-    torch.sum(buf, 0, out=sums[3])
-    torch.gt(x, 0, out=buf)
-    torch.sum(buf, 0, out=sums[4])
-    torch.amax(x, 0, out=sums[5])
-    return sums.to(torch.float64)
 
 
 _ATTR = {"count": "count", "mean": "_mean", "m2": "m2", "abs_sum": "abs_sum", "sqrt_abs_sum": "sqrt_abs_sum",
@@ -324,39 +288,61 @@ class _StopForward(Exception):
     """Raised by the last hook of a batch: nothing after it is needed."""
 
 
-Update = Callable[[str, int, torch.Tensor, "_Workspace"], None]
-"""``update(kind, layer, rows, workspace)``: consume one batch's counted activations ``[tokens, *units]``."""
+Update = Callable[..., None]
+"""``update(kind, layer, rows, workspace)``: consume one batch's counted activations ``[tokens, *units]``;
+in masked mode ``update(kind, layer, x, workspace, mask)`` gets the whole activation and a :class:`RowMask`."""
 
 
 class _Collector:
     """Forward hooks that hand each batch's counted activations of every unit to ``update``.
+
+    By default the counted rows are gathered into a dense block first; with
+    ``masked=True`` each hook passes its whole activation and a mask of the counted
+    rows instead (for the fused reduction, which needs no copy).
 
     Once every hook has seen the batch, the last one stops the forward pass: the
     rest of the model (the last layer's output projection, the final norm and the
     unembedding, often a third of the compute) is never needed.
     """
 
-    def __init__(self, update: Update):
+    def __init__(self, update: Update, masked: bool = False):
         self.update = update
+        self.masked = masked
         self.rows: torch.Tensor | None = None
-        self.workspace = _Workspace()
+        self.valid: dict[torch.device, torch.Tensor] = {}
+        self.count = 0
+        self.workspace = Workspace()
         self.n_hooks = 0
         self.fired = 0
 
     def set_batch(self, valid: Bool[torch.Tensor, "batch pos"]) -> None:
-        self.rows = valid.reshape(-1).nonzero().squeeze(1)
+        flat = valid.reshape(-1)
+        if self.masked:
+            self.valid = {flat.device: flat.clone()}  # its own storage: the same for every batch
+            self.count = int(flat.sum())
+        else:
+            self.rows = flat.nonzero().squeeze(1)
         self.fired = 0
+
+    def _mask(self, device: torch.device) -> RowMask:
+        valid = self.valid.get(device)
+        if valid is None:  # a layer on another device (a model split by a device map)
+            valid = self.valid[device] = next(iter(self.valid.values())).to(device)
+        return RowMask(valid, self.count)
 
     def hook(self, kind: str, layer: int, unit_shape: tuple[int, ...]) -> Any:
         self.n_hooks += 1
 
         def fn(activation: torch.Tensor, hook: Any) -> None:
-            assert self.rows is not None
             x = activation.detach().reshape(-1, *unit_shape)
-            rows = self.workspace.get(f"rows-{kind}", (self.rows.numel(), *x.shape[1:]), x)
-            index = self.rows if self.rows.device == x.device else self.rows.to(x.device)
-            torch.index_select(x, 0, index, out=rows)
-            self.update(kind, layer, rows, self.workspace)
+            if self.masked:
+                self.update(kind, layer, x, self.workspace, self._mask(x.device))
+            else:
+                assert self.rows is not None
+                rows = self.workspace.get(f"rows-{kind}", (self.rows.numel(), *x.shape[1:]), x)
+                index = self.rows if self.rows.device == x.device else self.rows.to(x.device)
+                torch.index_select(x, 0, index, out=rows)
+                self.update(kind, layer, rows, self.workspace)
             self.fired += 1
             if self.fired == self.n_hooks:
                 raise _StopForward
@@ -373,12 +359,14 @@ class _Collector:
 
 @torch.no_grad()
 def stream_units(model: Any, tokens: TokenSet, update: Update, *, batch_size: int, progress: bool, desc: str,
-                 owner: str) -> int:
+                 owner: str, masked: bool = False) -> int:
     """Run ``model`` over this process's share of ``tokens``, handing every unit's activations to ``update``.
 
     The loop behind :func:`collect_stats` and the other streamed per-unit records: BOS
     and padding are left out, batches go in order, and each forward pass stops after
-    the last MLP and attention hooks.
+    the last MLP and attention hooks. With ``masked=True``, ``update`` gets each hook's
+    whole activation and a :class:`~unlearn_lens.kernels.RowMask` rather than the
+    gathered rows.
 
     Returns:
         The number of counted tokens this process saw.
@@ -386,7 +374,7 @@ def stream_units(model: Any, tokens: TokenSet, update: Update, *, batch_size: in
     if batch_size <= 0:
         raise UnlearnLensError(f"batch_size must be positive, got {batch_size}")
     dims = model_dims(model)
-    collector = _Collector(update)
+    collector = _Collector(update, masked)
     hooks = []
     for layer in range(dims.n_layers):
         hooks.append((mlp_hook_name(layer), collector.hook("mlp", layer, dims.mlp_shape[1:])))
@@ -412,6 +400,7 @@ def collect_stats(
     seq_len: int | None = None,
     progress: bool = True,
     desc: str = "collect",
+    fused: bool | None = None,
 ) -> ActivationStats:
     """Stream activation statistics of every MLP and attention neuron over a dataset.
 
@@ -433,6 +422,11 @@ def collect_stats(
         seq_len: row length (default: the model's context, at most 256).
         progress: show a progress bar.
         desc: progress bar label.
+        fused: reduce each hook's activation with one kernel compiled by ``torch.compile`` that
+            reads it in place (:func:`unlearn_lens.kernels.masked_sums`) rather than
+            gathering the counted rows and reducing them eagerly. Default (None): on
+            CUDA only; on CPU the eager path is faster. Both give the same statistics
+            to float32 rounding.
 
     Under a ``torch.distributed`` process group each rank collects on its share of
     the rows and all ranks return the merged statistics (:mod:`unlearn_lens.distributed`).
@@ -445,11 +439,14 @@ def collect_stats(
     tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
     stats = ActivationStats.empty(dims, device)
 
-    def update(kind: str, layer: int, rows: torch.Tensor, workspace: _Workspace) -> None:
-        (stats.mlp if kind == "mlp" else stats.attn).update(rows, layer, workspace)
+    if fused is None:
+        fused = torch.device(device).type == "cuda"
+
+    def update(kind: str, layer: int, x: torch.Tensor, workspace: Workspace, mask: RowMask | None = None) -> None:
+        (stats.mlp if kind == "mlp" else stats.attn).update(x, layer, workspace, mask)
 
     n_part = stream_units(model, tokens, update, batch_size=batch_size, progress=progress, desc=desc,
-                          owner="collect_stats")
+                          owner="collect_stats", masked=fused)
     meta: dict[str, Any] = {"model": model_name(model)}
     if world()[1] > 1:
         meta["rank_tokens"] = [int(t) for t in gather(torch.tensor([n_part], device=device))]
