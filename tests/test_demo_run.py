@@ -12,7 +12,11 @@ settings were not chosen on), evaluation texts apart from the statistics texts.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,3 +108,24 @@ def test_default_masks_carry_over_to_sources_outside_training(demo_run):
         rel[domain] = pruned.top1 / base.top1
     print(f"outside sources, top-1 relative to unpruned: {rel}")
     assert rel["code"] <= 0.60 and rel["prose"] >= 0.85  # README: code -62 %, prose -14 %
+
+
+def test_prose_loss_breakdown_explains_the_prose_cost(demo_run):
+    """scripts/prose_loss_breakdown.py on the default run: its totals are the run's own, and its tables say
+    what the README's "What limits it" says (the prose lost is mostly English in tokens code hardly uses)."""
+    out, results = demo_run
+    script = Path(__file__).parents[1] / "scripts" / "prose_loss_breakdown.py"
+    text = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
+                          check=True).stdout
+    totals = dict(re.findall(r"top-1\s+(unpruned|selective): ([0-9.]+)", text))
+    steps = results["run"]["steps"]
+    assert float(totals["unpruned"]) == pytest.approx(steps[0]["retain"]["top1"], abs=2e-4)
+    assert float(totals["selective"]) == pytest.approx(steps[-1]["retain"]["top1"], abs=2e-4)
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| ") and not line.startswith("| class")}
+    lost = {name: float(cells[-4].rstrip("%")) / 100 for name, cells in rows.items()
+            if len(cells) == 10 and cells[0].endswith("%")}
+    assert sum(lost[c] for c in ("word", "punctuation", "code-like", "doctest") if c in lost) == pytest.approx(1, abs=0.02)
+    assert lost["code-like"] <= 0.25 and lost["word"] >= 0.6  # README: 16 % and 75 %
+    assert lost["0.0-0.2"] >= 0.6  # README: 74 %
+    assert "| 8 | 246 |" in text  # the step table: 246 MLP neurons a step
