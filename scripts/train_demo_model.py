@@ -4,9 +4,14 @@ Trained on the ``train`` split of the demo corpora (Python standard library code
 and the English prose of its docstrings and comments), half of each batch from
 each domain. Runs on a CPU; the defaults take under an hour on two cores.
 
+``--extra DIR ...`` adds the Python files under each directory (for example
+unpacked wheels of pure-Python packages from the package index), cut into code and
+prose the same way; test folders, vendored copies and the packages of the demo's
+outside evaluation set are skipped, so that set stays unseen.
+
 Usage::
 
-    python scripts/train_demo_model.py [--out assets/demo-model] [--tokens 8500000]
+    python scripts/train_demo_model.py [--out assets/demo-model] [--tokens 8500000] [--extra DIR ...]
 
 Writes ``config.json``, ``model.safetensors``, the tokenizer files and a model
 card ``README.md`` (data, token count, steps, time, held-out loss and top-1 per
@@ -26,9 +31,39 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from unlearn_lens.demo import demo_texts
+from unlearn_lens.demo import demo_texts, split_source
 
 EOS = "<|endoftext|>"
+# the demo's outside evaluation set (scripts/build_outside_corpus.py): never trained on
+OUTSIDE = {"jinja2", "click", "idna", "urllib3", "packaging", "attrs", "attr", "filelock"}
+SKIP_DIRS = {"tests", "test", "testing", "_vendor", "vendor", "vendored", "_vendored", "__pycache__"} | OUTSIDE
+
+
+def extra_texts(folders: list[str]) -> tuple[list[str], list[str], list[dict]]:
+    """Code and prose of every Python file under ``folders`` (sorted paths), and a record per folder."""
+    code, prose, record = [], [], []
+    for folder in folders:
+        root = Path(folder)
+        n_files = n_code = n_prose = skipped = 0
+        for path in sorted(root.rglob("*.py")):
+            parts = set(path.relative_to(root).parts[:-1])
+            if parts & SKIP_DIRS or path.name.startswith("test_"):
+                continue
+            try:
+                c, p = split_source(path.read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                skipped += 1
+                continue
+            n_files += 1
+            if c.strip():
+                code.append(c)
+                n_code += len(c)
+            if p.strip():
+                prose.append(p)
+                n_prose += len(p)
+        record.append({"folder": root.name, "files": n_files, "skipped": skipped, "code_chars": n_code,
+                       "prose_chars": n_prose})
+    return code, prose, record
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -93,6 +128,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (for a quick timing check)")
+    parser.add_argument("--extra", nargs="*", default=[], metavar="DIR",
+                        help="more Python sources to train on (code and prose cut as for the standard library)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="re-measure the held-out metrics of the model in --out and rewrite its card")
     args = parser.parse_args()
@@ -106,6 +143,11 @@ def main() -> None:
     t0 = time.time()
 
     code_train, prose_train = demo_texts("code", "train"), demo_texts("prose", "train")
+    extra_code, extra_prose, extra_record = extra_texts(args.extra)
+    code_train, prose_train = code_train + extra_code, prose_train + extra_prose
+    for rec in extra_record:
+        print(f"extra {rec['folder']}: {rec['files']} files, code {rec['code_chars']:,} chars, "
+              f"prose {rec['prose_chars']:,} chars ({rec['skipped']} did not parse)", flush=True)
     tokenizer = train_tokenizer(code_train + prose_train, args.vocab)
     bos = tokenizer.bos_token_id
     streams = {"code": token_stream(tokenizer, code_train), "prose": token_stream(tokenizer, prose_train)}
@@ -191,6 +233,7 @@ def main() -> None:
         "heldout": metrics,
         "args": vars(args),
         "corpus_tokens": {d: len(s) for d, s in streams.items()},
+        "extra_sources": extra_record,
     }
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     (out_dir / "README.md").write_text(model_card(info))
@@ -212,6 +255,9 @@ def evaluate_only(out_dir: Path, seq_len: int) -> None:
 
 def model_card(info: dict) -> str:
     a, h = info["args"], info["heldout"]
+    extra = info.get("extra_sources") or []
+    extra_row = ("| more data | Python files of " + ", ".join(f"{r['folder']} ({r['files']} files)" for r in extra)
+                 + ", cut the same way; the tokens above include them |\n") if extra else ""
     return f"""# unlearn_lens demo model
 
 A small GPT-2-architecture causal language model with **{a['act'].upper()} MLPs**, trained
@@ -225,7 +271,7 @@ neurons can be removed while prose survives, and nothing more.
 | parameters | {info['params']:,} |
 | tokenizer | byte-level BPE (`tokenizers`), vocabulary {a['vocab']}, `<|endoftext|>` as BOS/EOS |
 | data | the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without comments and docstrings ({info['corpus_tokens']['code']:,} tokens), and the English prose of those docstrings and comments ({info['corpus_tokens']['prose']:,} tokens) |
-| batches | {a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose |
+{extra_row}| batches | {a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose |
 | training | {info['steps']:,} steps, {info['train_tokens']:,} tokens, AdamW (lr {a['lr']}, betas 0.9/0.95, weight decay 0.1), {a['warmup']} warm-up steps then cosine to 10 %, seed {a['seed']} |
 | time | {info['train_seconds'] / 60:.1f} minutes on {info['threads']} CPU threads |
 

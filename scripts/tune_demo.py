@@ -8,9 +8,12 @@ top-1 reaches 50 % (the headline, higher is better), the same for the random bas
 and the run time. The setting with the best headline becomes the demo default; the
 README reports it on the test split.
 
+``--model DIR`` runs the same grid on another model (a candidate demo model made by
+``scripts/train_demo_model.py --out DIR``).
+
 Usage::
 
-    python scripts/tune_demo.py [--threads 2]
+    python scripts/tune_demo.py [--threads 2] [--model DIR]
 """
 
 from __future__ import annotations
@@ -34,12 +37,13 @@ GRID = [  # (mlp_frac, attn_frac, ablation)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="demo", help="'demo' (the bundled model) or a model directory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     import unlearn_lens as ul
 
-    model = ul.load_model("demo", device="cpu")
+    model = ul.load_model(args.model, device="cpu")
     code, prose = ul.load_texts("demo:code:validation"), ul.load_texts("demo:prose:validation")
     for mlp_frac, attn_frac, ablation in GRID:
         t0 = time.perf_counter()

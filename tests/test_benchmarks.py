@@ -30,8 +30,10 @@ def test_gpu_speed_times_every_pass():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     line = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(line["us_per_token"]) == {"forward", "to_last_hook", "collect", "evaluate"}
-    assert all(v > 0 for v in line["us_per_token"].values())
-    ratio = line["us_per_token"]["collect"] / line["us_per_token"]["forward"]
-    assert abs(line["collect_over_forward"] - ratio) < 1e-2
+    per_token = line["us_per_token"]
+    assert set(per_token) == {"forward", "to_last_hook", "collect", "collect_eager", "collect_fused", "evaluate"}
+    assert all(v > 0 for v in per_token.values())
+    assert abs(line["collect_over_forward"] - per_token["collect"] / per_token["forward"]) < 1e-2
+    assert abs(line["collect_fused_over_forward"] - per_token["collect_fused"] / per_token["forward"]) < 1e-2
+    assert abs(line["collect_eager_over_forward"] - per_token["collect_eager"] / per_token["forward"]) < 1e-2
     assert line["peak_gib"]["collect"] is None  # peak memory is measured on CUDA only
