@@ -73,3 +73,25 @@ def test_a_failed_compile_falls_back_to_the_eager_reduction(monkeypatch, caplog)
     assert "no backend for this device" in caplog.text
     torch.testing.assert_close(got, reference(x, valid, shift), rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(again, got)
+
+
+def test_errors_after_a_successful_compile_are_raised(monkeypatch):
+    calls = []
+
+    def flaky(fn, **kwargs):
+        def run(*args):
+            calls.append(1)
+            if len(calls) > 1:
+                raise RuntimeError("out of memory")
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", flaky)
+    x, valid = activations(torch.float32)
+    shift = x[valid].mean(0)
+    kernels.masked_sums(x, valid, shift)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        kernels.masked_sums(x, valid, shift)
+    assert not kernels._compiled.get("failed")

@@ -142,16 +142,21 @@ def masked_sums(
         shift: a value near each unit's mean, in the accumulation dtype
             (:func:`accumulation_dtype` of ``x``), on ``x``'s device.
         compiled: run the reduction through ``torch.compile`` (one fused kernel); if
-            compiling fails, a warning is logged once and the same function runs
-            eagerly from then on.
+            it fails before it has ever run, a warning is logged once and the same
+            function runs eagerly from then on (later errors are raised).
     """
     if compiled and not _compiled.get("failed"):
         try:
             # One grad mode, and tensors that are not views (a view's base, e.g. the whole
             # activation before the reshape, would add guards): no recompiles per batch.
             with torch.no_grad():
-                return _compiled_masked_sums()(x.detach(), valid.detach(), shift.detach()).to(torch.float64)
-        except Exception as exc:  # no compiler or backend for this device: stay correct, just slower
+                out = _compiled_masked_sums()(x.detach(), valid.detach(), shift.detach())
+            _compiled["worked"] = True
+            return out.to(torch.float64)
+        except Exception as exc:
+            if _compiled.get("worked"):  # it compiled and ran before: a real error (out of memory, ...)
+                raise
+            # no compiler or backend for this device: stay correct, just slower
             _compiled["failed"] = True
             logger.warning("torch.compile of the statistics reduction failed (%s: %s); reducing eagerly",
                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
