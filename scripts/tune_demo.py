@@ -38,6 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="demo", help="'demo' (the bundled model) or a model directory")
+    parser.add_argument("--only", type=int, nargs="+", metavar="N", choices=range(1, len(GRID) + 1),
+                        help="run only these settings of the grid (1 = the first line)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -45,7 +47,8 @@ def main() -> None:
 
     model = ul.load_model(args.model, device="cpu")
     code, prose = ul.load_texts("demo:code:validation"), ul.load_texts("demo:prose:validation")
-    for mlp_frac, attn_frac, ablation in GRID:
+    grid = [GRID[n - 1] for n in args.only] if args.only else GRID
+    for mlp_frac, attn_frac, ablation in grid:
         t0 = time.perf_counter()
         config = ul.PruneConfig(mlp_frac=mlp_frac, attn_frac=attn_frac, ablation=ablation,
                                 n_steps=min(25, round(0.5 / mlp_frac)), collect_tokens=20_000, eval_tokens=20_000,
