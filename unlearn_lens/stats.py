@@ -315,14 +315,17 @@ class _Collector:
         self.n_hooks = 0
         self.fired = 0
 
-    def set_batch(self, valid: Bool[torch.Tensor, "batch pos"]) -> None:
+    def set_batch(self, valid: Bool[torch.Tensor, "batch pos"]) -> int:
+        """Take the next batch's counted positions; returns how many there are."""
         flat = valid.reshape(-1)
         if self.masked:
             self.valid = {flat.device: flat.clone()}  # its own storage: the same for every batch
             self.count = int(flat.sum())
         else:
             self.rows = flat.nonzero().squeeze(1)
+            self.count = self.rows.numel()
         self.fired = 0
+        return self.count
 
     def _mask(self, device: torch.device) -> RowMask:
         valid = self.valid.get(device)
@@ -383,9 +386,9 @@ def stream_units(model: Any, tokens: TokenSet, update: Update, *, batch_size: in
     bar = tqdm(total=part.n_tokens, desc=desc, unit="tok", disable=not (progress and is_main()), leave=False)
     with exclusive(model, owner), attached(model, hooks):
         for batch in part.batches(batch_size, model_device(model)):
-            collector.set_batch(batch.valid)
+            n_batch = collector.set_batch(batch.valid)
             collector.run(model, batch.tokens)
-            bar.update(int(batch.valid.sum()))
+            bar.update(n_batch)
     bar.close()
     return part.n_tokens
 
