@@ -62,14 +62,19 @@ def test_split_is_by_file_hash_and_stable():
     assert 0.07 < splits.count("heldout") / len(splits) < 0.13
 
 
-def test_demo_texts_are_deterministic_and_disjoint():
+@pytest.fixture(scope="module")
+def built():
+    """The demo corpus built afresh from this interpreter's standard library (no cache)."""
+    return demo.build_demo_corpus()
+
+
+def test_demo_texts_are_deterministic_and_disjoint(built):
     for domain in ("code", "prose"):
         train, held = demo_texts(domain, "train"), demo_texts(domain, "heldout")
         assert len(train) > 5 * len(held) > 0
         assert not set(train) & set(held)
     assert ul.load_texts("demo:code") == demo_texts("code", "test")
     assert ul.load_texts("demo:prose:train", limit=3) == demo_texts("prose", "train")[:3]
-    built = demo.build_demo_corpus()
     assert built["code"]["heldout"] == demo_texts("code", "heldout")
 
 
@@ -103,10 +108,9 @@ def test_pinned_splits_match_the_model_card():
 
 
 @pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the pinned splits were cut from CPython 3.11.7")
-def test_pinned_splits_are_this_interpreters_held_out_files(tmp_path):
+def test_pinned_splits_are_this_interpreters_held_out_files(tmp_path, built):
     checksums = demo.pin_heldout_corpus(tmp_path)
     for name in checksums:
         assert (tmp_path / name).read_bytes() == (demo.PINNED_DIR / name).read_bytes(), name
-    built = demo.build_demo_corpus()
     for domain in demo.DEMO_DOMAINS:
         assert demo.demo_texts(domain, "heldout") == built[domain]["heldout"]

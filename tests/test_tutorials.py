@@ -3,13 +3,16 @@
 Each notebook is executed in a fresh ``python3`` kernel (ipykernel, from the same
 environment as the tests) with the working directory set to ``tutorials/``. The kernel
 inherits this process's environment, which is made offline (``HF_HUB_OFFLINE=1`` and
-friends) and single-threaded (``OMP_NUM_THREADS=1``) for the run.
+friends) and single-threaded (``OMP_NUM_THREADS=1``) for the run; two notebooks run at once.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import time
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -96,36 +99,58 @@ def test_notebook_uses_current_api(path: Path) -> None:
     assert not stale, f"{path.name} uses the old API: {stale}"
 
 
+# Executes one notebook in a fresh kernel and writes the executed copy; the test reads that copy.
+_EXECUTE = """
+import sys, time, nbformat
+from nbclient import NotebookClient
+src, dst, cwd, timeout = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+nb = nbformat.read(src, as_version=4)
+start = time.perf_counter()
+NotebookClient(nb, kernel_name="python3", timeout=timeout, startup_timeout=120,
+               resources={"metadata": {"path": cwd}}, allow_errors=False).execute()
+nb.metadata["executed_in_s"] = time.perf_counter() - start
+nbformat.write(nb, dst)
+"""
+
+
+@pytest.fixture(scope="module")
+def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """Every selected notebook, executed offline on its own single-threaded kernel, two at a time.
+
+    Returns ``{name: (returncode, stderr, executed_path)}``. The kernels run one torch thread
+    each, so two of them use both cores without slowing each other down.
+    """
+    wanted = {item.callspec.params["path"] for item in request.session.items
+              if item.originalname == "test_notebook_executes" and hasattr(item, "callspec")}
+    out = tmp_path_factory.mktemp("notebooks")
+    env = {**os.environ, **OFFLINE_ENV, "JUPYTER_RUNTIME_DIR": str(out / "jupyter-runtime")}
+
+    def run(path: Path) -> tuple:
+        dst = out / path.name
+        proc = subprocess.run([sys.executable, "-c", _EXECUTE, str(path), str(dst), str(TUTORIALS),
+                               str(CELL_TIMEOUT_S)], env=env, capture_output=True, text=True)
+        return proc.returncode, proc.stderr, dst
+
+    # the longest notebooks (the later ones) first, so the two workers finish close together
+    order = sorted(wanted, reverse=True)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return {path.name: result for path, result in zip(order, pool.map(run, order))}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
-def test_notebook_executes(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Run every cell in order on a fresh kernel, offline; any exception fails the test."""
+def test_notebook_executes(path: Path, executed: dict[str, tuple]) -> None:
+    """Every cell runs in order on a fresh kernel, offline; any exception fails the test."""
     import nbformat
-    from nbclient import NotebookClient
 
-    for key, value in OFFLINE_ENV.items():
-        monkeypatch.setenv(key, value)
-    # Keep Jupyter's runtime files (connection files) out of the user's directories.
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter-runtime"))
-
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb,
-        kernel_name="python3",
-        timeout=CELL_TIMEOUT_S,
-        startup_timeout=120,
-        resources={"metadata": {"path": str(TUTORIALS)}},
-        allow_errors=False,
-    )
-    start = time.perf_counter()
-    client.execute()
-    elapsed = time.perf_counter() - start
-    print(f"{path.name}: executed in {elapsed:.1f} s")
-
+    returncode, stderr, dst = executed[path.name]
+    assert returncode == 0, f"{path.name} failed:\n{stderr[-4000:]}"
+    nb = nbformat.read(dst, as_version=4)
+    print(f"{path.name}: executed in {nb.metadata['executed_in_s']:.1f} s")
+    assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code")
     errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
               if out.get("output_type") == "error"]
     assert not errors, errors
-    # The notebook on disk is left untouched: executing works on the in-memory copy.
+    # The notebook on disk is left untouched: executing works on a copy.
     on_disk = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in on_disk.cells if c.cell_type == "code")
-
