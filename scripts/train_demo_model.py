@@ -2,7 +2,8 @@
 
 Trained on the ``train`` split of the demo corpora (Python standard library code
 and the English prose of its docstrings and comments), half of each batch from
-each domain. Runs on a CPU; the defaults take under an hour on two cores.
+each domain. Runs on a CPU; the defaults (30 M tokens) take about 90 minutes on two
+cores.
 
 ``--extra DIR ...`` adds the Python files under each directory (for example
 unpacked wheels of pure-Python packages from the package index), cut into code and
@@ -11,7 +12,7 @@ outside evaluation set are skipped, so that set stays unseen.
 
 Usage::
 
-    python scripts/train_demo_model.py [--out assets/demo-model] [--tokens 8500000] [--extra DIR ...]
+    python scripts/train_demo_model.py [--out assets/demo-model] [--tokens 30000000] [--extra DIR ...]
 
 Writes ``config.json``, ``model.safetensors``, the tokenizer files and a model
 card ``README.md`` (data, token count, steps, time, held-out loss and top-1 per
@@ -21,6 +22,8 @@ domain) to ``--out``.
 from __future__ import annotations
 
 import argparse
+import gzip
+import hashlib
 import json
 import math
 import random
@@ -31,7 +34,7 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from unlearn_lens.demo import demo_texts, split_source
+from unlearn_lens.demo import DEMO_DOMAINS, PINNED_DIR, PINNED_SPLITS, demo_texts, pinned_rows, split_source
 
 EOS = "<|endoftext|>"
 # the demo's outside evaluation set (scripts/build_outside_corpus.py): never trained on
@@ -114,7 +117,7 @@ def heldout_metrics(model: GPT2LMHeadModel, stream: torch.Tensor, seq_len: int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets" / "demo-model"))
-    parser.add_argument("--tokens", type=int, default=10_000_000, help="training tokens in all")
+    parser.add_argument("--tokens", type=int, default=30_000_000, help="training tokens in all")
     parser.add_argument("--vocab", type=int, default=4096)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--d-model", type=int, default=256)
@@ -283,6 +286,41 @@ Held-out ({h['code']['n_tokens']:,} code tokens, {h['prose']['n_tokens']:,} pros
 | prose | {h['prose']['loss']:.3f} | {h['prose']['top1']:.3f} |
 
 Reproduce: `python scripts/train_demo_model.py` (the numbers above are in `training.json`).
+
+{evaluation_texts_section()}"""
+
+
+def evaluation_texts_section() -> str:
+    """The card's account of the shipped evaluation splits, with the SHA-256 of each (uncompressed JSON lines)."""
+    rows = []
+    for domain, part in [(d, p) for d in DEMO_DOMAINS for p in PINNED_SPLITS] + [(d, "outside") for d in DEMO_DOMAINS]:
+        name = f"{domain}-{part}.jsonl.gz"
+        with gzip.open(PINNED_DIR / name, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        rows.append(f"| `unlearn_lens/_demo_corpus/{name}` | {len(pinned_rows(domain, part))} | `{digest}` |")
+    table = "\n".join(rows)
+    return f"""## Evaluation texts
+
+The held-out files (one standard library file in ten, by a hash of its path, of
+CPython 3.11.7, the interpreter the model was trained with) are shipped with the
+package, split in two by another hash of the path, so that they are the same on every
+Python version: `validation` (the demo's settings are chosen on it) and `test` (the
+demo reports it). `python scripts/pin_demo_corpus.py` wrote them; `tests/test_demo_corpus.py`
+checks these SHA-256 sums of the uncompressed JSON lines:
+
+| split file | files | SHA-256 |
+|---|---|---|
+{table}
+
+The validation and test texts are the Python Software Foundation's, under the PSF
+License Agreement (Python 3.11.7), as the rest of the standard library. The `outside`
+split (`python scripts/build_outside_corpus.py`) is a second evaluation set from
+sources the model never saw: code and docstring/comment prose of jinja2 3.1.6, click
+8.5.1, idna 3.20, urllib3 2.8.0, packaging 26.4, attrs 26.1.0 and filelock 4.3.1 (BSD,
+MIT and Apache licences; each package's licence is in `unlearn_lens/_demo_corpus/LICENSES/`),
+split exactly as the demo corpora are. The `train` split is rebuilt from
+the running interpreter's standard library, so it matches the training data exactly
+only under CPython 3.11.7.
 """
 
 

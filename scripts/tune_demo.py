@@ -31,6 +31,8 @@ GRID = [  # (mlp_frac, attn_frac, ablation)
     (0.06, 0.03, "mean"),
     (0.045, 0.02, "zero"),
     (0.02, 0.01, "mean"),
+    (0.09, 0.045, "mean"),
+    (0.06, 0.06, "mean"),
 ]
 
 
