@@ -10,6 +10,9 @@ unpacked wheels of pure-Python packages from the package index), cut into code a
 prose the same way; test folders, vendored copies and the packages of the demo's
 outside evaluation set are skipped, so that set stays unseen.
 
+``--init DIR`` continues training a saved model (its weights and tokenizer) for
+``--tokens`` more tokens, with a fresh optimiser and learning-rate schedule.
+
 Usage::
 
     python scripts/train_demo_model.py [--out assets/demo-model] [--tokens 30000000] [--extra DIR ...]
@@ -133,6 +136,9 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (for a quick timing check)")
     parser.add_argument("--extra", nargs="*", default=[], metavar="DIR",
                         help="more Python sources to train on (code and prose cut as for the standard library)")
+    parser.add_argument("--init", default=None, metavar="DIR",
+                        help="continue from the model and tokenizer in DIR (a fresh optimiser and learning-rate "
+                             "schedule; the architecture arguments are then ignored)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="re-measure the held-out metrics of the model in --out and rewrite its card")
     args = parser.parse_args()
@@ -151,7 +157,11 @@ def main() -> None:
     for rec in extra_record:
         print(f"extra {rec['folder']}: {rec['files']} files, code {rec['code_chars']:,} chars, "
               f"prose {rec['prose_chars']:,} chars ({rec['skipped']} did not parse)", flush=True)
-    tokenizer = train_tokenizer(code_train + prose_train, args.vocab)
+    init = json.loads((Path(args.init) / "training.json").read_text()) if args.init else None
+    if init:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(args.init)
+    else:
+        tokenizer = train_tokenizer(code_train + prose_train, args.vocab)
     bos = tokenizer.bos_token_id
     streams = {"code": token_stream(tokenizer, code_train), "prose": token_stream(tokenizer, prose_train)}
     heldout = {d: token_stream(tokenizer, demo_texts(d, "heldout")) for d in ("code", "prose")}
@@ -176,7 +186,13 @@ def main() -> None:
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
     )
-    model = GPT2LMHeadModel(config)
+    model = GPT2LMHeadModel.from_pretrained(args.init) if init else GPT2LMHeadModel(config)
+    if init:  # record the shape actually trained
+        c = model.config
+        if c.n_positions != args.seq_len:
+            raise SystemExit(f"--init model has context {c.n_positions}, not --seq-len {args.seq_len}")
+        args.layers, args.d_model, args.d_mlp, args.heads = c.n_layer, c.n_embd, c.n_inner, c.n_head
+        args.act, args.vocab = c.activation_function, len(tokenizer)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -237,6 +253,8 @@ def main() -> None:
         "args": vars(args),
         "corpus_tokens": {d: len(s) for d, s in streams.items()},
         "extra_sources": extra_record,
+        "init": {"dir": args.init, "train_tokens": init["train_tokens"], "steps": init["steps"],
+                 "train_seconds": init["train_seconds"]} if init else None,
     }
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     (out_dir / "README.md").write_text(model_card(info))
@@ -261,6 +279,9 @@ def model_card(info: dict) -> str:
     extra = info.get("extra_sources") or []
     extra_row = ("| more data | Python files of " + ", ".join(f"{r['folder']} ({r['files']} files)" for r in extra)
                  + ", cut the same way; the tokens above include them |\n") if extra else ""
+    init = info.get("init")
+    init_row = (f"| initialised from | a model of this shape trained on {init['train_tokens']:,} tokens ({init['steps']:,} steps, "
+                f"{init['train_seconds'] / 60:.1f} minutes), then trained further as below (`--init`) |\n") if init else ""
     return f"""# unlearn_lens demo model
 
 A small GPT-2-architecture causal language model with **{a['act'].upper()} MLPs**, trained
@@ -274,7 +295,7 @@ neurons can be removed while prose survives, and nothing more.
 | parameters | {info['params']:,} |
 | tokenizer | byte-level BPE (`tokenizers`), vocabulary {a['vocab']}, `<|endoftext|>` as BOS/EOS |
 | data | the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without comments and docstrings ({info['corpus_tokens']['code']:,} tokens), and the English prose of those docstrings and comments ({info['corpus_tokens']['prose']:,} tokens) |
-{extra_row}| batches | {a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose |
+{extra_row}{init_row}| batches | {a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose |
 | training | {info['steps']:,} steps, {info['train_tokens']:,} tokens, AdamW (lr {a['lr']}, betas 0.9/0.95, weight decay 0.1), {a['warmup']} warm-up steps then cosine to 10 %, seed {a['seed']} |
 | time | {info['train_seconds'] / 60:.1f} minutes on {info['threads']} CPU threads |
 
