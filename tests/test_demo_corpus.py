@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
+import json
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +117,16 @@ def test_pinned_splits_are_this_interpreters_held_out_files(tmp_path, built):
         assert (tmp_path / name).read_bytes() == (demo.PINNED_DIR / name).read_bytes(), name
     for domain in demo.DEMO_DOMAINS:
         assert demo.demo_texts(domain, "heldout") == built[domain]["heldout"]
+
+
+def test_model_card_is_the_one_the_training_script_writes():
+    """The shipped card is `train_demo_model.py`'s card for the shipped `training.json`, checksums included,
+    so retraining rewrites every section of it (and a stale split checksum shows up here)."""
+    path = Path(__file__).parents[1] / "scripts" / "train_demo_model.py"
+    spec = importlib.util.spec_from_file_location("train_demo_model", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model_dir = demo.demo_model_dir()
+    info = json.loads((model_dir / "training.json").read_text())
+    assert script.model_card(info) == (model_dir / "README.md").read_text()
+    assert info["heldout"]["code"]["top1"] > info["heldout"]["prose"]["top1"] > 0.25
