@@ -37,7 +37,7 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from unlearn_lens.demo import DEMO_DOMAINS, PINNED_DIR, PINNED_SPLITS, demo_texts, pinned_rows, split_source
+from unlearn_lens.demo import DEMO_DOMAINS, PINNED_DIR, PINNED_SPLITS, demo_texts, split_source
 
 EOS = "<|endoftext|>"
 # the demo's outside evaluation set (scripts/build_outside_corpus.py): never trained on
@@ -171,28 +171,29 @@ def main() -> None:
         flush=True,
     )
 
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=args.seq_len,
-        n_embd=args.d_model,
-        n_layer=args.layers,
-        n_head=args.heads,
-        n_inner=args.d_mlp,
-        activation_function=args.act,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=bos,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = GPT2LMHeadModel.from_pretrained(args.init) if init else GPT2LMHeadModel(config)
-    if init:  # record the shape actually trained
+    if init:  # the saved model, its shape recorded as the shape trained
+        model = GPT2LMHeadModel.from_pretrained(args.init)
         c = model.config
         if c.n_positions != args.seq_len:
             raise SystemExit(f"--init model has context {c.n_positions}, not --seq-len {args.seq_len}")
         args.layers, args.d_model, args.d_mlp, args.heads = c.n_layer, c.n_embd, c.n_inner, c.n_head
         args.act, args.vocab = c.activation_function, len(tokenizer)
+    else:
+        model = GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=args.seq_len,
+            n_embd=args.d_model,
+            n_layer=args.layers,
+            n_head=args.heads,
+            n_inner=args.d_mlp,
+            activation_function=args.act,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=bos,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=True,
+        ))
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -317,8 +318,9 @@ def evaluation_texts_section() -> str:
     for domain, part in [(d, p) for d in DEMO_DOMAINS for p in PINNED_SPLITS] + [(d, "outside") for d in DEMO_DOMAINS]:
         name = f"{domain}-{part}.jsonl.gz"
         with gzip.open(PINNED_DIR / name, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        rows.append(f"| `unlearn_lens/_demo_corpus/{name}` | {len(pinned_rows(domain, part))} | `{digest}` |")
+            lines = f.read()
+        n_files = lines.count(b"\n")  # one JSON line per file
+        rows.append(f"| `unlearn_lens/_demo_corpus/{name}` | {n_files} | `{hashlib.sha256(lines).hexdigest()}` |")
     table = "\n".join(rows)
     return f"""## Evaluation texts
 
