@@ -10,6 +10,11 @@ unpacked wheels of pure-Python packages from the package index), cut into code a
 prose the same way; test folders, vendored copies and the packages of the demo's
 outside evaluation set are skipped, so that set stays unseen.
 
+``--prose-docs DIR ...`` adds English prose from the reStructuredText pages under each
+directory (for example the Python documentation's sources), cut with
+``unlearn_lens.demo.rst_prose``; the C API pages and include snippets are skipped, and
+so is every paragraph that shares a run of eight words with an evaluation split.
+
 ``--init DIR`` continues training a saved model (its weights and tokenizer) for
 ``--tokens`` more tokens, with a fresh optimiser and learning-rate schedule.
 
@@ -30,6 +35,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -37,7 +43,7 @@ import torch
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from unlearn_lens.demo import DEMO_DOMAINS, PINNED_DIR, PINNED_SPLITS, demo_texts, split_source
+from unlearn_lens.demo import DEMO_DOMAINS, PINNED_DIR, PINNED_SPLITS, demo_texts, pinned_rows, rst_prose, split_source
 
 EOS = "<|endoftext|>"
 # the demo's outside evaluation set (scripts/build_outside_corpus.py): never trained on
@@ -70,6 +76,52 @@ def extra_texts(folders: list[str]) -> tuple[list[str], list[str], list[dict]]:
         record.append({"folder": root.name, "files": n_files, "skipped": skipped, "code_chars": n_code,
                        "prose_chars": n_prose})
     return code, prose, record
+
+
+SKIP_DOC_DIRS = {"c-api", "includes"}
+_WORDS = re.compile(r"\w+")
+SHARED_RUN = 8  # a paragraph sharing this many consecutive words with an evaluation text is dropped
+
+
+def word_runs(text: str, n: int = SHARED_RUN) -> set[tuple[str, ...]]:
+    """Every run of ``n`` consecutive words of ``text`` (lower-cased)."""
+    words = _WORDS.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def docs_prose(folders: list[str]) -> tuple[list[str], list[dict]]:
+    """The prose of every reST page under ``folders`` (sorted paths), and a record per folder.
+
+    Paragraphs that share a run of :data:`SHARED_RUN` words with any text of the pinned
+    evaluation splits (validation, test, outside; both domains) are dropped, so that
+    no evaluation text is trained on.
+    """
+    if not folders:
+        return [], []
+    evaluation = set()
+    for domain in DEMO_DOMAINS:
+        for part in (*PINNED_SPLITS, "outside"):
+            for row in pinned_rows(domain, part):
+                evaluation |= word_runs(row["text"])
+    texts, record = [], []
+    for folder in folders:
+        root = Path(folder)
+        n_files = n_chars = n_dropped = 0
+        for path in sorted(root.rglob("*")):
+            if not path.name.endswith((".rst", ".rst.txt")) or set(path.relative_to(root).parts[:-1]) & SKIP_DOC_DIRS:
+                continue
+            kept = []
+            for paragraph in rst_prose(path.read_text(encoding="utf-8")).split("\n\n"):
+                if paragraph and word_runs(paragraph) & evaluation:
+                    n_dropped += 1
+                elif paragraph:
+                    kept.append(paragraph)
+            if kept:
+                texts.append("\n\n".join(kept))
+                n_files += 1
+                n_chars += len(texts[-1])
+        record.append({"folder": root.name, "files": n_files, "prose_chars": n_chars, "dropped_paragraphs": n_dropped})
+    return texts, record
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -117,7 +169,7 @@ def heldout_metrics(model: GPT2LMHeadModel, stream: torch.Tensor, seq_len: int, 
     return {"loss": total_loss / count, "top1": correct / count, "n_tokens": count}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "assets" / "demo-model"))
     parser.add_argument("--tokens", type=int, default=30_000_000, help="training tokens in all")
@@ -136,12 +188,39 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (for a quick timing check)")
     parser.add_argument("--extra", nargs="*", default=[], metavar="DIR",
                         help="more Python sources to train on (code and prose cut as for the standard library)")
+    parser.add_argument("--prose-docs", nargs="*", default=[], metavar="DIR",
+                        help="reStructuredText pages whose English prose is added to the prose training text")
+    parser.add_argument("--prose-docs-about", default="", metavar="TEXT",
+                        help="what the --prose-docs pages are and their licence, for the model card")
     parser.add_argument("--init", default=None, metavar="DIR",
                         help="continue from the model and tokenizer in DIR (a fresh optimiser and learning-rate "
                              "schedule; the architecture arguments are then ignored)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="re-measure the held-out metrics of the model in --out and rewrite its card")
-    args = parser.parse_args()
+    return parser
+
+
+# what the card's command line writes for an argument that names a folder
+PLACEHOLDERS = {"init": "BASE", "extra": "DIR", "prose_docs": "DOCS"}
+NOT_IN_COMMAND = {"out", "threads", "max_steps", "evaluate_only", "prose_docs_about"}
+
+
+def command_line(args: dict) -> str:
+    """The command that trains with ``args`` (the recorded ``training.json`` arguments), defaults left out."""
+    defaults = vars(build_parser().parse_args([]))
+    words = ["python scripts/train_demo_model.py"]
+    for name, value in args.items():
+        if name in NOT_IN_COMMAND or name not in defaults or value == defaults[name]:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, list):
+            value = " ".join(PLACEHOLDERS[name] for _ in value)
+        words.append(f"{flag} {PLACEHOLDERS.get(name, value)}")
+    return " ".join(words)
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     torch.set_num_threads(args.threads)
     if args.evaluate_only:
@@ -157,6 +236,11 @@ def main() -> None:
     for rec in extra_record:
         print(f"extra {rec['folder']}: {rec['files']} files, code {rec['code_chars']:,} chars, "
               f"prose {rec['prose_chars']:,} chars ({rec['skipped']} did not parse)", flush=True)
+    doc_prose, docs_record = docs_prose(args.prose_docs)
+    prose_train = prose_train + doc_prose
+    for rec in docs_record:
+        print(f"prose docs {rec['folder']}: {rec['files']} pages, {rec['prose_chars']:,} chars "
+              f"({rec['dropped_paragraphs']} paragraphs dropped: shared with an evaluation text)", flush=True)
     init = json.loads((Path(args.init) / "training.json").read_text()) if args.init else None
     if init:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(args.init)
@@ -254,7 +338,9 @@ def main() -> None:
         "args": vars(args),
         "corpus_tokens": {d: len(s) for d, s in streams.items()},
         "extra_sources": extra_record,
-        "init": {"dir": args.init, "train_tokens": init["train_tokens"], "steps": init["steps"],
+        "prose_docs": docs_record,
+        "init": {"dir": args.init, "command": command_line(init["args"]), "train_tokens": init["train_tokens"],
+                 "steps": init["steps"],
                  "train_seconds": init["train_seconds"]} if init else None,
     }
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -280,9 +366,19 @@ def model_card(info: dict) -> str:
     extra = info.get("extra_sources") or []
     extra_row = ("| more data | Python files of " + ", ".join(f"{r['folder']} ({r['files']} files)" for r in extra)
                  + ", cut the same way; the tokens above include them |\n") if extra else ""
+    docs = info.get("prose_docs") or []
+    docs_row = ("| more prose | the English prose of the reStructuredText pages under " + ", ".join(
+        f"{r['folder']} ({r['files']} pages, {r['prose_chars']:,} characters; {r['dropped_paragraphs']} paragraphs "
+        f"sharing a run of {SHARED_RUN} words with an evaluation text dropped)" for r in docs)
+        + (f": {a['prose_docs_about']}" if a.get("prose_docs_about") else "") + " |\n") if docs else ""
     init = info.get("init")
     init_row = (f"| initialised from | a model of this shape trained on {init['train_tokens']:,} tokens ({init['steps']:,} steps, "
                 f"{init['train_seconds'] / 60:.1f} minutes), then trained further as below (`--init`) |\n") if init else ""
+    reproduce = f"`{command_line(a)}`"
+    if init:
+        reproduce = f"`{init['command']} --out BASE`, then {reproduce}"
+    if docs:
+        reproduce += ", with DOCS the reStructuredText sources named above"
     return f"""# unlearn_lens demo model
 
 A small GPT-2-architecture causal language model with **{a['act'].upper()} MLPs**, trained
@@ -295,8 +391,8 @@ neurons can be removed while prose survives, and nothing more.
 | architecture | GPT-2 (`GPT2LMHeadModel`), {a['layers']} layers, d_model {a['d_model']}, d_mlp {a['d_mlp']}, {a['heads']} heads, context {a['seq_len']}, tied embeddings |
 | parameters | {info['params']:,} |
 | tokenizer | byte-level BPE (`tokenizers`), vocabulary {a['vocab']}, `<|endoftext|>` as BOS/EOS |
-| data | the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without comments and docstrings ({info['corpus_tokens']['code']:,} tokens), and the English prose of those docstrings and comments ({info['corpus_tokens']['prose']:,} tokens) |
-{extra_row}{init_row}| batches | {a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose |
+| data | the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without comments and docstrings ({info['corpus_tokens']['code']:,} tokens), and the English prose of those docstrings and comments ({info['corpus_tokens']['prose']:,} tokens{' with the pages below' if docs else ''}) |
+{extra_row}{docs_row}{init_row}| batches | {a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose |
 | training | {info['steps']:,} steps, {info['train_tokens']:,} tokens, AdamW (lr {a['lr']}, betas 0.9/0.95, weight decay 0.1), {a['warmup']} warm-up steps then cosine to 10 %, seed {a['seed']} |
 | time | {info['train_seconds'] / 60:.1f} minutes on {info['threads']} CPU threads |
 
@@ -307,7 +403,7 @@ Held-out ({h['code']['n_tokens']:,} code tokens, {h['prose']['n_tokens']:,} pros
 | code | {h['code']['loss']:.3f} | {h['code']['top1']:.3f} |
 | prose | {h['prose']['loss']:.3f} | {h['prose']['top1']:.3f} |
 
-Reproduce: `python scripts/train_demo_model.py` (the numbers above are in `training.json`).
+Reproduce: {reproduce} (the numbers above are in `training.json`).
 
 {evaluation_texts_section()}"""
 

@@ -59,6 +59,75 @@ def test_split_source_separates_code_and_prose():
     assert any(p.startswith("A small container") for p in paragraphs)
 
 
+RST = """\
+:mod:`json` --- JSON encoder and decoder
+========================================
+
+.. module:: json
+   :synopsis: Encode and decode the JSON format.
+
+.. _json-intro:
+
+The :mod:`json` module reads :ref:`JSON text <json-grammar>` written by
+`other programs <https://json.org>`_ and ``returns`` **plain** Python *objects*.
+
+Encoding a few basic objects::
+
+    >>> json.dumps([1, 2])
+    '[1, 2]'
+
+.. function:: dumps(obj, *, indent=None)
+              dump(obj, fp)
+   :noindex:
+
+   Serialize the given object to a string in the JSON format.
+
+   .. versionchanged:: 3.6 Every keyword argument of this function is keyword-only now.
+
+   .. note::
+      Keys of the mapping are always converted to strings by this function.
+
+.. code-block:: python
+
+   data = json.loads(text)   # parsed into plain objects
+
+>>> json.loads("[1, 2]")
+[1, 2]
+
++-------+---------+
+| JSON  | Python  |
++=======+=========+
+
+.. this comment is never prose
+   nor is its second line at all
+"""
+
+
+def test_rst_prose_keeps_the_english_and_drops_code_and_markup():
+    paragraphs = demo.rst_prose(RST).split("\n\n")
+    assert paragraphs == [
+        "json --- JSON encoder and decoder",
+        "The json module reads JSON text written by other programs and returns plain Python objects.",
+        "Encoding a few basic objects:",
+        "Serialize the given object to a string in the JSON format.",
+        "Every keyword argument of this function is keyword-only now.",
+        "Keys of the mapping are always converted to strings by this function.",
+    ]
+
+
+def test_docs_prose_drops_paragraphs_shared_with_an_evaluation_text(tmp_path):
+    script = _training_script()
+    evaluated = demo.pinned_rows("prose", "test")[0]["text"].split("\n\n")[0]
+    assert len(script.word_runs(evaluated)) > 0
+    fresh = "This paragraph was written for the test and appears in no evaluation text at all."
+    (tmp_path / "docs" / "c-api").mkdir(parents=True)
+    (tmp_path / "docs" / "page.rst").write_text(f"{fresh}\n\n{evaluated}\n")
+    (tmp_path / "docs" / "c-api" / "skipped.rst").write_text(f"{fresh}\n")
+    texts, record = script.docs_prose([str(tmp_path / "docs")])
+    assert texts == [fresh]
+    assert record == [{"folder": "docs", "files": 1, "prose_chars": len(fresh), "dropped_paragraphs": 1}]
+
+
 def test_split_is_by_file_hash_and_stable():
     assert demo._split_of("json/decoder.py") == demo._split_of("json/decoder.py")
     splits = [demo._split_of(f"pkg/mod{i}.py") for i in range(2000)]
@@ -119,13 +188,18 @@ def test_pinned_splits_are_this_interpreters_held_out_files(tmp_path, built):
         assert demo.demo_texts(domain, "heldout") == built[domain]["heldout"]
 
 
-def test_model_card_is_the_one_the_training_script_writes():
-    """The shipped card is `train_demo_model.py`'s card for the shipped `training.json`, checksums included,
-    so retraining rewrites every section of it (and a stale split checksum shows up here)."""
+def _training_script():
     path = Path(__file__).parents[1] / "scripts" / "train_demo_model.py"
     spec = importlib.util.spec_from_file_location("train_demo_model", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_model_card_is_the_one_the_training_script_writes():
+    """The shipped card is `train_demo_model.py`'s card for the shipped `training.json`, checksums included,
+    so retraining rewrites every section of it (and a stale split checksum shows up here)."""
+    script = _training_script()
     model_dir = demo.demo_model_dir()
     info = json.loads((model_dir / "training.json").read_text())
     assert script.model_card(info) == (model_dir / "README.md").read_text()
