@@ -33,7 +33,7 @@ logger = logging.getLogger("unlearn_lens")
 # Chosen on the demo's validation split by scripts/tune_demo.py; the README reports the test split.
 DEMO_SETTINGS: dict[str, Any] = {
     "mlp_frac": 0.06,
-    "attn_frac": 0.03,
+    "attn_frac": 0.06,
     "n_steps": 8,
     "ablation": "mean",
     "collect_tokens": 20_000,
@@ -50,7 +50,7 @@ _DEPRECATED_FLAGS = {"--ff-frac": "mlp_frac", "--steps": "n_steps", "--stop-at":
 
 _HELP = {
     "mlp_frac": "fraction of all MLP neurons pruned per step (default 0.02; demo 0.06)",
-    "attn_frac": "fraction of all attention neurons (or heads, with --heads) pruned per step (default 0; demo 0.03)",
+    "attn_frac": "fraction of all attention neurons (or heads, with --heads) pruned per step (default 0; demo 0.06)",
     "n_steps": "maximum pruning steps (default 10; demo 8)",
     "scoring": "scoring method of both unit kinds (default abs)",
     "mlp_scoring": "scoring method of MLP neurons (default: --scoring)",
