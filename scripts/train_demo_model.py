@@ -78,6 +78,8 @@ def extra_texts(folders: list[str]) -> tuple[list[str], list[str], list[dict]]:
     return code, prose, record
 
 
+# every shipped evaluation split (domain, part), in the order the model card lists them
+EVALUATION_SPLITS = [(d, p) for d in DEMO_DOMAINS for p in PINNED_SPLITS] + [(d, "outside") for d in DEMO_DOMAINS]
 SKIP_DOC_DIRS = {"c-api", "includes"}
 _WORDS = re.compile(r"\w+")
 SHARED_RUN = 8  # a paragraph sharing this many consecutive words with an evaluation text is dropped
@@ -99,10 +101,9 @@ def docs_prose(folders: list[str]) -> tuple[list[str], list[dict]]:
     if not folders:
         return [], []
     evaluation = set()
-    for domain in DEMO_DOMAINS:
-        for part in (*PINNED_SPLITS, "outside"):
-            for row in pinned_rows(domain, part):
-                evaluation |= word_runs(row["text"])
+    for domain, part in EVALUATION_SPLITS:
+        for row in pinned_rows(domain, part):
+            evaluation |= word_runs(row["text"])
     texts, record = [], []
     for folder in folders:
         root = Path(folder)
@@ -411,7 +412,7 @@ Reproduce: {reproduce} (the numbers above are in `training.json`).
 def evaluation_texts_section() -> str:
     """The card's account of the shipped evaluation splits, with the SHA-256 of each (uncompressed JSON lines)."""
     rows = []
-    for domain, part in [(d, p) for d in DEMO_DOMAINS for p in PINNED_SPLITS] + [(d, "outside") for d in DEMO_DOMAINS]:
+    for domain, part in EVALUATION_SPLITS:
         name = f"{domain}-{part}.jsonl.gz"
         with gzip.open(PINNED_DIR / name, "rb") as f:
             lines = f.read()
