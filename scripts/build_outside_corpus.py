@@ -4,8 +4,8 @@ The demo model was trained on the Python standard library only. This script take
 Python files of a few widely used, permissively licensed pure-Python packages installed
 in the running environment, splits each into code (comments and docstrings removed) and
 prose (its docstrings and comments) exactly as the demo corpora are split, and writes
-``unlearn_lens/_demo_corpus/{code,prose}-outside.jsonl.gz`` (rows ``{"path", "text"}``,
-gzip without a timestamp) and each package's licence under ``_demo_corpus/LICENSES/``.
+``unlearn_lens/demo/data/{code,prose}-outside.jsonl.gz`` (rows ``{"path", "text"}``,
+gzip without a timestamp) and each package's licence under ``unlearn_lens/demo/data/LICENSES/``.
 It prints the SHA-256 of each file's uncompressed JSON lines, which the model card
 records. ``load_texts("demo:code:outside")`` reads the result.
 

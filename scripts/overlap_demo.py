@@ -23,8 +23,8 @@ import time
 import torch
 
 import unlearn_lens as ul
+from unlearn_lens.checks.overlap import jaccard, overlap_matrix, random_control, random_init_control
 from unlearn_lens.cli import DEMO_SETTINGS
-from unlearn_lens.overlap import jaccard, overlap_matrix, random_control, random_init_control
 
 
 def main() -> None:

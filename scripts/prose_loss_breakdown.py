@@ -39,7 +39,7 @@ import re
 import torch
 
 import unlearn_lens as ul
-from unlearn_lens.checks import run_token_sets
+from unlearn_lens.checks.suite import run_token_sets
 
 CLASSES = ("word", "punctuation", "code-like", "doctest")
 _WORD = re.compile(r"^ ?[A-Za-z]+$")

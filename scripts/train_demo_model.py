@@ -12,7 +12,7 @@ outside evaluation set are skipped, so that set stays unseen.
 
 ``--prose-docs DIR ...`` adds English prose from the reStructuredText pages under each
 directory (for example the Python documentation's sources), cut with
-``unlearn_lens.demo.rst_prose``; the C API pages and include snippets are skipped, and
+``rst_prose.py`` (beside this script); the C API pages and include snippets are skipped, and
 so is every paragraph that shares a run of eight words with an evaluation split.
 
 ``--init DIR`` continues training a saved model (its weights and tokenizer) for
@@ -20,7 +20,7 @@ so is every paragraph that shares a run of eight words with an evaluation split.
 
 Usage::
 
-    python scripts/train_demo_model.py [--out assets/demo-model] [--tokens 30000000] [--extra DIR ...]
+    python scripts/train_demo_model.py [--out unlearn_lens/demo/model] [--tokens 30000000] [--extra DIR ...]
 
 Writes ``config.json``, ``model.safetensors``, the tokenizer files and a model
 card ``README.md`` (data, token count, steps, time, held-out loss and top-1 per
@@ -40,10 +40,11 @@ import time
 from pathlib import Path
 
 import torch
+from rst_prose import rst_prose  # scripts/rst_prose.py, beside this script
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from unlearn_lens.demo import DEMO_DOMAINS, PINNED_DIR, PINNED_SPLITS, demo_texts, pinned_rows, rst_prose, split_source
+from unlearn_lens.demo import DEMO_DOMAINS, PINNED_DIR, PINNED_SPLITS, demo_texts, pinned_rows, split_source
 
 EOS = "<|endoftext|>"
 # the demo's outside evaluation set (scripts/build_outside_corpus.py): never trained on
@@ -417,7 +418,7 @@ def evaluation_texts_section() -> str:
         with gzip.open(PINNED_DIR / name, "rb") as f:
             lines = f.read()
         n_files = lines.count(b"\n")  # one JSON line per file
-        rows.append(f"| `unlearn_lens/_demo_corpus/{name}` | {n_files} | `{hashlib.sha256(lines).hexdigest()}` |")
+        rows.append(f"| `unlearn_lens/demo/data/{name}` | {n_files} | `{hashlib.sha256(lines).hexdigest()}` |")
     table = "\n".join(rows)
     return f"""## Evaluation texts
 
@@ -437,7 +438,7 @@ License Agreement (Python 3.11.7), as the rest of the standard library. The `out
 split (`python scripts/build_outside_corpus.py`) is a second evaluation set from
 sources the model never saw: code and docstring/comment prose of jinja2 3.1.6, click
 8.5.1, idna 3.20, urllib3 2.8.0, packaging 26.4, attrs 26.1.0 and filelock 4.3.1 (BSD,
-MIT and Apache licences; each package's licence is in `unlearn_lens/_demo_corpus/LICENSES/`),
+MIT and Apache licences; each package's licence is in `unlearn_lens/demo/data/LICENSES/`),
 split exactly as the demo corpora are. The `train` split is rebuilt from
 the running interpreter's standard library, so it matches the training data exactly
 only under CPython 3.11.7.

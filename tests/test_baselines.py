@@ -10,9 +10,9 @@ from conftest import CODE, PROSE
 
 import unlearn_lens as ul
 from unlearn_lens import viz
-from unlearn_lens.bands import band, run_groups, spread_text
+from unlearn_lens.report.bands import band, run_groups, spread_text
+from unlearn_lens.report.tables import summary_table
 from unlearn_lens.scoring import random_masks
-from unlearn_lens.tables import summary_table
 
 CFG = dict(mlp_frac=0.1, attn_frac=0.05, n_steps=2, ablation="mean", collect_tokens=200, eval_tokens=100,
            seq_len=32, seed=3)

@@ -9,7 +9,7 @@ import torch
 from conftest import CODE, PROSE
 
 import unlearn_lens as ul
-from unlearn_lens.checks import RunChecks, run_checks, run_token_sets
+from unlearn_lens.checks.suite import RunChecks, run_checks, run_token_sets
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,8 @@ def other_run_dir(gpt2_dir, run_dir):
 
 
 def test_overlap_with_other_runs_and_both_controls(gpt2, run_dir, other_run_dir, tmp_path):
-    from unlearn_lens.overlap import OverlapMatrix, jaccard
-    from unlearn_lens.report import write_report
+    from unlearn_lens.checks.overlap import OverlapMatrix, jaccard
+    from unlearn_lens.report.html import write_report
 
     run, other = ul.PruneRun.load(run_dir), ul.PruneRun.load(other_run_dir)
     checks = run_checks(gpt2, run, relearn=False, others={"more code": other}, init_control=True)
@@ -96,7 +96,7 @@ def test_overlap_with_other_runs_and_both_controls(gpt2, run_dir, other_run_dir,
 
 
 def test_report_says_how_to_add_checks(run_dir, tmp_path):
-    from unlearn_lens.report import write_report
+    from unlearn_lens.report.html import write_report
 
     page = write_report(ul.PruneRun.load(run_dir), tmp_path, explorer=False, n_cards=0).read_text()
     assert "unlearn-lens check RUN_DIR" in page
@@ -131,7 +131,7 @@ def test_cli_check(run_dir, other_run_dir, capsys):
 
 
 def test_membership_texts_are_drawn_from_a_pool_not_the_first_ones():
-    from unlearn_lens.checks import _texts
+    from unlearn_lens.checks.suite import _texts
 
     texts = [f"text {i}" for i in range(100)]
     picked = _texts(texts, 5, "member", seed=0)

@@ -99,7 +99,7 @@ def test_existing_output_directory_is_refused_before_any_work(gpt2_dir, data_dir
 
 
 def test_interruption_messages(gpt2_dir, data_dir, tmp_path, capsys, monkeypatch):
-    import unlearn_lens.report as report
+    import unlearn_lens.report.html as report
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -14,7 +14,7 @@ import pytest
 
 import unlearn_lens as ul
 from unlearn_lens import demo
-from unlearn_lens.demo import demo_texts
+from unlearn_lens.demo import corpus, demo_texts
 
 SOURCE = '''"""Module docstring: tools for adding numbers together."""
 # A comment that explains the next function in words.
@@ -104,7 +104,7 @@ Encoding a few basic objects::
 
 
 def test_rst_prose_keeps_the_english_and_drops_code_and_markup():
-    paragraphs = demo.rst_prose(RST).split("\n\n")
+    paragraphs = _script("rst_prose").rst_prose(RST).split("\n\n")
     assert paragraphs == [
         "json --- JSON encoder and decoder",
         "The json module reads JSON text written by other programs and returns plain Python objects.",
@@ -129,8 +129,8 @@ def test_docs_prose_drops_paragraphs_shared_with_an_evaluation_text(tmp_path):
 
 
 def test_split_is_by_file_hash_and_stable():
-    assert demo._split_of("json/decoder.py") == demo._split_of("json/decoder.py")
-    splits = [demo._split_of(f"pkg/mod{i}.py") for i in range(2000)]
+    assert corpus._split_of("json/decoder.py") == corpus._split_of("json/decoder.py")
+    splits = [corpus._split_of(f"pkg/mod{i}.py") for i in range(2000)]
     assert 0.07 < splits.count("heldout") / len(splits) < 0.13
 
 
@@ -160,7 +160,7 @@ def test_bad_demo_names():
 def test_pinned_splits_match_the_model_card():
     """Validation and test ship with the package, the same bytes on every Python, as the model card records."""
     card = (demo.demo_model_dir() / "README.md").read_text()
-    recorded = dict(re.findall(r"`unlearn_lens/_demo_corpus/([\w-]+\.jsonl\.gz)` \| \d+ \| `([0-9a-f]{64})`", card))
+    recorded = dict(re.findall(r"`unlearn_lens/demo/data/([\w-]+\.jsonl\.gz)` \| \d+ \| `([0-9a-f]{64})`", card))
     assert sorted(recorded) == sorted(f"{d}-{p}.jsonl.gz" for d in demo.DEMO_DOMAINS
                                       for p in (*demo.PINNED_SPLITS, "outside"))
     for name, digest in recorded.items():
@@ -188,12 +188,21 @@ def test_pinned_splits_are_this_interpreters_held_out_files(tmp_path, built):
         assert demo.demo_texts(domain, "heldout") == built[domain]["heldout"]
 
 
-def _training_script():
-    path = Path(__file__).parents[1] / "scripts" / "train_demo_model.py"
-    spec = importlib.util.spec_from_file_location("train_demo_model", path)
+SCRIPTS = Path(__file__).parents[1] / "scripts"
+
+
+def _script(name: str):
+    """A module of ``scripts/``, imported as the script imports its neighbours (``scripts/`` on the path)."""
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     return script
+
+
+def _training_script():
+    return _script("train_demo_model")
 
 
 def test_model_card_is_the_one_the_training_script_writes():

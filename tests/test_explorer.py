@@ -18,10 +18,10 @@ import torch
 from _viz_support import tiny
 
 import unlearn_lens as ul
-from unlearn_lens.cards import _capture, _resolve_unit
-from unlearn_lens.explorer import EXPLORER_CSS, explorer_data, explorer_html, top_activations, unit_order
 from unlearn_lens.models import ModelDims
-from unlearn_lens.report import write_report
+from unlearn_lens.report.cards import _capture, _resolve_unit
+from unlearn_lens.report.explorer import EXPLORER_CSS, explorer_data, explorer_html, top_activations, unit_order
+from unlearn_lens.report.html import write_report
 from unlearn_lens.results import PRUNED_STEP_FILE
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import CODE, PROSE, our_hooks
 
 import unlearn_lens as ul
-from unlearn_lens.membership import MEMBER_SIDE, SCORES, auc, membership_check, text_scores
+from unlearn_lens.checks.membership import MEMBER_SIDE, SCORES, auc, membership_check, text_scores
 
 TEXTS = [CODE[0], CODE[2], CODE[3], CODE[7], PROSE[0], PROSE[3], PROSE[5]]
 

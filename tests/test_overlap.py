@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from unlearn_lens.checks.overlap import OverlapMatrix, jaccard, overlap_figure, overlap_matrix, random_control
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import ModelDims
-from unlearn_lens.overlap import OverlapMatrix, jaccard, overlap_figure, overlap_matrix, random_control
 
 TINY = ModelDims(n_layers=2, d_mlp=4, n_heads=2, d_head=2)
 BIG = ModelDims(n_layers=4, d_mlp=512, n_heads=4, d_head=16)
@@ -138,7 +138,7 @@ def test_errors():
 from conftest import CODE, PROSE, _HookedTransformer  # noqa: E402
 
 import unlearn_lens as ul  # noqa: E402
-from unlearn_lens.overlap import random_init_control, random_init_copy  # noqa: E402
+from unlearn_lens.checks.overlap import random_init_control, random_init_copy  # noqa: E402
 
 INIT_FIXTURES = ["gpt2", "neox", "llama", "native_gpt2", "native_gated",
                  *(["legacy_gpt2", "legacy_gated"] if _HookedTransformer is not None else [])]

@@ -10,9 +10,16 @@ import torch
 from conftest import CODE, PROSE, our_hooks
 
 import unlearn_lens as ul
+from unlearn_lens.checks.relearn import (
+    RelearnConfig,
+    RelearnCurve,
+    finetune_,
+    relearn,
+    relearn_comparison,
+    relearn_figure,
+)
 from unlearn_lens.models import attached, hook_name
 from unlearn_lens.pruning import _projections
-from unlearn_lens.relearn import RelearnConfig, RelearnCurve, finetune_, relearn, relearn_comparison, relearn_figure
 
 SEQ = 32
 # Held-out code: none of these texts is in CODE, so no evaluation row is a training row.
@@ -138,7 +145,7 @@ def test_same_seed_same_curve(gpt2, held):
 
 def test_evaluation_rows_seen_in_training_are_reported(gpt2, caplog):
     masks = ul.Masks.empty(ul.ModelDims.of(gpt2))
-    with caplog.at_level(logging.WARNING, logger="unlearn_lens.relearn"):
+    with caplog.at_level(logging.WARNING, logger="unlearn_lens.checks.relearn"):
         relearn(gpt2, masks, CODE, CODE, **_kw(steps=1))
     assert "also occur among the training rows" in caplog.text
 

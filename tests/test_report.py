@@ -16,7 +16,7 @@ from _viz_support import forget_falling, interpolated_retain, tiny
 
 import unlearn_lens as ul
 from unlearn_lens.cli import main
-from unlearn_lens.report import write_report
+from unlearn_lens.report.html import write_report
 from unlearn_lens.scoring import top_units
 
 N_FIGURES = 9  # effects, separability, 2 maps, heads, 2 distributions, 2 per-layer bars (attention was pruned)

@@ -8,7 +8,7 @@ import pytest
 from conftest import CODE, PROSE
 
 import unlearn_lens as ul
-from unlearn_lens.sweep import Sweep, sweep, sweep_figure, write_sweep_report
+from unlearn_lens.checks.sweep import Sweep, sweep, sweep_figure, write_sweep_report
 
 CONFIG = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=3, collect_tokens=300, eval_tokens=200, seq_len=24,
                         peak_bins=16, resample_tokens=50)

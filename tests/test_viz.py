@@ -1,4 +1,4 @@
-"""Structure of the figures of unlearn_lens.viz and of the neuron-card HTML, on real runs of a tiny model."""
+"""Structure of the figures of unlearn_lens.report.viz and of the neuron-card HTML, on real runs of a tiny model."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from _viz_support import forget_falling, interpolated_retain, tiny
 
 import unlearn_lens as ul
 from unlearn_lens import viz
-from unlearn_lens.cards import neuron_card
 from unlearn_lens.models import attached, attn_hook_name, mlp_hook_name
+from unlearn_lens.report.cards import neuron_card
 from unlearn_lens.scoring import Scores, head_scores, top_units
 from unlearn_lens.stats import as_token_set
 

@@ -46,8 +46,7 @@ from unlearn_lens.results import PruneConfig, PruneRun
 from unlearn_lens.pipeline import random_baseline, selective_prune
 
 # looking at results
-from unlearn_lens import cards, viz
-from unlearn_lens.report import write_report
+from unlearn_lens.report import cards, viz, write_report
 
 from unlearn_lens.errors import UnlearnLensError
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from unlearn_lens._io import check_output_dir
 from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.tables import summary_table, sweep_table
+from unlearn_lens.report.tables import summary_table, sweep_table
 
 __all__ = ["DEMO_SETTINGS", "main", "summary_table"]
 
@@ -129,8 +129,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     from unlearn_lens._version import __version__
     from unlearn_lens.ablations import ABLATIONS
+    from unlearn_lens.checks.sweep import DEFAULT_SCORINGS
     from unlearn_lens.scoring import SCORING_METHODS
-    from unlearn_lens.sweep import DEFAULT_SCORINGS
 
     parser = argparse.ArgumentParser(
         prog="unlearn-lens",
@@ -348,7 +348,7 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
     print(summary_table(run))
     print(f"results: {out / 'results.json'}  ({time.time() - t0:.0f}s)")
     if not args.no_report:
-        from unlearn_lens.report import write_report
+        from unlearn_lens.report.html import write_report
 
         with local():  # the neuron cards run the model on rank 0 alone
             report = write_report(run, out, model=model, forget_texts=forget, retain_texts=retain,
@@ -358,8 +358,8 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from unlearn_lens.checks.sweep import sweep, write_sweep_report
     from unlearn_lens.models import load_model
-    from unlearn_lens.sweep import sweep, write_sweep_report
 
     out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
         f"sweep-{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -383,7 +383,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from unlearn_lens.checks import DEMO_MEMBERS, run_checks
+    from unlearn_lens.checks.suite import DEMO_MEMBERS, run_checks
     from unlearn_lens.models import load_model
     from unlearn_lens.results import PruneRun
 
@@ -413,14 +413,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"membership {domain}: AUC unpruned " + ", ".join(f"{k} {v:.3f}" for k, v in result["unpruned"].items())
               + "; pruned " + ", ".join(f"{k} {v:.3f}" for k, v in (result["pruned"] or {}).items()))
     if not args.no_report:
-        from unlearn_lens.report import write_report
+        from unlearn_lens.report.html import write_report
 
         print(f"report: {write_report(args.run_dir, model=model)}")
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from unlearn_lens.report import write_report
+    from unlearn_lens.report.html import write_report
 
     report = write_report(args.run_dir, model=args.model, load_model_from_results=not args.no_cards,
                           n_cards=0 if args.no_cards else 4, device=args.device,

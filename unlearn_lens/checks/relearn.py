@@ -29,7 +29,7 @@ How :func:`relearn` fine-tunes:
 (its masks, its baseline's, none) under the run's ablation and ablation values;
 :func:`relearn_figure` draws the curves::
 
-    from unlearn_lens.relearn import relearn_comparison, relearn_figure
+    from unlearn_lens.checks.relearn import relearn_comparison, relearn_figure
     curves = relearn_comparison(model, run, train_code, held_code, held_prose, steps=20, lr=1e-4)
     relearn_figure(curves)
 """

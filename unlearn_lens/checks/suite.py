@@ -3,14 +3,14 @@
 A run shows that forget accuracy falls while retain accuracy holds. Two checks ask
 whether the capability was removed or only hidden:
 
-* **relearning** (:mod:`unlearn_lens.relearn`): fine-tune copies of the model, with the
+* **relearning** (:mod:`unlearn_lens.checks.relearn`): fine-tune copies of the model, with the
   run's selective masks, its random baseline's masks and no masks, on forget text
   that neither the run's statistics nor its evaluation used, and follow forget top-1
   on the run's own evaluation tokens;
-* **membership** (:mod:`unlearn_lens.membership`): how well LOSS, zlib-ratio and
+* **membership** (:mod:`unlearn_lens.checks.membership`): how well LOSS, zlib-ratio and
   Min-K % Prob tell the model's training texts from other texts, before and after
   pruning, per domain (only where the training texts are known, as for the demo);
-* **overlap** (:mod:`unlearn_lens.overlap`), given other runs (other forget sets against
+* **overlap** (:mod:`unlearn_lens.checks.overlap`), given other runs (other forget sets against
   the same retain set): the Jaccard overlap of the units each pruned, beside random
   masks with the same counts and, optionally, the same runs on a randomly initialised copy.
 
@@ -31,11 +31,11 @@ from typing import Any
 
 from unlearn_lens._io import read_json, write_json
 from unlearn_lens._version import __version__
+from unlearn_lens.checks.membership import membership_check
+from unlearn_lens.checks.relearn import RelearnCurve, relearn_comparison
 from unlearn_lens.data import TokenSet
 from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.membership import membership_check
 from unlearn_lens.pipeline import run_tokens
-from unlearn_lens.relearn import RelearnCurve, relearn_comparison
 from unlearn_lens.results import PruneRun
 
 __all__ = ["CHECKS_NAME", "DEMO_MEMBERS", "RunChecks", "run_checks", "run_token_sets"]
@@ -103,7 +103,7 @@ class RunChecks:
     def report_parts(self) -> dict[str, Any]:
         """What the report shows: ``explain`` (paragraphs), ``notes``, ``figures`` (plotly) and ``tables``
         (``{"title", "header", "rows"}`` of strings)."""
-        from unlearn_lens.relearn import relearn_figure
+        from unlearn_lens.checks.relearn import relearn_figure
 
         out: dict[str, Any] = {"explain": [], "notes": list(self.notes), "figures": [], "tables": []}
         if self.relearn:
@@ -132,7 +132,7 @@ class RunChecks:
             out["tables"].append({"title": "Membership AUC, unpruned → pruned", "rows": rows,
                                   "header": ["domain", "members", "non-members", "LOSS", "zlib", "Min-K %"]})
         if self.overlap:
-            from unlearn_lens.overlap import OverlapMatrix, overlap_figure
+            from unlearn_lens.checks.overlap import OverlapMatrix, overlap_figure
 
             mlp = {label: OverlapMatrix.from_dict(m) for label, m in self.overlap["mlp"].items()}
             out["explain"].append(
@@ -267,7 +267,7 @@ def run_checks(
 
 def _overlap(model: Any, run: PruneRun, others: Mapping[str, PruneRun], init_control: bool, progress: bool
              ) -> dict[str, dict[str, Any]]:
-    from unlearn_lens.overlap import overlap_matrix, random_control, random_init_control
+    from unlearn_lens.checks.overlap import overlap_matrix, random_control, random_init_control
 
     runs = {"this run": run, **{str(k): v for k, v in others.items()}}
     if "this run" in others:

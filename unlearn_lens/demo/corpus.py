@@ -13,14 +13,14 @@ on). Test packages, ``idlelib``, ``lib2to3``, installed third-party packages and
 files that do not parse are skipped.
 
 The held-out files of CPython 3.11.7 (the interpreter the model was trained with)
-ship with the package (``_demo_corpus/``), cut in two by another hash of the path:
+ship with the package (``unlearn_lens/demo/data/``), cut in two by another hash of the path:
 ``validation`` (the demo's settings were chosen on it) and ``test`` (what the demo
 reports, and what ``"demo:code"`` / ``"demo:prose"`` mean), so they are the same on
 every Python version; ``heldout`` is both. The ``train`` split is rebuilt from the
 running interpreter's standard library and cached under the user cache directory
 (``$XDG_CACHE_HOME/unlearn_lens`` or ``~/.cache/unlearn_lens``).
 
-The demo model (``assets/demo-model``, loaded with ``load_model("demo")``) is a
+The demo model (``unlearn_lens/demo/model/``, loaded with ``load_model("demo")``) is a
 small GPT-2-style model with ReLU MLPs trained by ``scripts/train_demo_model.py``
 on the ``train`` split of both domains.
 """
@@ -48,13 +48,14 @@ __all__ = [
     "DEMO_DOMAINS",
     "DEMO_MODEL_DIR",
     "DEMO_SPLITS",
+    "PINNED_DIR",
     "PINNED_SPLITS",
     "build_demo_corpus",
     "demo_model_dir",
     "demo_texts",
+    "docstring_prose",
     "pin_heldout_corpus",
     "pinned_rows",
-    "rst_prose",
     "split_source",
     "write_pinned_rows",
 ]
@@ -80,25 +81,18 @@ _HELDOUT_EVERY = 10
 _MIN_COMMENT_WORDS = 4
 _WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*")
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "demo-model"
-PINNED_DIR = Path(__file__).resolve().parent / "_demo_corpus"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "model"
+PINNED_DIR = Path(__file__).resolve().parent / "data"
 
 
 def demo_model_dir() -> Path:
-    """Directory of the bundled demo model (HF format).
-
-    Looks in the source checkout first (``assets/demo-model``), then in the
-    installed package data (``unlearn_lens/_demo_model``).
-    """
-    candidates = [DEMO_MODEL_DIR, Path(__file__).resolve().parent / "_demo_model"]
-    for path in candidates:
-        if (path / "config.json").is_file():
-            return path
-    raise UnlearnLensError(
-        "the demo model is not available: looked in "
-        + ", ".join(str(p) for p in candidates)
-        + ". Train it with `python scripts/train_demo_model.py`."
-    )
+    """Directory of the bundled demo model (HF format), package data of :mod:`unlearn_lens.demo`."""
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        raise UnlearnLensError(
+            f"the demo model is not available: {str(DEMO_MODEL_DIR)!r} has no config.json. "
+            "Train it with `python scripts/train_demo_model.py`."
+        )
+    return DEMO_MODEL_DIR
 
 
 def _is_docstring(node: ast.AST) -> bool:
@@ -118,7 +112,7 @@ def _docstring_nodes(tree: ast.Module) -> list[ast.Expr]:
     return found
 
 
-def _docstring_prose(text: str) -> str:
+def docstring_prose(text: str) -> str:
     """The prose paragraphs of a cleaned docstring.
 
     Doctest examples (a ``>>>`` line up to the next blank line) and reST literal
@@ -180,7 +174,7 @@ def split_source(source: str) -> tuple[str, str]:
     paragraphs: list[str] = []
     for node in _docstring_nodes(tree):
         doc_lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
-        text = _docstring_prose(inspect.cleandoc(node.value.value))  # type: ignore[attr-defined]
+        text = docstring_prose(inspect.cleandoc(node.value.value))  # type: ignore[attr-defined]
         if text:
             paragraphs.append(text)
 
@@ -227,90 +221,6 @@ def split_source(source: str) -> tuple[str, str]:
 
 
 # reST directives whose body is code, markup or a list of links, never prose
-_NON_PROSE_DIRECTIVES = {
-    "code", "code-block", "sourcecode", "doctest", "testcode", "testoutput", "testsetup", "testcleanup",
-    "productionlist", "literalinclude", "highlight", "toctree", "index", "csv-table", "list-table", "table",
-    "raw", "image", "figure", "math", "include", "sectionauthor", "moduleauthor", "audit-event-table", "grammar-snippet",
-}
-# directives whose argument on the directive line is already prose (or a version, then prose)
-_PROSE_DIRECTIVES = {
-    "note", "warning", "seealso", "important", "tip", "caution", "attention", "hint", "danger", "admonition",
-    "impl-detail", "topic", "rubric", "versionadded", "versionchanged", "deprecated", "deprecated-removed",
-}
-_DIRECTIVE = re.compile(r"^(\s*)\.\.\s+([\w:.-]+)::\s?(.*)$")
-_EXPLICIT = re.compile(r"^(\s*)\.\.(\s|$)")  # a comment, target, footnote or substitution definition
-_ADORNMENT = re.compile(r"^\s*([=\-~^\"'`#*+:.<>_])\1{3,}\s*$|^\s*=+( +=+)+\s*$|^\s*[+|]")
-_INLINE = [
-    (re.compile(r":[\w:.-]+:`[~!]?([^`<]*?)\s*<[^`>]*>`"), r"\1"),  # :role:`text <target>`
-    (re.compile(r":[\w:.-]+:`[~!]?(?:[\w.]*\.)?([^`]*)`"), r"\1"),  # :role:`~a.b.name` -> name
-    (re.compile(r"`([^`<]*?)\s*<[^`>]*>`__?"), r"\1"),  # `text <url>`_
-    (re.compile(r"`([^`]+)`__?"), r"\1"),
-    (re.compile(r"``([^`]+)``"), r"\1"),
-    (re.compile(r"\*\*([^*]+)\*\*"), r"\1"),
-    (re.compile(r"\*([^*\s][^*]*)\*"), r"\1"),
-    (re.compile(r"\s?\[#?[\w-]*\]_"), ""),  # footnote references
-    (re.compile(r"\\ "), ""),
-]
-
-
-def rst_prose(text: str) -> str:
-    """The English prose of a reStructuredText document, cut as :func:`split_source` cuts docstrings.
-
-    Code (literal blocks, doctest examples, code and table directives), section
-    adornments, tables, comments and directive lines are dropped; inline markup
-    (roles, links, literals, emphasis) is reduced to its text. What remains is
-    paragraphs separated by blank lines, each of four or more words that read as
-    prose.
-
-    Args:
-        text: the reST source, e.g. one page of the Python documentation.
-
-    Returns:
-        The prose paragraphs, separated by blank lines ("" if there are none).
-    """
-    kept: list[str] = []
-    skip_indent: int | None = None  # drop the lines indented deeper than this (a directive's body)
-    in_header = False  # the lines right after a directive, before its first blank line
-    for line in text.splitlines():
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        if skip_indent is not None:
-            if not stripped or indent > skip_indent:
-                continue
-            skip_indent = None
-        if in_header:
-            if stripped:
-                continue
-            in_header = False
-        directive = _DIRECTIVE.match(line)
-        if directive:
-            name = directive.group(2).split(":")[-1]
-            if name in _NON_PROSE_DIRECTIVES:
-                skip_indent = indent
-            elif name in _PROSE_DIRECTIVES:
-                argument = directive.group(3)
-                if name.startswith(("version", "deprecated")):
-                    argument = re.sub(r"^[\d.]+(\s+[\d.]+)?\s*", "", argument)
-                kept.append(" " * indent + argument)
-            else:  # an object description: its signature lines and options are code
-                in_header = True
-            continue
-        if _EXPLICIT.match(line):
-            skip_indent = indent
-            continue
-        if _ADORNMENT.match(line) or re.match(r"^\s*:[\w -]+:(\s|$)", line):
-            continue
-        if stripped.endswith("::"):  # a literal block follows: code
-            skip_indent = indent
-            body = line.rstrip()[:-2]  # "text::" reads "text:"; "text ::" and a lone "::" read as nothing more
-            line = body.rstrip() if body.endswith(" ") or not body.strip() else body + ":"
-        kept.append(line)
-    body = "\n".join(kept)
-    for pattern, repl in _INLINE:  # on the whole text: markup may span lines
-        body = pattern.sub(repl, body)
-    return _docstring_prose(body)
-
-
 def _stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"]).resolve()
 

@@ -7,9 +7,9 @@ final step of the run and of its random baseline) led by the headline number, re
 top-1 where forget top-1 first falls to 50 % (:meth:`PruneRun.retain_at_forget
 <unlearn_lens.results.PruneRun.retain_at_forget>`), with the separability area, its
 definition and its dependence on the stop beside it; the settings and data sources;
-every figure of :mod:`unlearn_lens.viz` with an explanation and the step tables; and
-neuron cards (:mod:`unlearn_lens.cards`) of the top-scoring MLP neurons and the neuron
-explorer (:mod:`unlearn_lens.explorer`) of every unit, or notes saying why they are missing.
+every figure of :mod:`unlearn_lens.report.viz` with an explanation and the step tables; and
+neuron cards (:mod:`unlearn_lens.report.cards`) of the top-scoring MLP neurons and the neuron
+explorer (:mod:`unlearn_lens.report.explorer`) of every unit, or notes saying why they are missing.
 A run directory is read only by ``PruneRun.load``.
 """
 
@@ -25,11 +25,11 @@ from typing import Any
 from markupsafe import Markup
 
 from unlearn_lens._io import check_output_dir, write_text
-from unlearn_lens.bands import group_label, run_groups
 from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.report.bands import group_label, run_groups
+from unlearn_lens.report.tables import Cell, pct, settings, steps_table, summary
 from unlearn_lens.results import PruneRun
 from unlearn_lens.scoring import RATIO_METHODS, Scores, top_units
-from unlearn_lens.summary import Cell, pct, settings, steps_table, summary
 
 __all__ = ["HEADLINE_LEVEL", "REPORT_NAME", "TEMPLATE_NAME", "write_report"]
 
@@ -96,7 +96,7 @@ def _figure(fig: Any, anchor: str) -> Markup:
 
 
 def _figure_sections(runs: dict[str, list[PruneRun]], main: PruneRun) -> list[_Section]:
-    from unlearn_lens import viz
+    from unlearn_lens.report import viz
 
     effects = _Section("effects", "Forget and retain performance", [_EXPLAIN["effects"]],
                        figures=[_figure(viz.pruning_effects(runs), "effects")],
@@ -191,8 +191,8 @@ def _cards_section(
     run: PruneRun, *, model: Any, forget_texts: Any, retain_texts: Any, n_cards: int, load_model_from_results: bool,
     device: str | None, card_tokens: int, n_contexts: int, inputs: tuple[Any, Any, Any, str | None] | None = None,
 ) -> _Section:
-    from unlearn_lens.cards import neuron_cards
     from unlearn_lens.models import ModelDims
+    from unlearn_lens.report.cards import neuron_cards
 
     section = _Section("cards", "Neuron cards")
     if n_cards <= 0:
@@ -231,8 +231,8 @@ def _cards_section(
 
 
 def _explorer_section(run: PruneRun, inputs: tuple[Any, Any, Any, str | None] | None, tokens: int) -> _Section:
-    """The neuron explorer of every unit (:mod:`unlearn_lens.explorer`), or a note saying why it is missing."""
-    from unlearn_lens.explorer import explorer_data, explorer_html
+    """The neuron explorer of every unit (:mod:`unlearn_lens.report.explorer`), or a note saying why it is missing."""
+    from unlearn_lens.report.explorer import explorer_data, explorer_html
 
     section = _Section("explorer", "Neuron explorer")
     if inputs is None:
@@ -265,7 +265,7 @@ def _explorer_section(run: PruneRun, inputs: tuple[Any, Any, Any, str | None] | 
 
 
 def _checks_section(checks: Any) -> _Section:
-    """Relearning and membership checks (:mod:`unlearn_lens.checks`), or how to add them."""
+    """Relearning and membership checks (:mod:`unlearn_lens.checks.suite`), or how to add them."""
     section = _Section("checks", "Checks beyond the paper: relearning, membership, overlap")
     if checks is None:
         section.notes.append(Markup("No checks of this run yet: <code>unlearn-lens check RUN_DIR</code> adds "
@@ -285,10 +285,10 @@ def _render(**context: Any) -> str:
     from jinja2 import Environment, PackageLoader, StrictUndefined
     from plotly.offline import get_plotlyjs
 
-    from unlearn_lens.cards import CARD_CSS
-    from unlearn_lens.explorer import EXPLORER_CSS
+    from unlearn_lens.report.cards import CARD_CSS
+    from unlearn_lens.report.explorer import EXPLORER_CSS
 
-    env = Environment(loader=PackageLoader("unlearn_lens", "."), autoescape=True,
+    env = Environment(loader=PackageLoader("unlearn_lens.report", "templates"), autoescape=True,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     return env.get_template(TEMPLATE_NAME).render(plotlyjs=Markup(get_plotlyjs()), card_css=Markup(CARD_CSS),
                                                   explorer_css=Markup(EXPLORER_CSS), **context)
@@ -344,7 +344,7 @@ def write_report(
             run in memory is given without ``out_dir``.
     """
     if isinstance(run, (str, os.PathLike)):
-        from unlearn_lens.checks import RunChecks
+        from unlearn_lens.checks.suite import RunChecks
 
         run_dir = Path(run)
         run = PruneRun.load(run_dir)

@@ -3,7 +3,7 @@
 A selective run is compared with random baselines that prune the same number of units
 per layer and step, one per seed (:meth:`~unlearn_lens.results.PruneRun.random_runs`).
 One seed is one draw of chance; several show how far chance alone moves the numbers.
-The figures (:mod:`unlearn_lens.viz`) draw the seeds as a band, and the report and the
+The figures (:mod:`unlearn_lens.report.viz`) draw the seeds as a band, and the report and the
 terminal table give each number of the random column as the mean over the seeds with
 its min–max range. Pure functions over results; no model is run here.
 """

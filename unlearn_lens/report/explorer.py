@@ -4,7 +4,7 @@ Every MLP neuron (``blocks.{l}.mlp.hook_post[..., i]``) and attention neuron
 (``blocks.{l}.attn.hook_z[..., h, d]``) gets a row: layer, index, kind, score, forget and
 retain statistics (mean, mean |x|, P(x > 0), ratio of mean |x|) and the step that pruned
 it; clicking a row opens its top-activating contexts on forget and on retain, coloured by
-activation as in :mod:`unlearn_lens.cards`. :func:`top_activations` makes it in one
+activation as in :mod:`unlearn_lens.report.cards`. :func:`top_activations` makes it in one
 streamed forward pass per dataset (the loop of :func:`unlearn_lens.collect_stats`):
 statistics as ``collect_stats`` keeps them, and a running top-k per unit across batches
 (memory units x k, never per token) with the activations a few tokens either side, read
@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from jaxtyping import Float, Int
 
-from unlearn_lens.cards import _VISIBLE, _Decoder
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import ModelDims, hook_name, model_device, model_dims
+from unlearn_lens.report.cards import _VISIBLE, _Decoder
 from unlearn_lens.results import PruneRun
 from unlearn_lens.stats import ActivationStats, stream_units
 

@@ -10,7 +10,7 @@ Masks that prune a few percent of units already overlap a little by chance, so
 :func:`random_control` draws, for each entry, random masks with the same per-layer
 counts; their matrix is the overlap chance alone gives::
 
-    from unlearn_lens.overlap import overlap_figure, overlap_matrix, random_control
+    from unlearn_lens.checks.overlap import overlap_figure, overlap_matrix, random_control
     masks = {"code": code_run.masks, "maths": maths_run.masks, "french": french_run.masks}
     matrix = overlap_matrix(masks)
     overlap_figure(matrix, overlap_matrix(random_control(masks)))

@@ -4,7 +4,7 @@ A card shows one MLP neuron (``blocks.{l}.mlp.hook_post[..., i]``) or attention
 neuron (``blocks.{l}.attn.hook_z[..., h, d]``): its statistics on each dataset
 (count, mean, population std, mean |x|, RMS, P(x > 0), max, and the forget / retain
 ratio) and the contexts where it fires most strongly, each token coloured by the
-unit's activation. Unlike :mod:`unlearn_lens.viz`, this module runs the model.
+unit's activation. Unlike :mod:`unlearn_lens.report.viz`, this module runs the model.
 
 * :func:`unit_activations`: one unit's activation on every token of a dataset;
 * :func:`neuron_card` / :func:`neuron_cards`: the HTML cards (one forward pass per

@@ -16,7 +16,7 @@ run directory per cell under ``cells/<ablation>-<scoring>/``, read back by
 beside a heatmap of the headline; :func:`write_sweep_report` puts both and the table
 into one offline ``report.html``::
 
-    from unlearn_lens.sweep import sweep, write_sweep_report
+    from unlearn_lens.checks.sweep import sweep, write_sweep_report
     result = sweep(model, code, prose, ul.PruneConfig(mlp_frac=0.06, n_steps=8),
                    ablations=["zero", "mean", "peak"], scorings=["abs", "freq", "wanda"])
     result.save("sweep_dir")

@@ -3,7 +3,7 @@
 Every figure function takes results (:class:`~unlearn_lens.scoring.Scores`,
 :class:`~unlearn_lens.masks.Masks`, :class:`~unlearn_lens.results.PruneRun`) and
 returns a ``plotly.graph_objects.Figure``; nothing is shown or written here, and
-the model is never run (neuron cards, which run it, are in :mod:`unlearn_lens.cards`).
+the model is never run (neuron cards, which run it, are in :mod:`unlearn_lens.report.cards`).
 
 * :func:`specialisation_map`: every unit's score, layers by units sorted within
   each layer, with the pruned units marked;
@@ -33,9 +33,9 @@ import einops
 import torch
 from jaxtyping import Float
 
-from unlearn_lens.bands import RunsLike, band, group_label, run_groups, spread_text
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
+from unlearn_lens.report.bands import RunsLike, band, group_label, run_groups, spread_text
 from unlearn_lens.results import PruneRun
 from unlearn_lens.scoring import RATIO_METHODS, Scores, head_scores
 

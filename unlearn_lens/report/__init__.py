@@ -1,0 +1,19 @@
+"""Looking at results: figures, tables, neuron cards, the explorer and the HTML report.
+
+* :mod:`~unlearn_lens.report.viz`: plotly figures of a run (they take results, run no model);
+* :mod:`~unlearn_lens.report.tables`: the summary, settings and step tables, in HTML and as text;
+* :mod:`~unlearn_lens.report.bands`: the random baseline's seeds as a band;
+* :mod:`~unlearn_lens.report.cards`: neuron cards (a unit's numbers and top contexts);
+* :mod:`~unlearn_lens.report.explorer`: every unit of a run, searchable, in the browser;
+* :mod:`~unlearn_lens.report.html`: :func:`write_report`, one self-contained ``report.html``.
+
+The HTML lives in ``templates/`` (Jinja2, autoescaped), the JavaScript and CSS in
+``static/``; Python hands the page its data as JSON.
+"""
+
+from __future__ import annotations
+
+from unlearn_lens.report import cards, viz
+from unlearn_lens.report.html import write_report
+
+__all__ = ["cards", "viz", "write_report"]
