@@ -37,13 +37,27 @@ def build_model(tmp: str):
     import unlearn_lens as ul
 
     tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(["def f(x):\n    return x\n", "A short sentence of prose."] * 20, vocab_size=300,
-                            special_tokens=["<|endoftext|>"], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>",
-                                        eos_token="<|endoftext|>")
+    tok.train_from_iterator(
+        ["def f(x):\n    return x\n", "A short sentence of prose."] * 20,
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=4096, n_positions=128, n_embd=256, n_layer=4, n_head=8, n_inner=1024,
-                     activation_function="relu", bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=4096,
+        n_positions=128,
+        n_embd=256,
+        n_layer=4,
+        n_head=8,
+        n_inner=1024,
+        activation_function="relu",
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     GPT2LMHeadModel(cfg).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     return ul.load_model(tmp, device="cpu")
@@ -131,23 +145,42 @@ def main() -> None:
                 fn()
                 times[name].append(time.perf_counter() - t)
     fwd, part, col, fused = (statistics.median(times[name]) for name in runs)
-    print(f"model: GPT-2 4 layers, d_model 256, d_mlp 1024, 8 heads; {tokens.n_tokens:,} tokens, "
-          f"batch {args.batch_size} x 128, {args.threads} threads, {args.repeats} repeats (medians)")
+    print(
+        f"model: GPT-2 4 layers, d_model 256, d_mlp 1024, 8 heads; {tokens.n_tokens:,} tokens, "
+        f"batch {args.batch_size} x 128, {args.threads} threads, {args.repeats} repeats (medians)"
+    )
     print(f"bare forward              {fwd:7.3f} s  ({tokens.n_tokens / fwd:,.0f} tok/s)")
     print(f"forward to the last hook  {part:7.3f} s  ({tokens.n_tokens / part:,.0f} tok/s)")
     print(f"collect_stats             {col:7.3f} s  ({tokens.n_tokens / col:,.0f} tok/s)")
     print(f"ratio collect/forward: {col / fwd:.3f}   (target <= 1.15)")
     print(f"ratio collect/forward to the last hook: {col / part:.3f}   (the statistics' own cost)")
-    print(f"collect_stats(fused=True) {fused:7.3f} s: ratio to forward {fused / fwd:.3f}, to the last hook "
-          f"{fused / part:.3f}   (the CUDA default, here compiled for the CPU)")
+    print(
+        f"collect_stats(fused=True) {fused:7.3f} s: ratio to forward {fused / fwd:.3f}, to the last hook "
+        f"{fused / part:.3f}   (the CUDA default, here compiled for the CPU)"
+    )
 
     peaks = {}
     for n in (10_000, 100_000):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--threads", str(args.threads),
-                              "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                str(n),
+                "--threads",
+                str(args.threads),
+                "--batch-size",
+                str(args.batch_size),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[n] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"peak RSS collecting {n:>7,} tokens: {peaks[n][0]:7.1f} MiB (growth during collection "
-              f"{peaks[n][1]:6.1f} MiB)")
+        print(
+            f"peak RSS collecting {n:>7,} tokens: {peaks[n][0]:7.1f} MiB (growth during collection "
+            f"{peaks[n][1]:6.1f} MiB)"
+        )
     print(f"ratio peak RSS 100k/10k tokens: {peaks[100_000][0] / peaks[10_000][0]:.3f}   (target: ~1.0, no growth)")
 
 

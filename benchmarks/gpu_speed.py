@@ -85,9 +85,14 @@ def measure(model, tokens, batch_size: int, repeats: int, device: str) -> dict[s
     def evaluate() -> None:
         ul.evaluate(model, tokens, max_tokens=None, batch_size=batch_size, progress=False)
 
-    runs: dict[str, Callable[[], None]] = {"forward": forward, "to_last_hook": to_last_hook, "collect": collect,
-                                           "collect_eager": collect_eager, "collect_fused": collect_fused,
-                                           "evaluate": evaluate}
+    runs: dict[str, Callable[[], None]] = {
+        "forward": forward,
+        "to_last_hook": to_last_hook,
+        "collect": collect,
+        "collect_eager": collect_eager,
+        "collect_fused": collect_fused,
+        "evaluate": evaluate,
+    }
     peaks: dict[str, float | None] = {}
     for name, fn in runs.items():  # warm-up, and the peak memory of each
         if device.startswith("cuda"):
@@ -125,19 +130,30 @@ def main() -> None:
             tokens = random_rows(args.tokens, args.seq_len, vocab)
             result = measure(model, tokens, args.batch_size, args.repeats, args.device)
         per_token = {name: r["seconds"] / tokens.n_tokens * 1e6 for name, r in result.items()}
-        print(json.dumps({
-            "shape": shape, "device": args.device, "dtype": args.dtype, "tokens": tokens.n_tokens,
-            "seq_len": args.seq_len, "batch_size": args.batch_size, "repeats": args.repeats,
-            "us_per_token": {k: round(v, 3) for k, v in per_token.items()},
-            "collect_over_forward": round(per_token["collect"] / per_token["forward"], 3),
-            "collect_over_to_last_hook": round(per_token["collect"] / per_token["to_last_hook"], 3),
-            "collect_eager_over_forward": round(per_token["collect_eager"] / per_token["forward"], 3),
-            "collect_fused_over_forward": round(per_token["collect_fused"] / per_token["forward"], 3),
-            "collect_fused_over_to_last_hook": round(per_token["collect_fused"] / per_token["to_last_hook"], 3),
-            "evaluate_over_forward": round(per_token["evaluate"] / per_token["forward"], 3),
-            "peak_gib": {k: (round(r["peak_gib"], 2) if r["peak_gib"] is not None else None)
-                         for k, r in result.items()},
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "shape": shape,
+                    "device": args.device,
+                    "dtype": args.dtype,
+                    "tokens": tokens.n_tokens,
+                    "seq_len": args.seq_len,
+                    "batch_size": args.batch_size,
+                    "repeats": args.repeats,
+                    "us_per_token": {k: round(v, 3) for k, v in per_token.items()},
+                    "collect_over_forward": round(per_token["collect"] / per_token["forward"], 3),
+                    "collect_over_to_last_hook": round(per_token["collect"] / per_token["to_last_hook"], 3),
+                    "collect_eager_over_forward": round(per_token["collect_eager"] / per_token["forward"], 3),
+                    "collect_fused_over_forward": round(per_token["collect_fused"] / per_token["forward"], 3),
+                    "collect_fused_over_to_last_hook": round(per_token["collect_fused"] / per_token["to_last_hook"], 3),
+                    "evaluate_over_forward": round(per_token["evaluate"] / per_token["forward"], 3),
+                    "peak_gib": {
+                        k: (round(r["peak_gib"], 2) if r["peak_gib"] is not None else None) for k, r in result.items()
+                    },
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,11 @@ def project(collect_tps: float, eval_tps: float, n_steps: int, budget: int = 100
     """Seconds for one step, the selective run and the random baseline of the paper's loop."""
     collect = 2 * budget / collect_tps  # forget + retain statistics
     evaluate = 2 * budget / eval_tps  # forget + retain evaluation
-    return {"step_s": collect + evaluate, "selective_run_s": evaluate + n_steps * (collect + evaluate),
-            "random_baseline_s": (n_steps + 1) * evaluate}
+    return {
+        "step_s": collect + evaluate,
+        "selective_run_s": evaluate + n_steps * (collect + evaluate),
+        "random_baseline_s": (n_steps + 1) * evaluate,
+    }
 
 
 def main() -> None:
@@ -73,14 +76,29 @@ def main() -> None:
             ul.evaluate(model, tokens, skip_common=50, **kw)
             eval_s = time.perf_counter() - t
         collect_tps, eval_tps = tokens.n_tokens / collect_s, tokens.n_tokens / eval_s
-        print(json.dumps({
-            "shape": shape, "n_layers": dims.n_layers, "d_mlp": dims.d_mlp, "n_heads": dims.n_heads,
-            "device": args.device, "dtype": args.dtype, "threads": args.threads,
-            "tokens": tokens.n_tokens, "seq_len": args.seq_len, "batch_size": args.batch_size,
-            "build_s": round(build_s, 1), "collect_tok_s": round(collect_tps, 1), "eval_tok_s": round(eval_tps, 1),
-            **{k: round(v) for k, v in project(collect_tps, eval_tps, args.n_steps).items()},
-            "n_steps": args.n_steps, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "shape": shape,
+                    "n_layers": dims.n_layers,
+                    "d_mlp": dims.d_mlp,
+                    "n_heads": dims.n_heads,
+                    "device": args.device,
+                    "dtype": args.dtype,
+                    "threads": args.threads,
+                    "tokens": tokens.n_tokens,
+                    "seq_len": args.seq_len,
+                    "batch_size": args.batch_size,
+                    "build_s": round(build_s, 1),
+                    "collect_tok_s": round(collect_tps, 1),
+                    "eval_tok_s": round(eval_tps, 1),
+                    **{k: round(v) for k, v in project(collect_tps, eval_tps, args.n_steps).items()},
+                    "n_steps": args.n_steps,
+                    "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

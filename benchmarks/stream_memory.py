@@ -41,9 +41,11 @@ peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"rows_read": rows, "seconds": seconds, "peak_mib": peak, "tokenizer_only_mib": before}))
 """
 
-SENTENCES = ["The library opens at nine and closes late on Thursdays and Fridays, said the note on the door.",
-             "Rain fell over the city all night, and the streets were quiet and shining at dawn.",
-             "She wrote a long letter to her grandmother about the summer they spent in the mountains."]
+SENTENCES = [
+    "The library opens at nine and closes late on Thursdays and Fridays, said the note on the door.",
+    "Rain fell over the city all night, and the streets were quiet and shining at dawn.",
+    "She wrote a long letter to her grandmother about the summer they spent in the mountains.",
+]
 
 
 def write_source(path: Path, n_rows: int) -> None:
@@ -71,13 +73,16 @@ def main() -> None:
         for n_rows in args.rows:
             path = folder / f"rows-{n_rows}.jsonl"
             write_source(path, n_rows)
-            out = subprocess.run([sys.executable, "-c", CHILD, str(path), str(args.tokens)], capture_output=True,
-                                 text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(path), str(args.tokens)], capture_output=True, text=True, check=True
+            )
             result = json.loads(out.stdout.strip().splitlines()[-1])
             size = path.stat().st_size / 2**20
-            print(f"{n_rows:>12,} rows ({size:8.1f} MiB): {result['rows_read']:,} rows read, "
-                  f"{result['seconds']:.2f} s, peak RSS {result['peak_mib']:.1f} MiB "
-                  f"(tokenizer alone {result['tokenizer_only_mib']:.1f} MiB)")
+            print(
+                f"{n_rows:>12,} rows ({size:8.1f} MiB): {result['rows_read']:,} rows read, "
+                f"{result['seconds']:.2f} s, peak RSS {result['peak_mib']:.1f} MiB "
+                f"(tokenizer alone {result['tokenizer_only_mib']:.1f} MiB)"
+            )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,15 @@ from pathlib import Path
 from unlearn_lens.demo import PINNED_DIR, split_source, write_pinned_rows
 
 # (distribution, import package): BSD, MIT or Apache licences, pure Python, none vendored from the standard library
-PACKAGES = [("jinja2", "jinja2"), ("click", "click"), ("idna", "idna"), ("urllib3", "urllib3"),
-            ("packaging", "packaging"), ("attrs", "attr"), ("filelock", "filelock")]
+PACKAGES = [
+    ("jinja2", "jinja2"),
+    ("click", "click"),
+    ("idna", "idna"),
+    ("urllib3", "urllib3"),
+    ("packaging", "packaging"),
+    ("attrs", "attr"),
+    ("filelock", "filelock"),
+]
 MAX_CHARS = 400_000  # per domain: files are taken from the packages in turn until this much text is in
 
 
@@ -64,8 +71,9 @@ def main() -> None:
             per_package[domain].append(rows[domain])
         files = [f for f in (dist.files or []) if "licen" in f.name.lower() or "copying" in f.name.lower()]
         text = "\n\n".join(Path(dist.locate_file(f)).read_text(encoding="utf-8") for f in files)
-        (licences / f"{dist_name}-{dist.version}.txt").write_text(text or f"{dist.metadata.get('License-Expression')}\n",
-                                                                    encoding="utf-8")
+        (licences / f"{dist_name}-{dist.version}.txt").write_text(
+            text or f"{dist.metadata.get('License-Expression')}\n", encoding="utf-8"
+        )
     for domain, packages in per_package.items():
         items = _interleaved(packages)
         name = f"{domain}-outside.jsonl.gz"

@@ -36,15 +36,20 @@ def main() -> None:
     t0 = time.time()
     model = ul.load_model("demo", device="cpu")
     retain = ul.load_texts("demo:prose")
-    forget = {"stdlib (test)": ul.load_texts("demo:code"),
-              "stdlib (validation)": ul.load_texts("demo:code:validation"),
-              "third-party": ul.load_texts("demo:code:outside")}
+    forget = {
+        "stdlib (test)": ul.load_texts("demo:code"),
+        "stdlib (validation)": ul.load_texts("demo:code:validation"),
+        "third-party": ul.load_texts("demo:code:outside"),
+    }
     config = ul.PruneConfig(**DEMO_SETTINGS)
     runs = {name: ul.selective_prune(model, texts, retain, config, progress=False) for name, texts in forget.items()}
     for name, run in runs.items():
         print(f"{name}: {len(run.history) - 1} steps, {run.masks.n_mlp} MLP + {run.masks.n_attn} attention neurons")
-    controls = {"trained": runs, "random masks": random_control(runs, seed=0),
-                "random init": random_init_control(model, forget, retain, like=runs, seed=0)}
+    controls = {
+        "trained": runs,
+        "random masks": random_control(runs, seed=0),
+        "random init": random_init_control(model, forget, retain, like=runs, seed=0),
+    }
     out = {}
     for kind in ("mlp", "attn"):
         for label, masks in controls.items():
@@ -55,8 +60,10 @@ def main() -> None:
                 print(f"  {name:22s}" + " ".join(f"{v:.3f}" for v in matrix.overall[i].tolist()))
     init = controls["random init"]
     for name in runs:
-        print(f"trained vs random init, {name}: MLP {jaccard(runs[name], init[name]).overall:.3f}, "
-              f"attention {jaccard(runs[name], init[name], 'attn').overall:.3f}")
+        print(
+            f"trained vs random init, {name}: MLP {jaccard(runs[name], init[name]).overall:.3f}, "
+            f"attention {jaccard(runs[name], init[name], 'attn').overall:.3f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

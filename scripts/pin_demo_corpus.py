@@ -27,8 +27,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "unlearn_lens" / "demo" / "data"))
     args = parser.parse_args()
     if sys.version_info[:3] != (3, 11, 7):
-        print(f"note: the demo model was trained on CPython 3.11.7's standard library, this is {sys.version.split()[0]}",
-              file=sys.stderr)
+        print(
+            f"note: the demo model was trained on CPython 3.11.7's standard library, this is {sys.version.split()[0]}",
+            file=sys.stderr,
+        )
     checksums = pin_heldout_corpus(args.out)
     print(json.dumps(checksums, indent=2))
     for name in sorted(checksums):

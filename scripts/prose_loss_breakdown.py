@@ -63,7 +63,7 @@ def classify(model, tokens: ul.TokenSet) -> torch.Tensor:
                 continue
             start = starts[p]
             end = text.find("\n", start)
-            line = text[line_start[start]: end if end >= 0 else len(text)].lstrip()
+            line = text[line_start[start] : end if end >= 0 else len(text)].lstrip()
             piece = pieces[p]
             if line.startswith((">>>", "...")):
                 cls = "doctest"
@@ -82,7 +82,7 @@ def hits(model, tokens: ul.TokenSet, batch_size: int) -> torch.Tensor:
     """Top-1 hit of every target ``[rows pos-1]`` (bool)."""
     out = []
     for start in range(0, len(tokens), batch_size):
-        rows = tokens.tokens[start: start + batch_size]
+        rows = tokens.tokens[start : start + batch_size]
         out.append((model(rows)[:, :-1].argmax(-1) == rows[:, 1:]).cpu())
     return torch.cat(out)
 
@@ -103,8 +103,16 @@ def main() -> None:
     cfg = run.config
     results = {"unpruned": hits(model, tokens, args.batch_size)}
     for name, r in [("selective", run)] + [(f"random seed {b.seed}", b) for b in run.random_runs()]:
-        with ul.pruned(model, r.masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"],
-                       means=run.means, peaks=run.peaks, sample=run.sample, seed=cfg.seed):
+        with ul.pruned(
+            model,
+            r.masks,
+            mlp_ablation=cfg.ablations["mlp"],
+            attn_ablation=cfg.ablations["attn"],
+            means=run.means,
+            peaks=run.peaks,
+            sample=run.sample,
+            seed=cfg.seed,
+        ):
             results[name] = hits(model, tokens, args.batch_size)
 
     n = int(counted.sum())
@@ -115,35 +123,47 @@ def main() -> None:
     table("class", [(c, cls == i) for i, c in enumerate(CLASSES)], results, counted, names)
 
     vocab = int(max(int(data[k][1].tokens.max()) for k in data)) + 1
-    count = {k: torch.bincount(data[k][1].tokens[:, 1:][data[k][1].valid[:, 1:]], minlength=vocab).double()
-             for k in data}
+    count = {
+        k: torch.bincount(data[k][1].tokens[:, 1:][data[k][1].valid[:, 1:]], minlength=vocab).double() for k in data
+    }
     share = count["forget"] / (count["forget"] + count["retain"])
     target_share = share[tokens.tokens[:, 1:]]
     edges = [0.0, 0.2, 0.4, 0.6, 1.0]
-    groups = [(f"{lo:.1f}-{hi:.1f}", counted & (target_share >= lo) & ((target_share < hi) | (hi == 1.0)))
-              for lo, hi in zip(edges[:-1], edges[1:])]
+    groups = [
+        (f"{lo:.1f}-{hi:.1f}", counted & (target_share >= lo) & ((target_share < hi) | (hi == 1.0)))
+        for lo, hi in zip(edges[:-1], edges[1:])
+    ]
     table("forget share of the token", groups, results, counted, names)
 
     if run.pruned_step is not None and run.initial_scores is not None:
         score, step = run.initial_scores.mlp.flatten().double(), run.pruned_step[0].flatten()
         forget, retain = run.relative_path()
         print()
-        print("| step | MLP neurons pruned at it | their initial score: median (min) | forget top-1 kept | "
-              "retain top-1 kept |")
+        print(
+            "| step | MLP neurons pruned at it | their initial score: median (min) | forget top-1 kept | "
+            "retain top-1 kept |"
+        )
         print("|---|---|---|---|---|")
         for k in range(1, len(forget)):
             sel = step == k
             cells = f"{float(score[sel].median()):.2f} ({float(score[sel].min()):.2f})" if sel.any() else "-"
             print(f"| {k} | {int(sel.sum())} | {cells} | {forget[k]:.1%} | {retain[k]:.1%} |")
-        print(f"(MLP neurons with an initial score >= 2: {float((score >= 2).double().mean()):.1%}; >= 1.5: "
-              f"{float((score >= 1.5).double().mean()):.1%})")
+        print(
+            f"(MLP neurons with an initial score >= 2: {float((score >= 2).double().mean()):.1%}; >= 1.5: "
+            f"{float((score >= 1.5).double().mean()):.1%})"
+        )
 
 
 def table(label: str, groups, results: dict[str, torch.Tensor], counted: torch.Tensor, names: list[str]) -> None:
     n = int(counted.sum())
     print()
-    print(f"| {label} | share of targets | top-1 unpruned | " + " | ".join(f"top-1 {m} (kept)" for m in names)
-          + " | " + " | ".join(f"share of lost hits, {m}" for m in names) + " |")
+    print(
+        f"| {label} | share of targets | top-1 unpruned | "
+        + " | ".join(f"top-1 {m} (kept)" for m in names)
+        + " | "
+        + " | ".join(f"share of lost hits, {m}" for m in names)
+        + " |"
+    )
     print("|---" * (3 + 2 * len(names)) + "|")
     base = results["unpruned"]
     for c, sel in groups:
@@ -151,13 +171,22 @@ def table(label: str, groups, results: dict[str, torch.Tensor], counted: torch.T
         if k == 0:
             continue
         u = float(base[sel].float().mean())
-        cells = [f"{float(results[m][sel].float().mean()):.3f} ({float(results[m][sel].float().mean()) / u:.0%})"
-                 for m in names]
-        lost = [(int(base[sel].sum()) - int(results[m][sel].sum())) / max(1, int(base[counted].sum())
-                                                                          - int(results[m][counted].sum()))
-                for m in names]
-        print(f"| {c} | {k / n:.1%} | {u:.3f} | " + " | ".join(cells) + " | "
-              + " | ".join(f"{x:.0%}" for x in lost) + " |")
+        cells = [
+            f"{float(results[m][sel].float().mean()):.3f} ({float(results[m][sel].float().mean()) / u:.0%})"
+            for m in names
+        ]
+        lost = [
+            (int(base[sel].sum()) - int(results[m][sel].sum()))
+            / max(1, int(base[counted].sum()) - int(results[m][counted].sum()))
+            for m in names
+        ]
+        print(
+            f"| {c} | {k / n:.1%} | {u:.3f} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(f"{x:.0%}" for x in lost)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

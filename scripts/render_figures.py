@@ -43,11 +43,24 @@ def main() -> None:
             page = Path(tmp) / f"{name}.html"
             fig.write_html(page, include_plotlyjs=True, full_html=True, config={"displayModeBar": False})
             subprocess.run(
-                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-                 f"--user-data-dir={tmp}/profile", f"--window-size={width + 20},{height + 20}",
-                 "--virtual-time-budget=5000", f"--screenshot={out / f'{name}.png'}", page.as_uri()],
-                check=True, capture_output=True,
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--hide-scrollbars",
+                    f"--user-data-dir={tmp}/profile",
+                    f"--window-size={width + 20},{height + 20}",
+                    "--virtual-time-budget=5000",
+                    f"--screenshot={out / f'{name}.png'}",
+                    page.as_uri(),
+                ],
+                check=True,
+                capture_output=True,
             )
             print(out / f"{name}.png")
 

@@ -74,8 +74,9 @@ def extra_texts(folders: list[str]) -> tuple[list[str], list[str], list[dict]]:
             if p.strip():
                 prose.append(p)
                 n_prose += len(p)
-        record.append({"folder": root.name, "files": n_files, "skipped": skipped, "code_chars": n_code,
-                       "prose_chars": n_prose})
+        record.append(
+            {"folder": root.name, "files": n_files, "skipped": skipped, "code_chars": n_code, "prose_chars": n_prose}
+        )
     return code, prose, record
 
 
@@ -188,17 +189,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-steps", type=int, default=None, help="stop early (for a quick timing check)")
-    parser.add_argument("--extra", nargs="*", default=[], metavar="DIR",
-                        help="more Python sources to train on (code and prose cut as for the standard library)")
-    parser.add_argument("--prose-docs", nargs="*", default=[], metavar="DIR",
-                        help="reStructuredText pages whose English prose is added to the prose training text")
-    parser.add_argument("--prose-docs-about", default="", metavar="TEXT",
-                        help="what the --prose-docs pages are and their licence, for the model card")
-    parser.add_argument("--init", default=None, metavar="DIR",
-                        help="continue from the model and tokenizer in DIR (a fresh optimiser and learning-rate "
-                             "schedule; the architecture arguments are then ignored)")
-    parser.add_argument("--evaluate-only", action="store_true",
-                        help="re-measure the held-out metrics of the model in --out and rewrite its card")
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="more Python sources to train on (code and prose cut as for the standard library)",
+    )
+    parser.add_argument(
+        "--prose-docs",
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="reStructuredText pages whose English prose is added to the prose training text",
+    )
+    parser.add_argument(
+        "--prose-docs-about",
+        default="",
+        metavar="TEXT",
+        help="what the --prose-docs pages are and their licence, for the model card",
+    )
+    parser.add_argument(
+        "--init",
+        default=None,
+        metavar="DIR",
+        help="continue from the model and tokenizer in DIR (a fresh optimiser and learning-rate "
+        "schedule; the architecture arguments are then ignored)",
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="re-measure the held-out metrics of the model in --out and rewrite its card",
+    )
     return parser
 
 
@@ -236,13 +258,19 @@ def main() -> None:
     extra_code, extra_prose, extra_record = extra_texts(args.extra)
     code_train, prose_train = code_train + extra_code, prose_train + extra_prose
     for rec in extra_record:
-        print(f"extra {rec['folder']}: {rec['files']} files, code {rec['code_chars']:,} chars, "
-              f"prose {rec['prose_chars']:,} chars ({rec['skipped']} did not parse)", flush=True)
+        print(
+            f"extra {rec['folder']}: {rec['files']} files, code {rec['code_chars']:,} chars, "
+            f"prose {rec['prose_chars']:,} chars ({rec['skipped']} did not parse)",
+            flush=True,
+        )
     doc_prose, docs_record = docs_prose(args.prose_docs)
     prose_train = prose_train + doc_prose
     for rec in docs_record:
-        print(f"prose docs {rec['folder']}: {rec['files']} pages, {rec['prose_chars']:,} chars "
-              f"({rec['dropped_paragraphs']} paragraphs dropped: shared with an evaluation text)", flush=True)
+        print(
+            f"prose docs {rec['folder']}: {rec['files']} pages, {rec['prose_chars']:,} chars "
+            f"({rec['dropped_paragraphs']} paragraphs dropped: shared with an evaluation text)",
+            flush=True,
+        )
     init = json.loads((Path(args.init) / "training.json").read_text()) if args.init else None
     if init:
         tokenizer = PreTrainedTokenizerFast.from_pretrained(args.init)
@@ -265,21 +293,23 @@ def main() -> None:
         args.layers, args.d_model, args.d_mlp, args.heads = c.n_layer, c.n_embd, c.n_inner, c.n_head
         args.act, args.vocab = c.activation_function, len(tokenizer)
     else:
-        model = GPT2LMHeadModel(GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=args.seq_len,
-            n_embd=args.d_model,
-            n_layer=args.layers,
-            n_head=args.heads,
-            n_inner=args.d_mlp,
-            activation_function=args.act,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=bos,
-            eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=True,
-        ))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=len(tokenizer),
+                n_positions=args.seq_len,
+                n_embd=args.d_model,
+                n_layer=args.layers,
+                n_head=args.heads,
+                n_inner=args.d_mlp,
+                activation_function=args.act,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                bos_token_id=bos,
+                eos_token_id=tokenizer.eos_token_id,
+                tie_word_embeddings=True,
+            )
+        )
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -341,9 +371,15 @@ def main() -> None:
         "corpus_tokens": {d: len(s) for d, s in streams.items()},
         "extra_sources": extra_record,
         "prose_docs": docs_record,
-        "init": {"dir": args.init, "command": command_line(init["args"]), "train_tokens": init["train_tokens"],
-                 "steps": init["steps"],
-                 "train_seconds": init["train_seconds"]} if init else None,
+        "init": {
+            "dir": args.init,
+            "command": command_line(init["args"]),
+            "train_tokens": init["train_tokens"],
+            "steps": init["steps"],
+            "train_seconds": init["train_seconds"],
+        }
+        if init
+        else None,
     }
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     (out_dir / "README.md").write_text(model_card(info))
@@ -356,8 +392,9 @@ def evaluate_only(out_dir: Path, seq_len: int) -> None:
     tokenizer = PreTrainedTokenizerFast.from_pretrained(out_dir)
     info = json.loads((out_dir / "training.json").read_text())
     heldout = {d: token_stream(tokenizer, demo_texts(d, "heldout")) for d in ("code", "prose")}
-    info["heldout"] = {d: heldout_metrics(model, heldout[d], seq_len, tokenizer.bos_token_id, 40_000)
-                       for d in ("code", "prose")}
+    info["heldout"] = {
+        d: heldout_metrics(model, heldout[d], seq_len, tokenizer.bos_token_id, 40_000) for d in ("code", "prose")
+    }
     print("held-out:", json.dumps(info["heldout"]), flush=True)
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     (out_dir / "README.md").write_text(model_card(info))
@@ -366,16 +403,39 @@ def evaluate_only(out_dir: Path, seq_len: int) -> None:
 def model_card(info: dict) -> str:
     a, h = info["args"], info["heldout"]
     extra = info.get("extra_sources") or []
-    extra_row = ("| more data | Python files of " + ", ".join(f"{r['folder']} ({r['files']} files)" for r in extra)
-                 + ", cut the same way; the tokens above include them |\n") if extra else ""
+    extra_row = (
+        (
+            "| more data | Python files of "
+            + ", ".join(f"{r['folder']} ({r['files']} files)" for r in extra)
+            + ", cut the same way; the tokens above include them |\n"
+        )
+        if extra
+        else ""
+    )
     docs = info.get("prose_docs") or []
-    docs_row = ("| more prose | the English prose of the reStructuredText pages under " + ", ".join(
-        f"{r['folder']} ({r['files']} pages, {r['prose_chars']:,} characters; {r['dropped_paragraphs']} paragraphs "
-        f"sharing a run of {SHARED_RUN} words with an evaluation text dropped)" for r in docs)
-        + (f": {a['prose_docs_about']}" if a.get("prose_docs_about") else "") + " |\n") if docs else ""
+    docs_row = (
+        (
+            "| more prose | the English prose of the reStructuredText pages under "
+            + ", ".join(
+                f"{r['folder']} ({r['files']} pages, {r['prose_chars']:,} characters; {r['dropped_paragraphs']} paragraphs "
+                f"sharing a run of {SHARED_RUN} words with an evaluation text dropped)"
+                for r in docs
+            )
+            + (f": {a['prose_docs_about']}" if a.get("prose_docs_about") else "")
+            + " |\n"
+        )
+        if docs
+        else ""
+    )
     init = info.get("init")
-    init_row = (f"| initialised from | a model of this shape trained on {init['train_tokens']:,} tokens ({init['steps']:,} steps, "
-                f"{init['train_seconds'] / 60:.1f} minutes), then trained further as below (`--init`) |\n") if init else ""
+    init_row = (
+        (
+            f"| initialised from | a model of this shape trained on {init['train_tokens']:,} tokens ({init['steps']:,} steps, "
+            f"{init['train_seconds'] / 60:.1f} minutes), then trained further as below (`--init`) |\n"
+        )
+        if init
+        else ""
+    )
     reproduce = f"`{command_line(a)}`"
     if init:
         reproduce = f"`{init['command']} --out BASE`, then {reproduce}"
@@ -383,27 +443,27 @@ def model_card(info: dict) -> str:
         reproduce += ", with DOCS the reStructuredText sources named above"
     return f"""# unlearn_lens demo model
 
-A small GPT-2-architecture causal language model with **{a['act'].upper()} MLPs**, trained
+A small GPT-2-architecture causal language model with **{a["act"].upper()} MLPs**, trained
 from scratch by `scripts/train_demo_model.py` so that the selective-pruning demo runs
 offline. It is a toy: good enough at both of its domains to show that code-specific
 neurons can be removed while prose survives, and nothing more.
 
 | | |
 |---|---|
-| architecture | GPT-2 (`GPT2LMHeadModel`), {a['layers']} layers, d_model {a['d_model']}, d_mlp {a['d_mlp']}, {a['heads']} heads, context {a['seq_len']}, tied embeddings |
-| parameters | {info['params']:,} |
-| tokenizer | byte-level BPE (`tokenizers`), vocabulary {a['vocab']}, `<|endoftext|>` as BOS/EOS |
-| data | the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without comments and docstrings ({info['corpus_tokens']['code']:,} tokens), and the English prose of those docstrings and comments ({info['corpus_tokens']['prose']:,} tokens{' with the pages below' if docs else ''}) |
-{extra_row}{docs_row}{init_row}| batches | {a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose |
-| training | {info['steps']:,} steps, {info['train_tokens']:,} tokens, AdamW (lr {a['lr']}, betas 0.9/0.95, weight decay 0.1), {a['warmup']} warm-up steps then cosine to 10 %, seed {a['seed']} |
-| time | {info['train_seconds'] / 60:.1f} minutes on {info['threads']} CPU threads |
+| architecture | GPT-2 (`GPT2LMHeadModel`), {a["layers"]} layers, d_model {a["d_model"]}, d_mlp {a["d_mlp"]}, {a["heads"]} heads, context {a["seq_len"]}, tied embeddings |
+| parameters | {info["params"]:,} |
+| tokenizer | byte-level BPE (`tokenizers`), vocabulary {a["vocab"]}, `<|endoftext|>` as BOS/EOS |
+| data | the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without comments and docstrings ({info["corpus_tokens"]["code"]:,} tokens), and the English prose of those docstrings and comments ({info["corpus_tokens"]["prose"]:,} tokens{" with the pages below" if docs else ""}) |
+{extra_row}{docs_row}{init_row}| batches | {a["batch"]} rows of {a["seq_len"]} tokens (BOS + a random window), half code and half prose |
+| training | {info["steps"]:,} steps, {info["train_tokens"]:,} tokens, AdamW (lr {a["lr"]}, betas 0.9/0.95, weight decay 0.1), {a["warmup"]} warm-up steps then cosine to 10 %, seed {a["seed"]} |
+| time | {info["train_seconds"] / 60:.1f} minutes on {info["threads"]} CPU threads |
 
-Held-out ({h['code']['n_tokens']:,} code tokens, {h['prose']['n_tokens']:,} prose tokens from files never trained on):
+Held-out ({h["code"]["n_tokens"]:,} code tokens, {h["prose"]["n_tokens"]:,} prose tokens from files never trained on):
 
 | domain | loss | top-1 |
 |---|---|---|
-| code | {h['code']['loss']:.3f} | {h['code']['top1']:.3f} |
-| prose | {h['prose']['loss']:.3f} | {h['prose']['top1']:.3f} |
+| code | {h["code"]["loss"]:.3f} | {h["code"]["top1"]:.3f} |
+| prose | {h["prose"]["loss"]:.3f} | {h["prose"]["top1"]:.3f} |
 
 Reproduce: {reproduce} (the numbers above are in `training.json`).
 

@@ -40,8 +40,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", default="demo", help="'demo' (the bundled model) or a model directory")
-    parser.add_argument("--only", type=int, nargs="+", metavar="N", choices=range(1, len(GRID) + 1),
-                        help="run only these settings of the grid (1 = the first line)")
+    parser.add_argument(
+        "--only",
+        type=int,
+        nargs="+",
+        metavar="N",
+        choices=range(1, len(GRID) + 1),
+        help="run only these settings of the grid (1 = the first line)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -52,18 +58,35 @@ def main() -> None:
     grid = [GRID[n - 1] for n in args.only] if args.only else GRID
     for mlp_frac, attn_frac, ablation in grid:
         t0 = time.perf_counter()
-        config = ul.PruneConfig(mlp_frac=mlp_frac, attn_frac=attn_frac, ablation=ablation,
-                                n_steps=min(25, round(0.5 / mlp_frac)), collect_tokens=20_000, eval_tokens=20_000,
-                                batch_size=16, stop_at_forget=0.5)
+        config = ul.PruneConfig(
+            mlp_frac=mlp_frac,
+            attn_frac=attn_frac,
+            ablation=ablation,
+            n_steps=min(25, round(0.5 / mlp_frac)),
+            collect_tokens=20_000,
+            eval_tokens=20_000,
+            batch_size=16,
+            stop_at_forget=0.5,
+        )
         run = ul.selective_prune(model, code, prose, config, progress=False)
         run.baseline = ul.random_baseline(model, code, prose, run, progress=False)
         rel_code = run.final.forget.top1 / run.base.forget.top1
-        print(json.dumps({"mlp_frac": mlp_frac, "attn_frac": attn_frac, "ablation": ablation,
-                          "n_steps": config.n_steps, "steps_run": len(run.history) - 1,
-                          "code_top1_final": round(rel_code, 3),
-                          "prose_at_code_half": run.retain_at_forget(0.5),
-                          "random_prose_at_code_half": run.baseline.retain_at_forget(0.5),
-                          "seconds": round(time.perf_counter() - t0)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "mlp_frac": mlp_frac,
+                    "attn_frac": attn_frac,
+                    "ablation": ablation,
+                    "n_steps": config.n_steps,
+                    "steps_run": len(run.history) - 1,
+                    "code_top1_final": round(rel_code, 3),
+                    "prose_at_code_half": run.retain_at_forget(0.5),
+                    "random_prose_at_code_half": run.baseline.retain_at_forget(0.5),
+                    "seconds": round(time.perf_counter() - t0),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

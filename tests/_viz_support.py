@@ -55,12 +55,21 @@ def build_model_dir(path: Path) -> Path:
 
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(CODE + PROSE, vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>",
-                                        eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tokenizer), n_layer=2, n_embd=32, n_head=4, n_inner=64,
-                     activation_function="relu", n_positions=64, bos_token_id=tokenizer.bos_token_id,
-                     eos_token_id=tokenizer.eos_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        n_inner=64,
+        activation_function="relu",
+        n_positions=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     GPT2LMHeadModel(cfg).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -45,7 +45,9 @@ def _tokenizer(vocab_size: int = 320):
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(CODE + PROSE, vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        tokenizer_object=tok._tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
         unk_token="<|endoftext|>",
     )
 
@@ -71,8 +73,17 @@ def gpt2_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(1)
-    cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=4, n_inner=64,
-                     activation_function="relu", bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_inner=64,
+        activation_function="relu",
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     return _save(GPT2LMHeadModel(cfg), tokenizer, tmp_path_factory.mktemp("gpt2"))
 
 
@@ -81,9 +92,18 @@ def neox_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     torch.manual_seed(2)
-    cfg = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=64, rotary_pct=0.25, bos_token_id=0,
-                        eos_token_id=0, hidden_act="gelu")
+    cfg = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        bos_token_id=0,
+        eos_token_id=0,
+        hidden_act="gelu",
+    )
     return _save(GPTNeoXForCausalLM(cfg), tokenizer, tmp_path_factory.mktemp("neox"))
 
 
@@ -92,9 +112,18 @@ def llama_dir(tmp_path_factory, tokenizer) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(3)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, intermediate_size=48, max_position_embeddings=64, bos_token_id=0,
-                      eos_token_id=0, tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
     return _save(LlamaForCausalLM(cfg), tokenizer, tmp_path_factory.mktemp("llama"))
 
 
@@ -121,13 +150,33 @@ def llama(llama_dir):
 
 # TransformerLens configs of the tiny native and legacy models: GPT-2-like by default,
 # Llama-like (gated SiLU MLP, grouped-query attention, rotary, RMSNorm) with GATED.
-GATED = dict(n_key_value_heads=2, d_mlp=48, act_fn="silu", gated_mlp=True, normalization_type="RMS",
-             positional_embedding_type="rotary", rotary_dim=8)
+GATED = dict(
+    n_key_value_heads=2,
+    d_mlp=48,
+    act_fn="silu",
+    gated_mlp=True,
+    normalization_type="RMS",
+    positional_embedding_type="rotary",
+    rotary_dim=8,
+)
 
 
 def _tl_config(tokenizer, **overrides) -> dict:
-    return dict(n_layers=2, d_model=32, n_ctx=64, d_head=8, n_heads=4, d_mlp=64, d_vocab=len(tokenizer),
-                act_fn="relu", normalization_type="LN", seed=0) | overrides
+    return (
+        dict(
+            n_layers=2,
+            d_model=32,
+            n_ctx=64,
+            d_head=8,
+            n_heads=4,
+            d_mlp=64,
+            d_vocab=len(tokenizer),
+            act_fn="relu",
+            normalization_type="LN",
+            seed=0,
+        )
+        | overrides
+    )
 
 
 def _native(tokenizer, **overrides):

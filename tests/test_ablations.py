@@ -92,8 +92,10 @@ def _counted_activations(model, tokens: ul.TokenSet) -> dict[str, torch.Tensor]:
         hooks = []
         for layer in range(dims.n_layers):
             for kind in ("mlp", "attn"):
+
                 def grab(x, hook, kind=kind, layer=layer, valid=batch.valid):
                     got[kind][layer].append(x.detach()[valid].clone())
+
                 hooks.append((hook_name(kind, layer), grab))
         with attached(model, hooks), torch.no_grad():
             model(batch.tokens)
@@ -103,8 +105,9 @@ def _counted_activations(model, tokens: ul.TokenSet) -> dict[str, torch.Tensor]:
 def test_collected_modes_and_sample_match_the_activations(gpt2):
     tokens = ul.tokenize_texts(gpt2.tokenizer, PROSE[:20], seq_len=24)
     stats = ul.collect_stats(gpt2, tokens, max_tokens=None, progress=False)
-    hist, sample = collect_ablation_values(gpt2, tokens, stats, bins=16, sample_tokens=40, seed=3, max_tokens=None,
-                                           batch_size=3, progress=False)
+    hist, sample = collect_ablation_values(
+        gpt2, tokens, stats, bins=16, sample_tokens=40, seed=3, max_tokens=None, batch_size=3, progress=False
+    )
     acts = _counted_activations(gpt2, tokens)
     n = tokens.n_tokens
     for kind, block in (("mlp", hist.mlp), ("attn", hist.attn)):
@@ -112,8 +115,10 @@ def test_collected_modes_and_sample_match_the_activations(gpt2):
         mean, std = getattr(stats, kind).mean.reshape(-1), getattr(stats, kind).std.reshape(-1)
         expected = _naive_mode(flat, mean - 4 * std, mean + 4 * std, 16)
         assert torch.allclose(block.mode.reshape(-1), expected, rtol=0, atol=1e-5)
-        assert torch.equal(block.counts.sum(-1) + block.zeros + block.outside, torch.full(block.unit_shape, float(n),
-                                                                             dtype=torch.float64))
+        assert torch.equal(
+            block.counts.sum(-1) + block.zeros + block.outside,
+            torch.full(block.unit_shape, float(n), dtype=torch.float64),
+        )
         picked = _draw(n, 40, 3)
         assert torch.allclose(getattr(sample, kind), acts[kind][picked].float(), rtol=0, atol=1e-6)
     assert sample.n == 40 and hist.meta["bins"] == 16
@@ -207,8 +212,17 @@ def test_peak_folds_into_weights_and_resample_is_refused(gpt2):
 
 @pytest.mark.parametrize("ablation", ["peak", "resample"])
 def test_loop_keeps_and_saves_the_ablation_values(gpt2, ablation, tmp_path):
-    config = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=2, ablation=ablation, collect_tokens=300,
-                            eval_tokens=200, seq_len=24, peak_bins=16, resample_tokens=50)
+    config = ul.PruneConfig(
+        mlp_frac=0.1,
+        attn_frac=0.05,
+        n_steps=2,
+        ablation=ablation,
+        collect_tokens=300,
+        eval_tokens=200,
+        seq_len=24,
+        peak_bins=16,
+        resample_tokens=50,
+    )
     run = ul.selective_prune(gpt2, CODE, PROSE, config, progress=False)
     run.baseline = ul.random_baseline(gpt2, CODE, PROSE, run, progress=False)
     held = "peaks" if ablation == "peak" else "sample"

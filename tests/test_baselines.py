@@ -14,8 +14,9 @@ from unlearn_lens.report.bands import band, run_groups, spread_text
 from unlearn_lens.report.tables import summary_table
 from unlearn_lens.scoring import random_masks
 
-CFG = dict(mlp_frac=0.1, attn_frac=0.05, n_steps=2, ablation="mean", collect_tokens=200, eval_tokens=100,
-           seq_len=32, seed=3)
+CFG = dict(
+    mlp_frac=0.1, attn_frac=0.05, n_steps=2, ablation="mean", collect_tokens=200, eval_tokens=100, seq_len=32, seed=3
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,12 @@ def test_seeds_give_different_masks_with_the_same_counts(runs):
     for b in baselines:
         assert b.config == run.config and b.means is run.means
         for sel, r in zip(run.history, b.history, strict=True):
-            assert (r.new_mlp, r.new_attn, r.mlp_counts, r.attn_counts) == \
-                (sel.new_mlp, sel.new_attn, sel.mlp_counts, sel.attn_counts)
+            assert (r.new_mlp, r.new_attn, r.mlp_counts, r.attn_counts) == (
+                sel.new_mlp,
+                sel.new_attn,
+                sel.mlp_counts,
+                sel.attn_counts,
+            )
         assert b.masks.mlp_counts() == run.masks.mlp_counts() and b.masks.attn_counts() == run.masks.attn_counts()
 
 
@@ -66,8 +71,11 @@ def test_the_default_seed_draws_what_the_baseline_always_drew(gpt2, runs):
 def test_several_baselines_round_trip(banded, tmp_path):
     out = banded.save(tmp_path / "run")
     names = {p.name for p in out.iterdir()}
-    assert {"baseline_masks.safetensors", "baseline_masks_seed4.safetensors",
-            "baseline_masks_seed5.safetensors"} <= names
+    assert {
+        "baseline_masks.safetensors",
+        "baseline_masks_seed4.safetensors",
+        "baseline_masks_seed5.safetensors",
+    } <= names
     data = json.loads((out / "results.json").read_text())
     assert data["baseline"]["info"]["baseline_seed"] == 3
     assert [b["info"]["baseline_seed"] for b in data["baselines"]] == [4, 5]
@@ -178,9 +186,27 @@ def test_cli_baseline_seeds(gpt2_dir, tmp_path, capsys):
     from unlearn_lens.cli import main
 
     (tmp_path / "code.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in CODE * 3))
-    args = ["prune", "--model", str(gpt2_dir), "--forget", str(tmp_path / "code.jsonl"), "--retain", "demo:prose",
-            "--mlp-frac", "0.1", "--n-steps", "2", "--collect-tokens", "300", "--eval-tokens", "200", "--seq-len", "32",
-            "--quiet", "--no-report"]
+    args = [
+        "prune",
+        "--model",
+        str(gpt2_dir),
+        "--forget",
+        str(tmp_path / "code.jsonl"),
+        "--retain",
+        "demo:prose",
+        "--mlp-frac",
+        "0.1",
+        "--n-steps",
+        "2",
+        "--collect-tokens",
+        "300",
+        "--eval-tokens",
+        "200",
+        "--seq-len",
+        "32",
+        "--quiet",
+        "--no-report",
+    ]
     assert main([*args, "--baseline-seeds", "2", "--out", str(tmp_path / "run")]) == 0
     printed = capsys.readouterr().out
     assert "random (2 seeds)" in printed

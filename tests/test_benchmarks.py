@@ -11,8 +11,12 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def test_recipe_cost_measures_and_projects():
-    out = subprocess.run([sys.executable, str(BENCHMARKS / "recipe_cost.py"), "--shape", "tiny", "--tokens", "999",
-                          "--n-steps", "3"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "recipe_cost.py"), "--shape", "tiny", "--tokens", "999", "--n-steps", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     line = json.loads(out.stdout.strip().splitlines()[-1])
     assert line["shape"] == "tiny" and line["n_layers"] == 2 and line["tokens"] == 999
@@ -25,9 +29,25 @@ def test_recipe_cost_measures_and_projects():
 
 
 def test_gpu_speed_times_every_pass():
-    out = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_speed.py"), "--shape", "tiny", "--tokens", "1000",
-                          "--seq-len", "64", "--repeats", "1", "--device", "cpu"], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "gpu_speed.py"),
+            "--shape",
+            "tiny",
+            "--tokens",
+            "1000",
+            "--seq-len",
+            "64",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     line = json.loads(out.stdout.strip().splitlines()[-1])
     per_token = line["us_per_token"]

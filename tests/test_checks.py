@@ -19,10 +19,40 @@ def run_dir(gpt2_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("checks")
     (tmp / "code.jsonl").write_text("".join(json.dumps({"text": f"# {i}\n{t}"}) + "\n" for i, t in enumerate(CODE * 4)))
     out = tmp / "run"
-    assert main(["prune", "--model", str(gpt2_dir), "--forget", str(tmp / "code.jsonl"), "--retain", "demo:prose",
-                 "--mlp-frac", "0.1", "--attn-frac", "0.05", "--n-steps", "2", "--collect-tokens", "300",
-                 "--eval-tokens", "200", "--seq-len", "32", "--ablation", "peak", "--peak-bins", "16", "--out",
-                 str(out), "--quiet", "--no-report"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(gpt2_dir),
+                "--forget",
+                str(tmp / "code.jsonl"),
+                "--retain",
+                "demo:prose",
+                "--mlp-frac",
+                "0.1",
+                "--attn-frac",
+                "0.05",
+                "--n-steps",
+                "2",
+                "--collect-tokens",
+                "300",
+                "--eval-tokens",
+                "200",
+                "--seq-len",
+                "32",
+                "--ablation",
+                "peak",
+                "--peak-bins",
+                "16",
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-report",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -40,9 +70,16 @@ def test_token_sets_are_the_runs_own(gpt2, run_dir):
 
 def test_checks_run_save_and_load(gpt2, run_dir):
     run = ul.PruneRun.load(run_dir)
-    checks = run_checks(gpt2, run, members={"forget": (CODE[:8], [t.upper() for t in CODE[:8]]),
-                                            "retain": (PROSE[:8], "demo:prose")},
-                        n_texts=8, steps=4, batch_size=2, eval_every=2, eval_tokens=200)
+    checks = run_checks(
+        gpt2,
+        run,
+        members={"forget": (CODE[:8], [t.upper() for t in CODE[:8]]), "retain": (PROSE[:8], "demo:prose")},
+        n_texts=8,
+        steps=4,
+        batch_size=2,
+        eval_every=2,
+        eval_tokens=200,
+    )
     assert set(checks.relearn) == {"selective", "random", "unpruned"}
     assert checks.relearn["selective"].steps == [0, 2, 4]
     assert checks.relearn["selective"].forget[0].top1 == run.final.forget.top1  # step 0 is the pruned model
@@ -65,12 +102,41 @@ def other_run_dir(gpt2_dir, run_dir):
     from unlearn_lens.cli import main
 
     (run_dir.parent / "more_code.jsonl").write_text(
-        "".join(json.dumps({"text": f"x_{i} = {i}\n{t}"}) + "\n" for i, t in enumerate(reversed(CODE * 4))))
+        "".join(json.dumps({"text": f"x_{i} = {i}\n{t}"}) + "\n" for i, t in enumerate(reversed(CODE * 4)))
+    )
     out = run_dir.parent / "other"
-    assert main(["prune", "--model", str(gpt2_dir), "--forget", str(run_dir.parent / "more_code.jsonl"), "--retain",
-                 "demo:prose", "--mlp-frac", "0.1", "--attn-frac", "0.05", "--n-steps", "2", "--collect-tokens", "300",
-                 "--eval-tokens", "200", "--seq-len", "32", "--ablation", "zero", "--out", str(out), "--quiet",
-                 "--no-report"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(gpt2_dir),
+                "--forget",
+                str(run_dir.parent / "more_code.jsonl"),
+                "--retain",
+                "demo:prose",
+                "--mlp-frac",
+                "0.1",
+                "--attn-frac",
+                "0.05",
+                "--n-steps",
+                "2",
+                "--collect-tokens",
+                "300",
+                "--eval-tokens",
+                "200",
+                "--seq-len",
+                "32",
+                "--ablation",
+                "zero",
+                "--out",
+                str(out),
+                "--quiet",
+                "--no-report",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -103,8 +169,13 @@ def test_report_says_how_to_add_checks(run_dir, tmp_path):
 
 
 def test_a_run_without_sources_is_refused(gpt2):
-    run = ul.selective_prune(gpt2, CODE, PROSE, ul.PruneConfig(mlp_frac=0.1, n_steps=1, collect_tokens=200,
-                                                               eval_tokens=100, seq_len=24), progress=False)
+    run = ul.selective_prune(
+        gpt2,
+        CODE,
+        PROSE,
+        ul.PruneConfig(mlp_frac=0.1, n_steps=1, collect_tokens=200, eval_tokens=100, seq_len=24),
+        progress=False,
+    )
     with pytest.raises(ul.UnlearnLensError, match="does not name its forget data source"):
         run_checks(gpt2, run)
 
@@ -112,9 +183,23 @@ def test_a_run_without_sources_is_refused(gpt2):
 def test_cli_check(run_dir, other_run_dir, capsys):
     from unlearn_lens.cli import main
 
-    args = ["check", str(run_dir), "--relearn-steps", "2", "--relearn-batch-size", "2", "--forget-members",
-            str(run_dir.parent / "code.jsonl"), "--forget-nonmembers", "demo:code", "--n-texts", "5",
-            "--overlap", f"more code={other_run_dir}", "--quiet"]
+    args = [
+        "check",
+        str(run_dir),
+        "--relearn-steps",
+        "2",
+        "--relearn-batch-size",
+        "2",
+        "--forget-members",
+        str(run_dir.parent / "code.jsonl"),
+        "--forget-nonmembers",
+        "demo:code",
+        "--n-texts",
+        "5",
+        "--overlap",
+        f"more code={other_run_dir}",
+        "--quiet",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "relearn selective: forget top1" in printed and "membership forget: AUC unpruned" in printed

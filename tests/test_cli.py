@@ -24,9 +24,32 @@ def data_dir(tmp_path_factory):
 
 
 def _args(gpt2_dir, data_dir, out, *extra):
-    return ["prune", "--model", str(gpt2_dir), "--forget", str(data_dir / "code.jsonl"), "--text-field", "content",
-            "--retain", str(data_dir / "prose"), "--mlp-frac", "0.1", "--n-steps", "2", "--collect-tokens", "300",
-            "--eval-tokens", "300", "--seq-len", "32", "--out", str(out), "--quiet", "--no-report", *extra]
+    return [
+        "prune",
+        "--model",
+        str(gpt2_dir),
+        "--forget",
+        str(data_dir / "code.jsonl"),
+        "--text-field",
+        "content",
+        "--retain",
+        str(data_dir / "prose"),
+        "--mlp-frac",
+        "0.1",
+        "--n-steps",
+        "2",
+        "--collect-tokens",
+        "300",
+        "--eval-tokens",
+        "300",
+        "--seq-len",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-report",
+        *extra,
+    ]
 
 
 def test_prune_writes_results(gpt2_dir, data_dir, tmp_path, capsys):
@@ -77,8 +100,21 @@ def test_deprecated_flags_still_work(gpt2_dir, data_dir, tmp_path, capsys):
 
 
 def test_per_kind_flags(gpt2_dir, data_dir, tmp_path):
-    args = _args(gpt2_dir, data_dir, tmp_path / "run", "--baseline", "none", "--attn-frac", "0.05",
-                 "--ablation", "mean", "--attn-ablation", "zero", "--mlp-scoring", "freq")
+    args = _args(
+        gpt2_dir,
+        data_dir,
+        tmp_path / "run",
+        "--baseline",
+        "none",
+        "--attn-frac",
+        "0.05",
+        "--ablation",
+        "mean",
+        "--attn-ablation",
+        "zero",
+        "--mlp-scoring",
+        "freq",
+    )
     assert main(args) == 0
     run = ul.PruneRun.load(tmp_path / "run")
     assert run.config.ablations == {"mlp": "mean", "attn": "zero"}
@@ -130,8 +166,9 @@ def test_separate_text_fields(gpt2_dir, data_dir, tmp_path, capsys):
     assert (info["forget_field"], info["retain_field"]) == ("content", "body")
     assert json.loads((out / "results.json").read_text())["run"]["steps"][0]["retain"]["n_tokens"] == 300
     # the report reads each dataset back with its own column for the neuron cards
-    page = ul.write_report(out, load_model_from_results=True, n_cards=1, card_tokens=200,
-                           device="cpu").read_text(encoding="utf-8")
+    page = ul.write_report(out, load_model_from_results=True, n_cards=1, card_tokens=200, device="cpu").read_text(
+        encoding="utf-8"
+    )
     assert page.count('<div class="ul-card"') == 1 and "Top 5 contexts on retain" in page
 
 
@@ -177,8 +214,12 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path):
     import time
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "unlearn_lens", "prune", "--out", str(out), "--no-report"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unlearn_lens", "prune", "--out", str(out), "--no-report"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
     seen, deadline = b"", time.time() + 120
     while b"collect" not in seen and time.time() < deadline:  # wait until the run is computing
         chunk = proc.stderr.read1(4096)
@@ -193,11 +234,16 @@ def test_sigterm_mid_run_leaves_nothing(tmp_path):
     assert f"unlearn-lens: terminated; the run so far (up to step 0) is in {out}.partial".encode() in err
     assert f"unlearn-lens prune --resume {out}.partial".encode() in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.partial"]
-    assert sorted(p.name for p in (tmp_path / "run.partial").iterdir()) == ["checkpoint.json", "run", "tokens.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "run.partial").iterdir()) == [
+        "checkpoint.json",
+        "run",
+        "tokens.safetensors",
+    ]
 
 
-def test_resume_after_an_interruption_gives_the_same_run(gpt2_dir, data_dir, tmp_path, capsys, monkeypatch,
-                                                        interrupt_at_step):
+def test_resume_after_an_interruption_gives_the_same_run(
+    gpt2_dir, data_dir, tmp_path, capsys, monkeypatch, interrupt_at_step
+):
     args = _args(gpt2_dir, data_dir, tmp_path / "full", "--n-steps", "3", "--ablation", "mean")
     assert main(args) == 0
     interrupt_at_step(3)
@@ -212,15 +258,38 @@ def test_resume_after_an_interruption_gives_the_same_run(gpt2_dir, data_dir, tmp
     assert not (tmp_path / "cut.partial").exists()
     full, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "cut"))
     for key in ("run", "baseline"):
-        assert [(s["forget"], s["retain"], s["mlp_counts"]) for s in cut[key]["steps"]] == \
-            [(s["forget"], s["retain"], s["mlp_counts"]) for s in full[key]["steps"]]
-    assert (tmp_path / "cut" / "masks.safetensors").read_bytes() == (tmp_path / "full" / "masks.safetensors").read_bytes()
+        assert [(s["forget"], s["retain"], s["mlp_counts"]) for s in cut[key]["steps"]] == [
+            (s["forget"], s["retain"], s["mlp_counts"]) for s in full[key]["steps"]
+        ]
+    assert (tmp_path / "cut" / "masks.safetensors").read_bytes() == (
+        tmp_path / "full" / "masks.safetensors"
+    ).read_bytes()
     assert main(["prune", "--resume", str(tmp_path / "full")]) == 2  # a finished run is not a checkpoint
 
 
 def test_skip_common_reports_both_views(tmp_path, capsys):
-    assert main(["prune", "--n-steps", "1", "--collect-tokens", "1000", "--eval-tokens", "1000", "--skip-common", "5",
-                 "--baseline", "none", "--out", str(tmp_path / "run"), "--quiet", "--no-report"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--n-steps",
+                "1",
+                "--collect-tokens",
+                "1000",
+                "--eval-tokens",
+                "1000",
+                "--skip-common",
+                "5",
+                "--baseline",
+                "none",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+                "--no-report",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "forget top1 (w/o 5 most common)" in out and "retain top10 (all tokens)" in out
     run = ul.PruneRun.load(tmp_path / "run")

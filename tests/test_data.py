@@ -106,7 +106,7 @@ def test_budgets_are_packed_from_texts_of_their_own(tokenizer):
     expected = tokenizer(texts[k + 1], add_special_tokens=False)["input_ids"][:5]
     assert second.tokens[0, 1:6].tolist() == expected
     assert rest.text_ranges()[0]["texts"] == [second.text_ranges()[0]["texts"][1], 40]
-    assert rest.n_tokens == sum(lengths[rest.text_ranges()[0]["texts"][0]:])
+    assert rest.n_tokens == sum(lengths[rest.text_ranges()[0]["texts"][0] :])
     # a token set split inside a text names that text on both sides
     whole = ul.tokenize_texts(tokenizer, texts, seq_len=16)
     cut = sum(lengths[:3]) + 2

@@ -48,7 +48,7 @@ class Box:
 def test_split_source_separates_code_and_prose():
     code, prose = demo.split_source(SOURCE)
     assert '"""' not in code and "A comment" not in code and "running total" not in code
-    assert "def add(a, b):" in code and "total = a + b" in code and "return \"# not a comment\"" in code
+    assert "def add(a, b):" in code and "total = a + b" in code and 'return "# not a comment"' in code
     assert "import os" in code and "short" not in code
     paragraphs = prose.split("\n\n")
     assert "Module docstring: tools for adding numbers together." in paragraphs
@@ -161,8 +161,9 @@ def test_pinned_splits_match_the_model_card():
     """Validation and test ship with the package, the same bytes on every Python, as the model card records."""
     card = (demo.demo_model_dir() / "README.md").read_text()
     recorded = dict(re.findall(r"`unlearn_lens/demo/data/([\w-]+\.jsonl\.gz)` \| \d+ \| `([0-9a-f]{64})`", card))
-    assert sorted(recorded) == sorted(f"{d}-{p}.jsonl.gz" for d in demo.DEMO_DOMAINS
-                                      for p in (*demo.PINNED_SPLITS, "outside"))
+    assert sorted(recorded) == sorted(
+        f"{d}-{p}.jsonl.gz" for d in demo.DEMO_DOMAINS for p in (*demo.PINNED_SPLITS, "outside")
+    )
     for name, digest in recorded.items():
         with gzip.open(demo.PINNED_DIR / name, "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == digest, name

@@ -100,8 +100,9 @@ def test_default_masks_carry_over_to_sources_outside_training(demo_run):
     model = ul.load_model("demo", device="cpu")
     rel = {}
     for domain in ("code", "prose"):
-        tokens = ul.tokenize_texts(model.tokenizer, ul.load_texts(f"demo:{domain}:outside"), seq_len=128,
-                                   max_tokens=40_000)
+        tokens = ul.tokenize_texts(
+            model.tokenizer, ul.load_texts(f"demo:{domain}:outside"), seq_len=128, max_tokens=40_000
+        )
         base = ul.evaluate(model, tokens, max_tokens=None, batch_size=16, progress=False)
         with ul.pruned(model, run.masks, ablation="mean", means=run.means):
             pruned = ul.evaluate(model, tokens, max_tokens=None, batch_size=16, progress=False)
@@ -115,17 +116,24 @@ def test_prose_loss_breakdown_explains_the_prose_cost(demo_run):
     what the README's "What limits it" says (the prose lost is mostly English in tokens code hardly uses)."""
     out, results = demo_run
     script = Path(__file__).parents[1] / "scripts" / "prose_loss_breakdown.py"
-    text = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, check=True).stdout
     totals = dict(re.findall(r"top-1\s+(unpruned|selective): ([0-9.]+)", text))
     steps = results["run"]["steps"]
     assert float(totals["unpruned"]) == pytest.approx(steps[0]["retain"]["top1"], abs=2e-4)
     assert float(totals["selective"]) == pytest.approx(steps[-1]["retain"]["top1"], abs=2e-4)
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in text.splitlines() if line.startswith("| ") and not line.startswith("| class")}
-    lost = {name: float(cells[-4].rstrip("%")) / 100 for name, cells in rows.items()
-            if len(cells) == 10 and cells[0].endswith("%")}
-    assert sum(lost[c] for c in ("word", "punctuation", "code-like", "doctest") if c in lost) == pytest.approx(1, abs=0.02)
+    rows = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith("| class")
+    }
+    lost = {
+        name: float(cells[-4].rstrip("%")) / 100
+        for name, cells in rows.items()
+        if len(cells) == 10 and cells[0].endswith("%")
+    }
+    assert sum(lost[c] for c in ("word", "punctuation", "code-like", "doctest") if c in lost) == pytest.approx(
+        1, abs=0.02
+    )
     assert lost["code-like"] <= 0.25 and lost["word"] >= 0.6  # README: 11 % and 80 %
     assert lost["0.0-0.2"] >= 0.6  # README: 66 %
     assert "| 3 | 246 |" in text  # the step table: 246 MLP neurons a step, code halved within step 3

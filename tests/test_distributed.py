@@ -27,17 +27,59 @@ def test_without_a_process_group_nothing_is_sharded(gpt2):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_torchrun_two_processes_match_one(gpt2_dir, tmp_path):
     for name, texts in (("code", CODE), ("prose", PROSE)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": f"{t} {i}"}) + "\n"
-                                                         for i in range(4) for t in texts))
-    args = ["prune", "--model", str(gpt2_dir), "--forget", str(tmp_path / "code.jsonl"), "--retain",
-            str(tmp_path / "prose.jsonl"), "--mlp-frac", "0.1", "--attn-frac", "0.05", "--n-steps", "2",
-            "--ablation", "mean", "--collect-tokens", "600", "--eval-tokens", "400", "--seq-len", "32",
-            "--batch-size", "4", "--device", "cpu", "--quiet", "--no-report"]
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"text": f"{t} {i}"}) + "\n" for i in range(4) for t in texts)
+        )
+    args = [
+        "prune",
+        "--model",
+        str(gpt2_dir),
+        "--forget",
+        str(tmp_path / "code.jsonl"),
+        "--retain",
+        str(tmp_path / "prose.jsonl"),
+        "--mlp-frac",
+        "0.1",
+        "--attn-frac",
+        "0.05",
+        "--n-steps",
+        "2",
+        "--ablation",
+        "mean",
+        "--collect-tokens",
+        "600",
+        "--eval-tokens",
+        "400",
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--no-report",
+    ]
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "unlearn_lens", *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "unlearn_lens",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("results:") == 1  # rank 0 alone reports and writes
     one, two = ul.PruneRun.load(tmp_path / "one"), ul.PruneRun.load(tmp_path / "two")
@@ -53,5 +95,9 @@ def test_torchrun_two_processes_match_one(gpt2_dir, tmp_path):
     dist = two.info["distributed"]
     assert dist["world_size"] == 2 and "distributed" not in one.info
     assert {k: sum(v) for k, v in dist["tokens_per_rank"].items()} == {
-        "forget_collect": 600, "forget_eval": 400, "retain_collect": 600, "retain_eval": 400}
+        "forget_collect": 600,
+        "forget_eval": 400,
+        "retain_collect": 600,
+        "retain_eval": 400,
+    }
     assert all(min(v) > 0 for v in dist["tokens_per_rank"].values())

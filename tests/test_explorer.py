@@ -71,8 +71,10 @@ def test_streamed_top_k_matches_a_naive_reference(t):
         assert len(set(top.positions[u].tolist())) == k
         for j, p in enumerate(top.positions[u].tolist()):
             row, pos = divmod(p, width)
-            expected = [float(acts[row, c]) if 0 <= c < width and bool(tokens.valid[row, c]) else math.nan
-                        for c in range(pos - before, pos + after + 1)]
+            expected = [
+                float(acts[row, c]) if 0 <= c < width and bool(tokens.valid[row, c]) else math.nan
+                for c in range(pos - before, pos + after + 1)
+            ]
             torch.testing.assert_close(top.windows[u, j], torch.tensor(expected), equal_nan=True, rtol=1e-6, atol=1e-7)
     # The statistics of the same pass are collect_stats'.
     ref = ul.collect_stats(t.model, tokens, max_tokens=None, batch_size=3, progress=False)
@@ -86,8 +88,11 @@ def test_explorer_data_covers_every_unit(t, data):
     n = dims.n_mlp + dims.n_attn
     order = unit_order(dims)
     assert len(order) == n == len(set(order))
-    assert order[0] == ("mlp", 0, 0) and order[dims.n_mlp] == ("attn", 0, 0) and order[-1] == (
-        "attn", dims.n_layers - 1, dims.n_heads * dims.d_head - 1)
+    assert (
+        order[0] == ("mlp", 0, 0)
+        and order[dims.n_mlp] == ("attn", 0, 0)
+        and order[-1] == ("attn", dims.n_layers - 1, dims.n_heads * dims.d_head - 1)
+    )
     assert data["dims"] == dims.to_dict() and data["step_known"] is True and data["last_step"] == run.final.step
     assert len(data["score"]) == len(data["step"]) == len(data["scale"]) == n
     nc, (before, after) = data["n_contexts"], data["window"]
@@ -107,7 +112,9 @@ def test_explorer_data_covers_every_unit(t, data):
     assert {s for s in data["step"]} == set(range(run.final.step + 1))
     # Contexts: real activations at real tokens, distinct stretches, the window centre at its level.
     forget = data["sets"][0]
-    top = top_activations(t.model, t.code, k=12, context=(before, after), max_tokens=600, batch_size=run.config.batch_size)
+    top = top_activations(
+        t.model, t.code, k=12, context=(before, after), max_tokens=600, batch_size=run.config.batch_size
+    )
     for i in range(n):
         positions = [p for p in forget["pos"][i * nc : (i + 1) * nc] if p >= 0]
         assert positions and forget["act"][i * nc] == pytest.approx(float(top.values[i, 0]), rel=1e-3)
@@ -139,8 +146,15 @@ def test_pruned_step_round_trips_and_old_run_dirs_still_load(t, tmp_path):
     assert old.pruned_step is None and old.masks == t.run.masks
     data = explorer_data(old, t.model, t.code, t.prose, max_tokens=200, n_contexts=1)
     assert not data["step_known"] and data["step"] == [-int(s != 0) for s in _steps_from_history(t.run)]
-    page = write_report(out, tmp_path / "old-report", model=t.model, forget_texts=t.code, retain_texts=t.prose,
-                        n_cards=0, explorer_tokens=200).read_text(encoding="utf-8")
+    page = write_report(
+        out,
+        tmp_path / "old-report",
+        model=t.model,
+        forget_texts=t.code,
+        retain_texts=t.prose,
+        n_cards=0,
+        explorer_tokens=200,
+    ).read_text(encoding="utf-8")
     assert "does not record at which step each unit was pruned" in page
     # A corrupt or foreign record is an error naming the file.
     ul.Masks.empty(ModelDims(1, 2, 1, 1)).save(out / PRUNED_STEP_FILE)
@@ -171,8 +185,16 @@ def test_explorer_data_refuses_another_model(t):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, t):
     out = tmp_path_factory.mktemp("explorer-report")
-    return write_report(t.run, out, model=t.model, forget_texts=t.code, retain_texts=t.prose, n_cards=1,
-                        card_tokens=600, explorer_tokens=600)
+    return write_report(
+        t.run,
+        out,
+        model=t.model,
+        forget_texts=t.code,
+        retain_texts=t.prose,
+        n_cards=1,
+        card_tokens=600,
+        explorer_tokens=600,
+    )
 
 
 def _embedded(page: str) -> dict:
@@ -217,10 +239,23 @@ def _chromium() -> str:
 
 def _browse(page: Path, query: str, profile: Path) -> tuple[dict, str]:
     """Open ``page`` with the explorer's test hash; return its result and the DOM."""
-    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--window-size=1280,1600",
-               "--dump-dom", page.resolve().as_uri() + "#ulx-test?" + query]
+    command = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,1600",
+        "--dump-dom",
+        page.resolve().as_uri() + "#ulx-test?" + query,
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
@@ -231,15 +266,19 @@ def _browse(page: Path, query: str, profile: Path) -> tuple[dict, str]:
 
 
 def _page(path: Path, data: dict) -> Path:
-    path.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{explorer_html(data)}</body></html>',
-                    encoding="utf-8")
+    path.write_text(
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{explorer_html(data)}</body></html>',
+        encoding="utf-8",
+    )
     return path
 
 
 def _labels(data: dict) -> list[str]:
     d = data["dims"]
-    return [f"L{layer}.N{unit}" if kind == "mlp" else f"L{layer}.H{unit // d['d_head']}.D{unit % d['d_head']}"
-            for kind, layer, unit in unit_order(ModelDims(**d))]
+    return [
+        f"L{layer}.N{unit}" if kind == "mlp" else f"L{layer}.H{unit // d['d_head']}.D{unit % d['d_head']}"
+        for kind, layer, unit in unit_order(ModelDims(**d))
+    ]
 
 
 def _by_score(data: dict) -> list[int]:
@@ -260,9 +299,12 @@ def test_report_explorer_in_headless_chromium(report, data, tmp_path):
     card = re.search(r'<div class="ulx-card" data-unit="(\d+)"><h3>([^<]*)</h3>(.*?)</div></div>', dom, re.S)
     assert int(card.group(1)) == top and card.group(2).endswith(_labels(data)[top])
     forget = data["sets"][0]
-    shown = re.findall(r'<span class="ulx-act">([^<]*)</span><span class="ulx-ctx">(.*?)</span></li>', card.group(3), re.S)
+    shown = re.findall(
+        r'<span class="ulx-act">([^<]*)</span><span class="ulx-ctx">(.*?)</span></li>', card.group(3), re.S
+    )
     assert len(shown) == sum(p >= 0 for p in forget["pos"][top * 3 : top * 3 + 3]) + sum(
-        p >= 0 for p in data["sets"][1]["pos"][top * 3 : top * 3 + 3])
+        p >= 0 for p in data["sets"][1]["pos"][top * 3 : top * 3 + 3]
+    )
     p = forget["pos"][top * 3]
     centre = re.search(r'<span[^>]*class="[^"]*ulx-max[^"]*"[^>]*>([^<]*)</span>', shown[0][1]).group(1)
     assert html.unescape(centre) == data["vocab"][forget["tok"][p]]
@@ -294,15 +336,39 @@ def _synthetic(dims: ModelDims, seed: int = 0) -> dict:
 
     step = torch.where(torch.rand(n, generator=g) < 0.05, torch.randint(1, 8, (n,), generator=g), 0).tolist()
     window = "".join("abcdefghijklmnopqrstuvwxy"[v] for v in torch.randint(0, 25, (n * 4,), generator=g).tolist())
-    sets = [{"name": name, "n_tokens": 64, "width": 32, "tok": [i % 5 for i in range(64)], "mean": column(),
-             "abs_mean": column(), "freq": column(), "pos": torch.randint(1, 64, (n,), generator=g).tolist(),
-             "act": column(), "win": window} for name in ("forget", "retain")]
-    return {"format": 1, "dims": dims.to_dict(), "hooks": {"mlp": "blocks.{l}.mlp.hook_post",
-                                                          "attn": "blocks.{l}.attn.hook_z"},
-            "score": column(), "score_methods": {"mlp": "abs", "attn": "abs"}, "score_from": "synthetic",
-            "step": step, "step_known": True, "last_step": 7, "window": [2, 1], "levels": 12, "n_contexts": 1,
-            "vocab": ["</script><img src=x onerror=alert(1)>", " a", "\n", "&lt;", "b"], "special": [],
-            "scale": column(), "sets": sets}
+    sets = [
+        {
+            "name": name,
+            "n_tokens": 64,
+            "width": 32,
+            "tok": [i % 5 for i in range(64)],
+            "mean": column(),
+            "abs_mean": column(),
+            "freq": column(),
+            "pos": torch.randint(1, 64, (n,), generator=g).tolist(),
+            "act": column(),
+            "win": window,
+        }
+        for name in ("forget", "retain")
+    ]
+    return {
+        "format": 1,
+        "dims": dims.to_dict(),
+        "hooks": {"mlp": "blocks.{l}.mlp.hook_post", "attn": "blocks.{l}.attn.hook_z"},
+        "score": column(),
+        "score_methods": {"mlp": "abs", "attn": "abs"},
+        "score_from": "synthetic",
+        "step": step,
+        "step_known": True,
+        "last_step": 7,
+        "window": [2, 1],
+        "levels": 12,
+        "n_contexts": 1,
+        "vocab": ["</script><img src=x onerror=alert(1)>", " a", "\n", "&lt;", "b"],
+        "special": [],
+        "scale": column(),
+        "sets": sets,
+    }
 
 
 @pytest.mark.browser
@@ -312,11 +378,20 @@ def test_demo_model_scale_in_headless_chromium(t, tmp_path):
     dims = ul.models.model_dims(model)
     assert (dims.n_mlp, dims.n_attn) == (4096, 1024)
     g = torch.Generator().manual_seed(0)
-    scores = ul.Scores(torch.rand(dims.mlp_shape, generator=g, dtype=torch.float64),
-                       torch.rand(dims.attn_shape, generator=g, dtype=torch.float64))
+    scores = ul.Scores(
+        torch.rand(dims.mlp_shape, generator=g, dtype=torch.float64),
+        torch.rand(dims.attn_shape, generator=g, dtype=torch.float64),
+    )
     steps = (torch.where(scores.mlp > 0.9, 1, 0).int(), torch.where(scores.attn > 0.95, 2, 0).int())
-    run = dataclasses.replace(t.run, dims=dims, masks=ul.Masks(steps[0] > 0, steps[1] > 0), initial_scores=scores,
-                              scores=None, pruned_step=steps, baseline=None)
+    run = dataclasses.replace(
+        t.run,
+        dims=dims,
+        masks=ul.Masks(steps[0] > 0, steps[1] > 0),
+        initial_scores=scores,
+        scores=None,
+        pruned_step=steps,
+        baseline=None,
+    )
     run.config = dataclasses.replace(run.config, seq_len=128, batch_size=16)
     texts = ul.load_texts("demo:code")
     data = explorer_data(run, model, texts[:40], ul.load_texts("demo:prose")[:40], max_tokens=2_000)
@@ -335,8 +410,10 @@ def test_sort_and_filter_of_1e5_units_stay_fast(tmp_path):
     data = _synthetic(ModelDims(n_layers=25, d_mlp=3072, n_heads=16, d_head=64))
     page = _page(tmp_path / "big.html", data)
     result, dom = _browse(page, "bench=1&open=3", tmp_path / "profile")
-    print(f"10^5 units ({page.stat().st_size:,} bytes): sort {result['ms']['sort']:.0f} ms, "
-          f"filter {result['ms']['filter']:.0f} ms (slowest of several)")
+    print(
+        f"10^5 units ({page.stat().st_size:,} bytes): sort {result['ms']['sort']:.0f} ms, "
+        f"filter {result['ms']['filter']:.0f} ms (slowest of several)"
+    )
     assert result["shown"] == result["distinct"] == 102_400
     assert result["ms"]["sort"] < 2000 and result["ms"]["filter"] < 2000
     assert len(result["drawn"]) < 60

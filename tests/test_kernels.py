@@ -13,8 +13,16 @@ from unlearn_lens import kernels
 def reference(x: torch.Tensor, valid: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     rows = x[valid].double()
     mag = rows.abs()
-    return torch.stack([(rows - shift.double()).sum(0), ((rows - shift.double()) ** 2).sum(0), mag.sum(0),
-                        mag.sqrt().sum(0), (rows > 0).double().sum(0), rows.amax(0)])
+    return torch.stack(
+        [
+            (rows - shift.double()).sum(0),
+            ((rows - shift.double()) ** 2).sum(0),
+            mag.sum(0),
+            mag.sqrt().sum(0),
+            (rows > 0).double().sum(0),
+            rows.amax(0),
+        ]
+    )
 
 
 def activations(dtype: torch.dtype, rows: int = 300, units: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +62,9 @@ def test_float64_activations_stay_float64():
     x, valid = activations(torch.float64)
     assert kernels.accumulation_dtype(torch.float64) == torch.float64
     shift = kernels.masked_mean(x, valid, int(valid.sum()), torch.float64)
-    torch.testing.assert_close(kernels.masked_sums(x, valid, shift, compiled=False), reference(x, valid, shift),
-                               rtol=1e-12, atol=1e-9)
+    torch.testing.assert_close(
+        kernels.masked_sums(x, valid, shift, compiled=False), reference(x, valid, shift), rtol=1e-12, atol=1e-9
+    )
 
 
 def test_a_failed_compile_falls_back_to_the_eager_reduction(monkeypatch, caplog):

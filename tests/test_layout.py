@@ -19,9 +19,7 @@ import unlearn_lens as ul
 
 PACKAGE = Path(ul.__file__).parent
 MODULES = sorted(
-    ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
-    for p in PACKAGE.rglob("*.py")
-    if p.stem != "__main__"
+    ".".join(p.relative_to(PACKAGE).with_suffix("").parts) for p in PACKAGE.rglob("*.py") if p.stem != "__main__"
 )
 
 
@@ -88,11 +86,7 @@ def test_modules_are_found():
 @pytest.mark.parametrize("module", [m for m in MODULES if m != "__init__"])
 def test_imports_point_one_way(module):
     part = part_of(module)
-    wrong = sorted(
-        dep
-        for dep in imports_of(module)
-        if dep == "__init__" or part_of(dep) not in ALLOWED[part]
-    )
+    wrong = sorted(dep for dep in imports_of(module) if dep == "__init__" or part_of(dep) not in ALLOWED[part])
     assert not wrong, f"{module} ({part}) imports {wrong}"
     if part == "demo":
         outside = {d for d in imports_of(module) if part_of(d) != "demo"}

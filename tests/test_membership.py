@@ -209,15 +209,19 @@ def test_bad_input(gpt2):
 # --- the demo model, whose training texts are known ----------------------------------------------------------------
 
 
-@pytest.mark.skipif(sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11),
-                    reason="the demo model was trained on CPython 3.11's standard library; elsewhere the split differs")
+@pytest.mark.skipif(
+    sys.implementation.name != "cpython" or sys.version_info[:2] != (3, 11),
+    reason="the demo model was trained on CPython 3.11's standard library; elsewhere the split differs",
+)
 def test_demo_model_code_members_score_as_members():
     model = ul.load_model("demo", device="cpu")
     nonmembers = ul.load_texts("demo:code:heldout")  # all held-out files (validation and test)
     members = random.Random(0).sample(ul.load_texts("demo:code:train"), len(nonmembers))
     result = membership_check(model, members, nonmembers, batch_size=16)
     print(f"demo code, {len(members)} members vs {len(nonmembers)} non-members, unpruned AUC: {result.unpruned}")
-    print(f"mean loss: members {float(result.members.loss.mean()):.3f}, "
-          f"non-members {float(result.nonmembers.loss.mean()):.3f}")
+    print(
+        f"mean loss: members {float(result.members.loss.mean()):.3f}, "
+        f"non-members {float(result.nonmembers.loss.mean()):.3f}"
+    )
     for name in SCORES:
         assert result.unpruned[name] > 0.5, name

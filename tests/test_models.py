@@ -39,8 +39,16 @@ if LEGACY_FIXTURES:  # TransformerLens 3.x only (.ci/run also runs these files u
         model = request.getfixturevalue(fixture)
         assert ul.load_model(model) is model
         tokens = ul.tokenize_texts(model.tokenizer, CODE[:4], seq_len=24)
-        config = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=2, ablation="mean", collect_tokens=300,
-                                eval_tokens=300, seq_len=24, stop_at_forget=None)
+        config = ul.PruneConfig(
+            mlp_frac=0.1,
+            attn_frac=0.05,
+            n_steps=2,
+            ablation="mean",
+            collect_tokens=300,
+            eval_tokens=300,
+            seq_len=24,
+            stop_at_forget=None,
+        )
         run = ul.selective_prune(model, CODE[:24], CODE[24:48], config)
         assert int(run.masks.mlp.sum()) == 2 * round(0.1 * run.masks.mlp.numel())
         assert int(run.masks.attn.sum()) == 2 * round(0.05 * run.masks.attn.numel())
@@ -96,8 +104,14 @@ def test_a_device_map_spreads_the_layers_and_everything_still_runs(gpt2, gpt2_di
 
     # TransformerLens 4 offloads to disk; 3.9 has device maps but no offload folder
     disk = "offload_folder" in inspect.signature(TransformerBridge.boot_transformers).parameters
-    device_map = {"transformer.wte": "cpu", "transformer.wpe": "cpu", "transformer.h.0": "cpu",
-                  "transformer.h.1": "disk" if disk else "cpu", "transformer.ln_f": "cpu", "lm_head": "cpu"}
+    device_map = {
+        "transformer.wte": "cpu",
+        "transformer.wpe": "cpu",
+        "transformer.h.0": "cpu",
+        "transformer.h.1": "disk" if disk else "cpu",
+        "transformer.ln_f": "cpu",
+        "lm_head": "cpu",
+    }
     folder = {"offload_folder": tmp_path / "offload"} if disk else {}
     spread = ul.load_model(gpt2_dir, device_map=device_map, **folder)
     assert getattr(spread.original_model, "hf_device_map", device_map) == device_map
@@ -123,7 +137,6 @@ def test_a_device_map_spreads_the_layers_and_everything_still_runs(gpt2, gpt2_di
         ul.load_model(gpt2_dir, device="cpu", device_map="auto")
 
 
-
 def test_device_map_on_the_command_line(gpt2_dir, tmp_path, capsys):
     import json
 
@@ -131,10 +144,29 @@ def test_device_map_on_the_command_line(gpt2_dir, tmp_path, capsys):
 
     for name, texts in (("code", CODE), ("prose", PROSE)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts * 3))
-    args = ["prune", "--model", str(gpt2_dir), "--forget", str(tmp_path / "code.jsonl"), "--retain",
-            str(tmp_path / "prose.jsonl"), "--n-steps", "1", "--collect-tokens", "300", "--eval-tokens", "300",
-            "--seq-len", "32", "--mlp-frac", "0.1",
-            "--baseline", "none", "--quiet", "--no-report"]
+    args = [
+        "prune",
+        "--model",
+        str(gpt2_dir),
+        "--forget",
+        str(tmp_path / "code.jsonl"),
+        "--retain",
+        str(tmp_path / "prose.jsonl"),
+        "--n-steps",
+        "1",
+        "--collect-tokens",
+        "300",
+        "--eval-tokens",
+        "300",
+        "--seq-len",
+        "32",
+        "--mlp-frac",
+        "0.1",
+        "--baseline",
+        "none",
+        "--quiet",
+        "--no-report",
+    ]
     placement = json.dumps({"transformer": "cpu", "lm_head": "cpu"})
     assert main([*args, "--device-map", placement, "--out", str(tmp_path / "spread")]) == 0
     assert main([*args, "--device", "cpu", "--out", str(tmp_path / "one")]) == 0

@@ -65,9 +65,31 @@ def test_two_runs_of_one_command_write_the_same_bytes(gpt2_dir, tmp_path):
     (tmp_path / "code.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in CODE * 3))
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
-        args = ["prune", "--model", str(gpt2_dir), "--forget", str(tmp_path / "code.jsonl"), "--retain", "demo:prose",
-                "--mlp-frac", "0.1", "--n-steps", "2", "--collect-tokens", "300", "--eval-tokens", "200",
-                "--seq-len", "32", "--ablation", "mean", "--out", str(out), "--quiet", "--no-report"]
+        args = [
+            "prune",
+            "--model",
+            str(gpt2_dir),
+            "--forget",
+            str(tmp_path / "code.jsonl"),
+            "--retain",
+            "demo:prose",
+            "--mlp-frac",
+            "0.1",
+            "--n-steps",
+            "2",
+            "--collect-tokens",
+            "300",
+            "--eval-tokens",
+            "200",
+            "--seq-len",
+            "32",
+            "--ablation",
+            "mean",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-report",
+        ]
         assert main(args) == 0
     names = sorted(p.name for p in outs[0].iterdir())
     assert names == sorted(p.name for p in outs[1].iterdir()) and len(names) == 9
@@ -91,4 +113,3 @@ def test_a_run_without_steps_is_a_clear_error(small_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no steps" in err and "Traceback" not in err
     assert not (out / "report.html").exists()
-

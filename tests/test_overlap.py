@@ -140,10 +140,17 @@ from conftest import CODE, PROSE, _HookedTransformer  # noqa: E402
 import unlearn_lens as ul  # noqa: E402
 from unlearn_lens.checks.overlap import random_init_control, random_init_copy  # noqa: E402
 
-INIT_FIXTURES = ["gpt2", "neox", "llama", "native_gpt2", "native_gated",
-                 *(["legacy_gpt2", "legacy_gated"] if _HookedTransformer is not None else [])]
-CONTROL_CFG = dict(mlp_frac=0.1, attn_frac=0.05, n_steps=2, collect_tokens=400, eval_tokens=200, seq_len=16,
-                   batch_size=4)
+INIT_FIXTURES = [
+    "gpt2",
+    "neox",
+    "llama",
+    "native_gpt2",
+    "native_gated",
+    *(["legacy_gpt2", "legacy_gated"] if _HookedTransformer is not None else []),
+]
+CONTROL_CFG = dict(
+    mlp_frac=0.1, attn_frac=0.05, n_steps=2, collect_tokens=400, eval_tokens=200, seq_len=16, batch_size=4
+)
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -202,13 +209,17 @@ def test_random_init_control_runs_the_loop_with_the_right_counts(gpt2):
     assert matrix.overall[0, 0].item() == 1.0 and 0.0 <= matrix.overall[0, 1].item() <= 1.0
 
     # like: each control run mirrors its run's config and number of steps
-    runs = {"code": ul.selective_prune(gpt2, CODE, PROSE, ul.PruneConfig(**{**CONTROL_CFG, "n_steps": 1}),
-                                       progress=False), "code reversed": full}
+    runs = {
+        "code": ul.selective_prune(gpt2, CODE, PROSE, ul.PruneConfig(**{**CONTROL_CFG, "n_steps": 1}), progress=False),
+        "code reversed": full,
+    }
     mirrored = random_init_control(gpt2, forget, PROSE, like=runs)
     for name, run in runs.items():
         assert (mirrored[name].n_mlp, mirrored[name].n_attn) == (run.masks.n_mlp, run.masks.n_attn)
-    fig = overlap_figure(overlap_matrix(runs), controls={"random masks": overlap_matrix(random_control(runs)),
-                                                         "random init": overlap_matrix(mirrored)})
+    fig = overlap_figure(
+        overlap_matrix(runs),
+        controls={"random masks": overlap_matrix(random_control(runs)), "random init": overlap_matrix(mirrored)},
+    )
     assert [t.type for t in fig.data] == ["heatmap"] * 3
     assert [a.text for a in fig.layout.annotations][:3] == ["pruned units", "random masks", "random init"]
 
@@ -231,8 +242,11 @@ def test_figure_controls_beside_control():
     m = overlap_matrix({"a": A, "b": B, "c": C})
     chance = overlap_matrix(random_control({"a": A, "b": B, "c": C}))
     fig = overlap_figure(m, chance, controls={"random init": m})
-    assert [a.text for a in fig.layout.annotations][:3] == ["pruned units", "random control (same counts)",
-                                                            "random init"]
+    assert [a.text for a in fig.layout.annotations][:3] == [
+        "pruned units",
+        "random control (same counts)",
+        "random init",
+    ]
     assert fig.data[2].xaxis == "x3"
     with pytest.raises(UnlearnLensError, match="OverlapMatrix"):
         overlap_figure(m, controls={"x": {"a": A}})  # type: ignore[dict-item]

@@ -73,8 +73,16 @@ def test_evaluate_inside_pruned_sees_the_pruned_model(gpt2):
 
 # --- the loop on the demo model -------------------------------------------------------------------------------
 
-DEMO_CFG = dict(mlp_frac=0.08, attn_frac=0.02, n_steps=3, ablation="mean", collect_tokens=2_000,
-                eval_tokens=2_000, seq_len=128, batch_size=16)
+DEMO_CFG = dict(
+    mlp_frac=0.08,
+    attn_frac=0.02,
+    n_steps=3,
+    ablation="mean",
+    collect_tokens=2_000,
+    eval_tokens=2_000,
+    seq_len=128,
+    batch_size=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +124,12 @@ def test_random_baseline_copies_per_layer_counts_and_config(demo_run):
     rnd = demo_run.baseline
     assert rnd.strategy == "random" and len(rnd.history) == len(demo_run.history)
     for sel, r in zip(demo_run.history, rnd.history):
-        assert (sel.new_mlp, sel.new_attn, sel.mlp_counts, sel.attn_counts) == \
-            (r.new_mlp, r.new_attn, r.mlp_counts, r.attn_counts)
+        assert (sel.new_mlp, sel.new_attn, sel.mlp_counts, sel.attn_counts) == (
+            r.new_mlp,
+            r.new_attn,
+            r.mlp_counts,
+            r.attn_counts,
+        )
     assert rnd.masks != demo_run.masks
     assert rnd.config == demo_run.config and rnd.means is demo_run.means
     assert rnd.base.forget == demo_run.base.forget and rnd.base.retain == demo_run.base.retain
@@ -125,8 +137,18 @@ def test_random_baseline_copies_per_layer_counts_and_config(demo_run):
 
 def test_baseline_follows_a_reference_with_another_config(gpt2):
     """Token budgets, row length and ablation come from the reference, never from PruneConfig() defaults."""
-    cfg = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=2, ablation="mean", attn_ablation="zero",
-                         collect_tokens=250, eval_tokens=180, seq_len=24, batch_size=3, seed=4)
+    cfg = ul.PruneConfig(
+        mlp_frac=0.1,
+        attn_frac=0.05,
+        n_steps=2,
+        ablation="mean",
+        attn_ablation="zero",
+        collect_tokens=250,
+        eval_tokens=180,
+        seq_len=24,
+        batch_size=3,
+        seed=4,
+    )
     ref = ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False)
     rnd = ul.random_baseline(gpt2, CODE, PROSE, ref, progress=False)
     assert rnd.config == cfg and rnd.means is ref.means
@@ -165,8 +187,9 @@ def test_stop_at_forget_target(demo):
 def test_whole_heads_and_per_layer_selection(demo):
     model, code, prose = demo
     cfg = dict(DEMO_CFG, n_steps=2, collect_tokens=1_000, eval_tokens=500)
-    heads = ul.selective_prune(model, code, prose, ul.PruneConfig(**{**cfg, "heads": True, "attn_frac": 0.1}),
-                               progress=False)
+    heads = ul.selective_prune(
+        model, code, prose, ul.PruneConfig(**{**cfg, "heads": True, "attn_frac": 0.1}), progress=False
+    )
     dims = heads.dims
     for step in heads.history[1:]:
         assert step.masks.whole_heads
@@ -196,15 +219,17 @@ def test_collect_and_evaluation_texts_are_disjoint_and_recorded(demo):
     tokens = ul.tokenize_texts(model.tokenizer, code, seq_len=64, max_tokens=1_700)
     data = _Data.split(model, tokens, tokens, cfg)
     assert data.describe()["retain"]["shared_texts"] == 1
-    run = ul.selective_prune(model, code, code, ul.PruneConfig(**{**DEMO_CFG, "n_steps": 1}), progress=False,
-                             info={"split": "heldout"})
+    run = ul.selective_prune(
+        model, code, code, ul.PruneConfig(**{**DEMO_CFG, "n_steps": 1}), progress=False, info={"split": "heldout"}
+    )
     assert run.info["split"] == "heldout" and run.info["texts"]["forget"]["shared_texts"] == 0
 
 
 def test_too_short_a_dataset_is_refused(gpt2):
     with pytest.raises(ul.UnlearnLensError, match="evaluation needs tokens apart from them"):
-        ul.selective_prune(gpt2, CODE[:2], PROSE, ul.PruneConfig(collect_tokens=10_000, eval_tokens=100),
-                           progress=False)
+        ul.selective_prune(
+            gpt2, CODE[:2], PROSE, ul.PruneConfig(collect_tokens=10_000, eval_tokens=100), progress=False
+        )
 
 
 def test_same_seed_same_masks_and_rand_depends_on_seed(gpt2):
@@ -217,8 +242,16 @@ def test_same_seed_same_masks_and_rand_depends_on_seed(gpt2):
 
 
 def test_scoring_per_unit_kind_in_the_loop(gpt2):
-    cfg = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=1, collect_tokens=200, eval_tokens=100,
-                         seq_len=32, scoring="freq", attn_scoring="mean")
+    cfg = ul.PruneConfig(
+        mlp_frac=0.1,
+        attn_frac=0.05,
+        n_steps=1,
+        collect_tokens=200,
+        eval_tokens=100,
+        seq_len=32,
+        scoring="freq",
+        attn_scoring="mean",
+    )
     run = ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False)
     assert (run.scores.mlp_method, run.scores.attn_method) == ("freq", "mean")
     by_hand = ul.score(run.forget_stats, run.retain_stats, mlp_method="freq", attn_method="mean", seed=1)
@@ -231,9 +264,19 @@ def test_scoring_per_unit_kind_in_the_loop(gpt2):
 def test_run_directory_round_trip(demo_run, tmp_path):
     out = demo_run.save(tmp_path / "run")
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(["results.json", "masks.safetensors", "baseline_masks.safetensors", "means.safetensors",
-                            "forget_stats.safetensors", "retain_stats.safetensors", "initial_scores.safetensors",
-                            "scores.safetensors", "pruned_step.safetensors"])
+    assert names == sorted(
+        [
+            "results.json",
+            "masks.safetensors",
+            "baseline_masks.safetensors",
+            "means.safetensors",
+            "forget_stats.safetensors",
+            "retain_stats.safetensors",
+            "initial_scores.safetensors",
+            "scores.safetensors",
+            "pruned_step.safetensors",
+        ]
+    )
     data = json.loads((out / "results.json").read_text())
     assert data["format"] == 2 and data["run"]["strategy"] == "selective" and data["baseline"]["strategy"] == "random"
     assert data["run"]["summary"]["retain_at_forget"]["value"] == demo_run.retain_at_forget(0.5)
@@ -319,8 +362,9 @@ def test_config_dict_round_trip():
 
 
 def test_checkpoint_resume_matches_an_uninterrupted_run(gpt2, tmp_path, monkeypatch, interrupt_at_step):
-    cfg = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=4, ablation="mean", collect_tokens=250,
-                         eval_tokens=150, seq_len=24)
+    cfg = ul.PruneConfig(
+        mlp_frac=0.1, attn_frac=0.05, n_steps=4, ablation="mean", collect_tokens=250, eval_tokens=150, seq_len=24
+    )
     full = ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False)
     interrupt_at_step(3)
     with pytest.raises(KeyboardInterrupt):

@@ -59,18 +59,22 @@ def test_ablation_is_exact(any_model, ablation, means_for):
     with ul.pruned(any_model, masks, ablation=ablation, means=means):
         pruned_logits, acts = _capture(any_model, tokens)
     for layer in range(masks.dims.n_layers):
-        for name, mask, stats in ((mlp_hook_name(layer), masks.mlp[layer], means.mlp),
-                                  (attn_hook_name(layer), masks.attn[layer], means.attn)):
+        for name, mask, stats in (
+            (mlp_hook_name(layer), masks.mlp[layer], means.mlp),
+            (attn_hook_name(layer), masks.attn[layer], means.attn),
+        ):
             x = acts[name]
-            target = torch.zeros_like(x[..., mask]) if ablation == "zero" else \
-                stats.mean[layer][mask].float().expand_as(x[..., mask])
+            target = (
+                torch.zeros_like(x[..., mask])
+                if ablation == "zero"
+                else stats.mean[layer][mask].float().expand_as(x[..., mask])
+            )
             assert torch.equal(x[..., mask], target), name
     # unpruned units of the first pruned layer are untouched (later layers see changed inputs)
     _, clean = _capture(any_model, tokens)
     name0 = mlp_hook_name(0)
     keep = ~masks.mlp[0]
-    with ul.pruned(any_model, ul.Masks(masks.mlp & torch.tensor([True, False])[:, None],
-                                       torch.zeros_like(masks.attn))):
+    with ul.pruned(any_model, ul.Masks(masks.mlp & torch.tensor([True, False])[:, None], torch.zeros_like(masks.attn))):
         _, only0 = _capture(any_model, tokens)
     assert torch.equal(only0[name0][..., keep], clean[name0][..., keep])
     assert not torch.equal(pruned_logits, before_logits)
@@ -147,12 +151,17 @@ def test_ablation_per_unit_kind(gpt2, means_for):
         with ul.pruned(gpt2, masks, mlp_ablation=mlp_ablation, attn_ablation=attn_ablation, means=means):
             _, acts = _capture(gpt2, tokens)
         for layer in range(masks.dims.n_layers):
-            for kind, name, ablation in (("mlp", mlp_hook_name(layer), mlp_ablation),
-                                         ("attn", attn_hook_name(layer), attn_ablation)):
+            for kind, name, ablation in (
+                ("mlp", mlp_hook_name(layer), mlp_ablation),
+                ("attn", attn_hook_name(layer), attn_ablation),
+            ):
                 mask = getattr(masks, kind)[layer]
                 x = acts[name][..., mask]
-                want = torch.zeros_like(x) if ablation == "zero" else \
-                    getattr(means, kind).mean[layer][mask].float().expand_as(x)
+                want = (
+                    torch.zeros_like(x)
+                    if ablation == "zero"
+                    else getattr(means, kind).mean[layer][mask].float().expand_as(x)
+                )
                 assert torch.equal(x, want), (mlp_ablation, attn_ablation, name)
     # the shared setting is the default of both kinds; a per-kind one overrides it
     with ul.pruned(gpt2, masks, ablation="mean", attn_ablation="zero", means=means), torch.no_grad():
@@ -210,8 +219,14 @@ def test_masks_for_another_model(gpt2, native_gated):
 
 
 WEIGHT_CASES = [
-    ("gpt2", "zero"), ("gpt2", "mean"), ("neox", "zero"), ("neox", "mean"),
-    ("llama", "zero"), ("native_gpt2", "zero"), ("native_gpt2", "mean"), ("native_gated", "zero"),
+    ("gpt2", "zero"),
+    ("gpt2", "mean"),
+    ("neox", "zero"),
+    ("neox", "mean"),
+    ("llama", "zero"),
+    ("native_gpt2", "zero"),
+    ("native_gpt2", "mean"),
+    ("native_gated", "zero"),
     *((name, ablation) for name in LEGACY_FIXTURES for ablation in ("zero", "mean")),
 ]
 
@@ -240,8 +255,9 @@ def test_weight_edit_matches_hooks(request, fixture, ablation, kinds, means_for)
         assert (got - model(tokens)).abs().max() > 1e-3  # the original is untouched and differs
 
 
-@pytest.mark.parametrize("fixture, ablation", [("gpt2", "mean"), ("neox", "mean"), ("llama", "zero"),
-                                               ("llama", "mean")])
+@pytest.mark.parametrize(
+    "fixture, ablation", [("gpt2", "mean"), ("neox", "mean"), ("llama", "zero"), ("llama", "mean")]
+)
 def test_weight_edit_survives_save_pretrained(request, fixture, ablation, means_for, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -49,8 +49,10 @@ def means(gpt2) -> ul.ActivationStats:
 
 @pytest.fixture(scope="module")
 def held(gpt2) -> tuple[ul.TokenSet, ul.TokenSet]:
-    return (ul.tokenize_texts(gpt2.tokenizer, HELD_CODE, seq_len=SEQ),
-            ul.tokenize_texts(gpt2.tokenizer, PROSE[:16], seq_len=SEQ))
+    return (
+        ul.tokenize_texts(gpt2.tokenizer, HELD_CODE, seq_len=SEQ),
+        ul.tokenize_texts(gpt2.tokenizer, PROSE[:16], seq_len=SEQ),
+    )
 
 
 def _kw(**overrides):
@@ -77,15 +79,20 @@ def test_pruned_units_stay_ablated_while_training(gpt2, means):
     blocks = model.blocks
 
     def weights():
-        return [(b.mlp.get_submodule("in").original_component.weight.detach().clone(),  # [d_model d_mlp]
-                 b.attn.v.original_component.weight.detach().clone(),  # [head*d_head d_model]
-                 _projections(model, layer)["attn"][0].detach().clone())  # [head*d_head d_model]
-                for layer, b in enumerate(blocks)]
+        return [
+            (
+                b.mlp.get_submodule("in").original_component.weight.detach().clone(),  # [d_model d_mlp]
+                b.attn.v.original_component.weight.detach().clone(),  # [head*d_head d_model]
+                _projections(model, layer)["attn"][0].detach().clone(),
+            )  # [head*d_head d_model]
+            for layer, b in enumerate(blocks)
+        ]
 
     start = weights()
     seen = {}
     with ul.pruned(model, masks, mlp_ablation="mean", attn_ablation="zero", means=means):
         losses = finetune_(model, tokens, steps=6, lr=1e-2, batch_size=4)
+
         def recorder(name):
             return lambda x, hook: seen.__setitem__(name, x.detach().clone())
 
@@ -126,8 +133,9 @@ def test_training_lowers_the_loss(gpt2):
 
 
 def test_unpruned_model_relearns_held_out_code(gpt2, held, capsys):
-    curve = relearn(gpt2, ul.Masks.empty(ul.ModelDims.of(gpt2)), CODE, held[0],
-                    **_kw(steps=8, eval_every=4, lr=1e-2, progress=True))
+    curve = relearn(
+        gpt2, ul.Masks.empty(ul.ModelDims.of(gpt2)), CODE, held[0], **_kw(steps=8, eval_every=4, lr=1e-2, progress=True)
+    )
     assert "relearn" in capsys.readouterr().err  # the progress bar
     assert curve.retain == [] and curve.retain_top1 == []
     assert curve.forget_top1[-1] > 2 * curve.forget_top1[0]
@@ -150,14 +158,17 @@ def test_evaluation_rows_seen_in_training_are_reported(gpt2, caplog):
     assert "also occur among the training rows" in caplog.text
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"steps": 0}, "steps must be at least 1"),
-    ({"lr": 0.0}, "lr must be a positive"),
-    ({"lr": -1e-3}, "lr must be a positive"),
-    ({"batch_size": 0}, "batch_size must be at least 1"),
-    ({"eval_every": 0}, "eval_every must be at least 1"),
-    ({"ablation": "median"}, "unknown ablation 'median'"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"lr": 0.0}, "lr must be a positive"),
+        ({"lr": -1e-3}, "lr must be a positive"),
+        ({"batch_size": 0}, "batch_size must be at least 1"),
+        ({"eval_every": 0}, "eval_every must be at least 1"),
+        ({"ablation": "median"}, "unknown ablation 'median'"),
+    ],
+)
 def test_bad_settings(gpt2, held, bad, match):
     with pytest.raises(ul.UnlearnLensError, match=match):
         relearn(gpt2, _masks(gpt2), CODE, held[0], **_kw(**bad))
@@ -187,8 +198,16 @@ def test_bad_data_and_masks(gpt2, native_gated, held):
 
 
 def test_comparison_of_a_run_its_baseline_and_the_unpruned_model(gpt2, held):
-    cfg = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=1, ablation="mean", collect_tokens=600,
-                         eval_tokens=600, seq_len=SEQ, batch_size=4)
+    cfg = ul.PruneConfig(
+        mlp_frac=0.1,
+        attn_frac=0.05,
+        n_steps=1,
+        ablation="mean",
+        collect_tokens=600,
+        eval_tokens=600,
+        seq_len=SEQ,
+        batch_size=4,
+    )
     run = ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False)
     run.baseline = ul.random_baseline(gpt2, CODE, PROSE, run, progress=False)
     _, forget_eval = ul.token_budgets(gpt2.tokenizer, CODE, [cfg.collect_tokens, cfg.eval_tokens], seq_len=SEQ)

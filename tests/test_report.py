@@ -44,8 +44,15 @@ def text_dirs(tmp_path_factory, t):
 @pytest.fixture(scope="module")
 def run(t, text_dirs):
     """The tiny selective run (with its random baseline) and the data sources the command line records."""
-    info = {"model": str(t.model_dir), "forget": str(text_dirs[0]), "retain": str(text_dirs[1]),
-            "forget_field": "text", "retain_field": "text", "split": "train", "texts": t.run.info["texts"]}
+    info = {
+        "model": str(t.model_dir),
+        "forget": str(text_dirs[0]),
+        "retain": str(text_dirs[1]),
+        "forget_field": "text",
+        "retain_field": "text",
+        "split": "train",
+        "texts": t.run.info["texts"],
+    }
     return dataclasses.replace(t.run, info=info)
 
 
@@ -77,8 +84,9 @@ def _assert_self_contained(page: str) -> None:
     assert not re.search(r"<link[^>]*\shref\s*=", page, re.I), "no external style sheets"
     assert not re.search(r"url\(\s*['\"]?https?:", page, re.I)
     assert page.count("* plotly.js v") == 1, "plotly.js is embedded exactly once"
-    assert page.index("* plotly.js v") < page.index("</head>") < page.index("Plotly.newPlot"), \
+    assert page.index("* plotly.js v") < page.index("</head>") < page.index("Plotly.newPlot"), (
         "plotly.js is in the head, before the first figure"
+    )
 
 
 def _summary_table(page: str) -> str:
@@ -105,8 +113,9 @@ def _summary_rows(page: str) -> dict[str, list[tuple[str, str, float | None]]]:
         parsed = []
         for value, body in cells[2:]:
             text, _, rel = body.partition('<span class="rel">(')
-            parsed.append((html.unescape(text), html.unescape(rel.removesuffix(")</span>")),
-                           float(value) if value else None))
+            parsed.append(
+                (html.unescape(text), html.unescape(rel.removesuffix(")</span>")), float(value) if value else None)
+            )
         rows[f"{group} {label}" if group in ("forget", "retain") else label] = parsed
     return rows
 
@@ -118,8 +127,12 @@ def _row_definition(page: str, label: str) -> str:
 def _assert_summary_numbers(page: str, runs: dict) -> None:
     rows = _summary_rows(page)
     for i, r in enumerate(runs.values()):
-        for label, metric, fmt in (("top-1 accuracy", "top1", ".4f"), ("top-10 accuracy", "topk", ".4f"),
-                                   ("loss (nats)", "loss", ".4f"), ("perplexity", "perplexity", ".2f")):
+        for label, metric, fmt in (
+            ("top-1 accuracy", "top1", ".4f"),
+            ("top-10 accuracy", "topk", ".4f"),
+            ("loss (nats)", "loss", ".4f"),
+            ("perplexity", "perplexity", ".2f"),
+        ):
             for dataset in ("forget", "retain"):
                 value, unpruned = (getattr(getattr(step, dataset), metric) for step in (r.final, r.base))
                 assert rows[f"{dataset} {label}"][i] == (f"{value:{fmt}}", f"{value / unpruned:.0%}", value)
@@ -147,8 +160,11 @@ def test_report_from_memory(memory_report, run, t):
         assert f"<td>{key}</td><td><code>{value}</code></td>" in page
     assert f"<td>forget dataset</td><td><code>{run.info['forget']}</code></td>" in page
     spans = run.info["texts"]["retain"]["statistics"]
-    assert re.search(rf"<td>retain texts</td><td><code>statistics: {spans[0]['tokens']:,} tokens from texts 0–"
-                     r"\d+ of [^<]*evaluation: [^<]*texts shared: 0</code></td>", page)
+    assert re.search(
+        rf"<td>retain texts</td><td><code>statistics: {spans[0]['tokens']:,} tokens from texts 0–"
+        r"\d+ of [^<]*evaluation: [^<]*texts shared: 0</code></td>",
+        page,
+    )
     assert f"<title>Selective pruning report: {t.model_dir}</title>" in page
     cards = re.findall(r'<div class="ul-card" data-layer="(\d+)" data-unit="(\d+)" data-kind="mlp">', page)
     assert [(int(a), int(b)) for a, b in cards] == top_units(t.run.initial_scores, 4)
@@ -158,8 +174,12 @@ def test_report_from_memory(memory_report, run, t):
     for name, r in run.runs().items():
         steps = re.search(rf"Step by step: {name} run</summary>(.*?)</details>", page, re.S).group(1)
         values = [float(v) for v in re.findall(r'data-value="([^"]+)"', steps)]
-        assert values == [getattr(getattr(s, ds), m) for s in r.history for ds in ("forget", "retain")
-                          for m in ("top1", "topk", "loss")]
+        assert values == [
+            getattr(getattr(s, ds), m)
+            for s in r.history
+            for ds in ("forget", "retain")
+            for m in ("top1", "topk", "loss")
+        ]
 
 
 def test_report_headline_is_retain_where_forget_halves(t, tmp_path):
@@ -210,8 +230,9 @@ def _comparable(page: str) -> str:
 
 
 def test_report_from_run_dir_equals_report_from_memory(memory_report, run_dir, run, t, tmp_path):
-    rebuilt = write_report(run_dir, tmp_path / "rebuilt", model=t.model, forget_texts=t.code, retain_texts=t.prose,
-                           card_tokens=400)
+    rebuilt = write_report(
+        run_dir, tmp_path / "rebuilt", model=t.model, forget_texts=t.code, retain_texts=t.prose, card_tokens=400
+    )
     assert rebuilt == tmp_path / "rebuilt" / "report.html"
     memory, disk = memory_report.read_text(encoding="utf-8"), rebuilt.read_text(encoding="utf-8")
     assert _summary_rows(disk) == _summary_rows(memory)
@@ -235,8 +256,9 @@ def test_report_from_run_dir_without_model(run_dir, run):
 
 
 def test_report_loads_model_and_texts_named_in_the_run(run_dir, t):
-    page = write_report(run_dir, load_model_from_results=True, n_cards=2, card_tokens=300,
-                        device="cpu").read_text(encoding="utf-8")
+    page = write_report(run_dir, load_model_from_results=True, n_cards=2, card_tokens=300, device="cpu").read_text(
+        encoding="utf-8"
+    )
     cards = re.findall(r'<div class="ul-card" data-layer="(\d+)" data-unit="(\d+)"', page)
     assert [(int(a), int(b)) for a, b in cards] == top_units(t.run.initial_scores, 2)
     assert page.count("Top 5 contexts on forget") == 2 and page.count("Top 5 contexts on retain") == 2
@@ -285,8 +307,16 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
         (lambda d: (d / "initial_scores.safetensors").write_bytes(b"\x00" * 64), "initial_scores.safetensors"),
         (lambda d: (d / "forget_stats.safetensors").write_bytes(b"junk"), "forget_stats.safetensors"),
     ],
-    ids=["no-results", "bad-json", "old-format", "incomplete-run", "no-masks", "bad-baseline-masks", "bad-scores",
-         "bad-stats"],
+    ids=[
+        "no-results",
+        "bad-json",
+        "old-format",
+        "incomplete-run",
+        "no-masks",
+        "bad-baseline-masks",
+        "bad-scores",
+        "bad-stats",
+    ],
 )
 def test_broken_run_dir_names_the_file(run_dir, tmp_path, damage, named):
     broken = _copy(run_dir, tmp_path)
@@ -325,9 +355,26 @@ def test_cli_report_loads_the_model(run_dir, t, tmp_path, capsys):
 
 
 def test_cli_prune_writes_the_report(t, text_dirs, tmp_path, capsys):
-    common = ["prune", "--model", str(t.model_dir), "--forget", str(text_dirs[0]), "--retain", str(text_dirs[1]),
-              "--mlp-frac", "0.1", "--n-steps", "1", "--collect-tokens", "300", "--eval-tokens", "300", "--quiet",
-              "--device", "cpu"]
+    common = [
+        "prune",
+        "--model",
+        str(t.model_dir),
+        "--forget",
+        str(text_dirs[0]),
+        "--retain",
+        str(text_dirs[1]),
+        "--mlp-frac",
+        "0.1",
+        "--n-steps",
+        "1",
+        "--collect-tokens",
+        "300",
+        "--eval-tokens",
+        "300",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert main([*common, "--out", str(tmp_path / "with")]) == 0
     out = capsys.readouterr().out
     report = tmp_path / "with" / "report.html"
@@ -354,8 +401,10 @@ def _chromium() -> str:
     if path is None and Path("/usr/bin/chromium").exists():
         path = "/usr/bin/chromium"
     if path is None:
-        message = ("headless Chromium is needed to check that the report renders: install it "
-                   "(Debian: apt-get install -y chromium) or point $CHROMIUM at the binary")
+        message = (
+            "headless Chromium is needed to check that the report renders: install it "
+            "(Debian: apt-get install -y chromium) or point $CHROMIUM at the binary"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -379,10 +428,22 @@ def test_report_renders_in_headless_chromium(memory_report, tmp_path):
     chromium = _chromium()
     screenshot = tmp_path / "report.png"
     command = [
-        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-        f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0",
-        "--virtual-time-budget=10000", "--window-size=1280,2000", f"--screenshot={screenshot}", "--dump-dom",
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+        "--window-size=1280,2000",
+        f"--screenshot={screenshot}",
+        "--dump-dom",
         memory_report.resolve().as_uri(),
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)

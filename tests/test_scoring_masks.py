@@ -52,9 +52,13 @@ def test_wanda_weighs_rms_by_the_output_weights(gpt2, stats_pair):
     assert bool((shrunk.mlp <= s.mlp + 1e-12).all()) and bool((shrunk.mlp < s.mlp).any())
     with pytest.raises(ul.UnlearnLensError, match="needs the norms of the units' output weights"):
         ul.score(forget, retain, method="wanda")
-    run = ul.selective_prune(gpt2, CODE, PROSE, ul.PruneConfig(mlp_frac=0.1, n_steps=1, collect_tokens=200,
-                                                               eval_tokens=100, seq_len=32, scoring="wanda"),
-                             progress=False)
+    run = ul.selective_prune(
+        gpt2,
+        CODE,
+        PROSE,
+        ul.PruneConfig(mlp_frac=0.1, n_steps=1, collect_tokens=200, eval_tokens=100, seq_len=32, scoring="wanda"),
+        progress=False,
+    )
     assert run.initial_scores.mlp_method == "wanda" and run.masks.n_mlp == round(0.1 * dims.n_mlp)
 
 

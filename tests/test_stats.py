@@ -88,8 +88,9 @@ def test_merge_of_two_halves_equals_one_run(gpt2):
     merged = ul.collect_stats(gpt2, a, progress=False).merge(ul.collect_stats(gpt2, b, progress=False))
     for kind in ("mlp", "attn"):
         for name in FIELDS:
-            torch.testing.assert_close(getattr(getattr(merged, kind), name), getattr(getattr(whole, kind), name),
-                                       rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(
+                getattr(getattr(merged, kind), name), getattr(getattr(whole, kind), name), rtol=1e-6, atol=1e-9
+            )
 
 
 def test_large_mean_small_std_is_exact():
@@ -237,5 +238,10 @@ def test_fused_collection_equals_naive_reference(gpt2_dir, dtype, monkeypatch):
     assert_matches(fused, naive_stats(model, tokens), rtol=1e-5, atol=1e-6)
     for kind in ("mlp", "attn"):
         for name in FIELDS:
-            torch.testing.assert_close(getattr(getattr(fused, kind), name), getattr(getattr(eager, kind), name),
-                                       rtol=1e-5, atol=1e-6, msg=f"{kind}.{name}")
+            torch.testing.assert_close(
+                getattr(getattr(fused, kind), name),
+                getattr(getattr(eager, kind), name),
+                rtol=1e-5,
+                atol=1e-6,
+                msg=f"{kind}.{name}",
+            )

@@ -52,10 +52,9 @@ def hub(monkeypatch):
     def load_dataset(name, config=None, *, split="train", streaming=False, **kwargs):
         calls.append((name, config, split, streaming))
         if split not in ("train",):
-            raise ValueError(f'Unknown split "{split}". Should be one of [\'train\'].')
+            raise ValueError(f"Unknown split \"{split}\". Should be one of ['train'].")
         features = ("content", "id") if "other-field" in name else ("text", "id")
-        ds = EndlessDataset(CODE if "code" in name else PROSE, features,
-                            drop_field_at=5 if "holes" in name else None)
+        ds = EndlessDataset(CODE if "code" in name else PROSE, features, drop_field_at=5 if "holes" in name else None)
         opened.setdefault(name, []).append(ds)
         return ds
 
@@ -64,9 +63,30 @@ def hub(monkeypatch):
 
 
 def _args(gpt2_dir, out, forget="org/endless-code", retain="org/endless-prose", *extra):
-    return ["prune", "--model", str(gpt2_dir), "--forget", forget, "--retain", retain, "--mlp-frac", "0.1",
-            "--n-steps", "2", "--collect-tokens", "300", "--eval-tokens", "200", "--seq-len", "32", "--out", str(out),
-            "--quiet", "--no-report", *extra]
+    return [
+        "prune",
+        "--model",
+        str(gpt2_dir),
+        "--forget",
+        forget,
+        "--retain",
+        retain,
+        "--mlp-frac",
+        "0.1",
+        "--n-steps",
+        "2",
+        "--collect-tokens",
+        "300",
+        "--eval-tokens",
+        "200",
+        "--seq-len",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-report",
+        *extra,
+    ]
 
 
 def test_endless_hub_streams_finish_with_bounded_reads(gpt2_dir, tmp_path, hub):
@@ -101,8 +121,11 @@ def test_shuffled_stream_is_seeded_and_bounded(gpt2_dir, tmp_path, hub):
     assert 50 < info["forget_rows_read"] <= opened["org/endless-code"][0].served
     texts = [f"text {i}" for i in range(200)]
     a = list(iter_texts(texts, shuffle_seed=1, buffer_size=20))
-    assert a == list(iter_texts(texts, shuffle_seed=1, buffer_size=20)) != list(iter_texts(texts, shuffle_seed=2,
-                                                                                           buffer_size=20))
+    assert (
+        a
+        == list(iter_texts(texts, shuffle_seed=1, buffer_size=20))
+        != list(iter_texts(texts, shuffle_seed=2, buffer_size=20))
+    )
     assert sorted(a) == sorted(texts) and a != texts
 
 
@@ -112,9 +135,14 @@ def test_hub_config_split_and_fields(gpt2_dir, tmp_path, hub, capsys):
     assert calls[-1] == ("org/endless-code", "python", "train", True)
     assert next(stream).startswith(CODE[0]) and stream.n_rows == 1
     cases = [
-        (_args(gpt2_dir, tmp_path / "o", "org/endless-code", "org/endless-prose", "--split", "validation"),
-         "split 'validation'"),
-        (_args(gpt2_dir, tmp_path / "o", "org/other-field-code"), "has no text field 'text'; its fields are ['content', 'id']"),
+        (
+            _args(gpt2_dir, tmp_path / "o", "org/endless-code", "org/endless-prose", "--split", "validation"),
+            "split 'validation'",
+        ),
+        (
+            _args(gpt2_dir, tmp_path / "o", "org/other-field-code"),
+            "has no text field 'text'; its fields are ['content', 'id']",
+        ),
         (_args(gpt2_dir, tmp_path / "o", "org/holes-code"), "has no text field 'text'; its fields are ['id']"),
     ]
     for args, message in cases:
@@ -166,21 +194,30 @@ def _hub_cache(tmp_path, model_dir):
 
 def test_hub_model_id_loads_from_the_cache_offline(gpt2_dir, tmp_path):
     home = _hub_cache(tmp_path, gpt2_dir)
-    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
-    code = ("import unlearn_lens as ul\n"
-            "m = ul.load_model('test-org/tiny-gpt2', device='cpu')\n"
-            "print(ul.ModelDims.of(m).to_dict())\n"
-            "try:\n    ul.load_model('test-org/not-downloaded', device='cpu')\n"
-            "except ul.UnlearnLensError as exc:\n    print('ERROR', exc)\n"
-            "try:\n    ul.load_texts('test-org/not-downloaded-data', limit=1)\n"
-            "except ul.UnlearnLensError as exc:\n    print('DATA', exc)\n")
+    env = {
+        **os.environ,
+        "HF_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
+    code = (
+        "import unlearn_lens as ul\n"
+        "m = ul.load_model('test-org/tiny-gpt2', device='cpu')\n"
+        "print(ul.ModelDims.of(m).to_dict())\n"
+        "try:\n    ul.load_model('test-org/not-downloaded', device='cpu')\n"
+        "except ul.UnlearnLensError as exc:\n    print('ERROR', exc)\n"
+        "try:\n    ul.load_texts('test-org/not-downloaded-data', limit=1)\n"
+        "except ul.UnlearnLensError as exc:\n    print('DATA', exc)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "{'n_layers': 2, 'd_mlp': 64, 'n_heads': 4, 'd_head': 8}" in out.stdout
     assert "ERROR could not load model 'test-org/not-downloaded' as a Hub id" in out.stdout
-    assert ("DATA could not load dataset 'test-org/not-downloaded-data' (split 'train') from the Hub "
-            "(is the network reachable?)") in out.stdout
+    assert (
+        "DATA could not load dataset 'test-org/not-downloaded-data' (split 'train') from the Hub "
+        "(is the network reachable?)"
+    ) in out.stdout
 
 
 def test_bad_rows_and_short_sources_on_the_command_line(gpt2_dir, tmp_path, capsys, caplog):
@@ -197,8 +234,11 @@ def test_bad_rows_and_short_sources_on_the_command_line(gpt2_dir, tmp_path, caps
     }
     for name, content in files.items():
         (tmp_path / name).write_bytes(content)
-    cases = [("bad-utf8.jsonl", "is not valid UTF-8 text"),
-             ("null-text.jsonl", "row 8 of dataset"), ("number-text.jsonl", "has a int, not text")]
+    cases = [
+        ("bad-utf8.jsonl", "is not valid UTF-8 text"),
+        ("null-text.jsonl", "row 8 of dataset"),
+        ("number-text.jsonl", "has a int, not text"),
+    ]
     for name, message in cases:
         assert main(_args(gpt2_dir, tmp_path / "out", str(tmp_path / name), str(prose))) == 2
         err = capsys.readouterr().err
@@ -220,7 +260,8 @@ def test_globs_and_hub_data_files(tmp_path, monkeypatch):
     """Data files named by a glob are streamed; hf:// paths go to the same reader (network not needed to route)."""
     for part in range(3):
         (tmp_path / f"part-{part}.jsonl").write_text(
-            "".join(json.dumps({"code": f"x = {part * 10 + i}"}) + "\n" for i in range(10)))
+            "".join(json.dumps({"code": f"x = {part * 10 + i}"}) + "\n" for i in range(10))
+        )
     texts = ul.load_texts(str(tmp_path / "part-*.jsonl"), text_field="code")
     assert len(texts) == 30 and "x = 25" in texts
     with pytest.raises(ul.UnlearnLensError, match="has no text field 'text'; its fields are \\['code'\\]"):

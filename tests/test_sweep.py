@@ -10,14 +10,31 @@ from conftest import CODE, PROSE
 import unlearn_lens as ul
 from unlearn_lens.checks.sweep import Sweep, sweep, sweep_figure, write_sweep_report
 
-CONFIG = ul.PruneConfig(mlp_frac=0.1, attn_frac=0.05, n_steps=3, collect_tokens=300, eval_tokens=200, seq_len=24,
-                        peak_bins=16, resample_tokens=50)
+CONFIG = ul.PruneConfig(
+    mlp_frac=0.1,
+    attn_frac=0.05,
+    n_steps=3,
+    collect_tokens=300,
+    eval_tokens=200,
+    seq_len=24,
+    peak_bins=16,
+    resample_tokens=50,
+)
 
 
 @pytest.fixture(scope="module")
 def small_sweep(gpt2):
-    return sweep(gpt2, CODE, PROSE, CONFIG, ablations=["zero", "peak"], scorings=["abs", "wanda"], baseline=True,
-                 progress=False, info={"forget": "code", "retain": "prose"})
+    return sweep(
+        gpt2,
+        CODE,
+        PROSE,
+        CONFIG,
+        ablations=["zero", "peak"],
+        scorings=["abs", "wanda"],
+        baseline=True,
+        progress=False,
+        info={"forget": "code", "retain": "prose"},
+    )
 
 
 def test_every_cell_runs_on_the_same_tokens_with_its_own_settings(gpt2, small_sweep):
@@ -33,8 +50,9 @@ def test_every_cell_runs_on_the_same_tokens_with_its_own_settings(gpt2, small_sw
     # a cell is the run selective_prune makes alone with the cell's settings
     import dataclasses
 
-    alone = ul.selective_prune(gpt2, CODE, PROSE, dataclasses.replace(CONFIG, ablation="peak", scoring="wanda"),
-                               progress=False)
+    alone = ul.selective_prune(
+        gpt2, CODE, PROSE, dataclasses.replace(CONFIG, ablation="peak", scoring="wanda"), progress=False
+    )
     cell = small_sweep.cell("peak", "wanda").run
     assert [s.retain.top1 for s in alone.history] == [s.retain.top1 for s in cell.history]
     with pytest.raises(ul.UnlearnLensError, match="no cell"):
@@ -81,10 +99,35 @@ def test_cli_sweep(gpt2_dir, tmp_path, capsys):
 
     (tmp_path / "code.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in CODE * 3))
     out = tmp_path / "out"
-    args = ["sweep", "--model", str(gpt2_dir), "--forget", str(tmp_path / "code.jsonl"), "--retain", "demo:prose",
-            "--ablations", "mean", "resample", "--scorings", "freq", "--mlp-frac", "0.1", "--n-steps", "2",
-            "--collect-tokens", "300", "--eval-tokens", "200", "--seq-len", "32", "--resample-tokens", "40",
-            "--out", str(out), "--quiet"]
+    args = [
+        "sweep",
+        "--model",
+        str(gpt2_dir),
+        "--forget",
+        str(tmp_path / "code.jsonl"),
+        "--retain",
+        "demo:prose",
+        "--ablations",
+        "mean",
+        "resample",
+        "--scorings",
+        "freq",
+        "--mlp-frac",
+        "0.1",
+        "--n-steps",
+        "2",
+        "--collect-tokens",
+        "300",
+        "--eval-tokens",
+        "200",
+        "--seq-len",
+        "32",
+        "--resample-tokens",
+        "40",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "mean" in printed and "resample" in printed and "report.html" in printed

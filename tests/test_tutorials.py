@@ -38,8 +38,7 @@ REMOVED = {
     r"\bstop_at_forget_top1\b": "PruneConfig(stop_at_forget=...)",
     r"\breference\s*=": "ul.random_baseline(model, forget, retain, run)",
     r"\bbaseline\s*=\s*[\"']random[\"']": "ul.random_baseline(model, forget, retain, run)",
-    r"ul\.(?:evaluate|collect_stats)\((?:[^()]|\([^()]*\))*\b(?:masks|ablation|means)\s*=":
-        "nesting inside `with ul.pruned(model, masks, ...):`",
+    r"ul\.(?:evaluate|collect_stats)\((?:[^()]|\([^()]*\))*\b(?:masks|ablation|means)\s*=": "nesting inside `with ul.pruned(model, masks, ...):`",
     r"\.to_json\(": "run.save(run_dir)",
     r"--ff-frac\b|--steps\b|--stop-at\b(?!-)": "--mlp-frac, --n-steps, --stop-at-forget",
 }
@@ -72,8 +71,11 @@ def test_notebook_is_committed_clean(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.get("kernelspec", {}).get("name") == "python3", nb.metadata.get("kernelspec")
-    dirty = [i for i, cell in enumerate(nb.cells)
-             if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)]
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
+    ]
     assert not dirty, f"{path.name}: code cells {dirty} have outputs or execution counts; clear them before committing"
     assert not nb.metadata.get("widgets"), f"{path.name} stores widget state"
     first = nb.cells[0]
@@ -91,9 +93,12 @@ def test_notebook_uses_current_api(path: Path) -> None:
 
     source = _code(path)
     public = {"ul.cards": set(cards.__all__), "viz": set(viz.__all__), "ul": set(ul.__all__)}
-    unknown = [f"{prefix}.{name}" for prefix, names in public.items()
-               for name in re.findall(rf"(?<![\w.]){re.escape(prefix)}\.(\w+)", source)
-               if name not in names]
+    unknown = [
+        f"{prefix}.{name}"
+        for prefix, names in public.items()
+        for name in re.findall(rf"(?<![\w.]){re.escape(prefix)}\.(\w+)", source)
+        if name not in names
+    ]
     assert not unknown, f"{path.name} uses names that unlearn_lens does not export: {sorted(set(unknown))}"
     stale = [f"{m.group(0)!r} (use {use})" for pattern, use in REMOVED.items() for m in re.finditer(pattern, source)]
     assert not stale, f"{path.name} uses the old API: {stale}"
@@ -120,15 +125,22 @@ def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     Returns ``{name: (returncode, stderr, executed_path)}``. The kernels run one torch thread
     each, so two of them use both cores without slowing each other down.
     """
-    wanted = {item.callspec.params["path"] for item in request.session.items
-              if item.originalname == "test_notebook_executes" and hasattr(item, "callspec")}
+    wanted = {
+        item.callspec.params["path"]
+        for item in request.session.items
+        if item.originalname == "test_notebook_executes" and hasattr(item, "callspec")
+    }
     out = tmp_path_factory.mktemp("notebooks")
     env = {**os.environ, **OFFLINE_ENV, "JUPYTER_RUNTIME_DIR": str(out / "jupyter-runtime")}
 
     def run(path: Path) -> tuple:
         dst = out / path.name
-        proc = subprocess.run([sys.executable, "-c", _EXECUTE, str(path), str(dst), str(TUTORIALS),
-                               str(CELL_TIMEOUT_S)], env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _EXECUTE, str(path), str(dst), str(TUTORIALS), str(CELL_TIMEOUT_S)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         return proc.returncode, proc.stderr, dst
 
     # the longest notebooks (the later ones) first, so the two workers finish close together
@@ -148,8 +160,13 @@ def test_notebook_executes(path: Path, executed: dict[str, tuple]) -> None:
     nb = nbformat.read(dst, as_version=4)
     print(f"{path.name}: executed in {nb.metadata['executed_in_s']:.1f} s")
     assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code")
-    errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-              if out.get("output_type") == "error"]
+    errors = [
+        out
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error"
+    ]
     assert not errors, errors
     # The notebook on disk is left untouched: executing works on a copy.
     on_disk = nbformat.read(path, as_version=4)

@@ -115,8 +115,11 @@ def test_score_distributions(t):
     assert all(len(tr.y) == dims.n_heads * dims.d_head for tr in attn.data)
     # Attention neurons are flattened head-major: unit head * d_head + d.
     for layer, trace in enumerate(attn.data):
-        expected = [float(np.log10(max(float(scores.attn[layer, h, d]), 1e-6)))
-                    for h in range(dims.n_heads) for d in range(dims.d_head)]
+        expected = [
+            float(np.log10(max(float(scores.attn[layer, h, d]), 1e-6)))
+            for h in range(dims.n_heads)
+            for d in range(dims.d_head)
+        ]
         np.testing.assert_allclose(np.asarray(trace.y), expected)
 
 
@@ -213,8 +216,9 @@ def test_separability_trajectory_marks_where_forget_halves(t):
     assert star.marker.symbol == "star" and star.showlegend is not False
     assert star.name == f"selective: retain {expected:.1%} at forget 50%"
     annotations = [a.text for a in fig.layout.annotations]
-    assert any(a.startswith("<b>selective</b>") and f"retain top-1 = {expected:.1%} at forget 50%" in a
-               for a in annotations)
+    assert any(
+        a.startswith("<b>selective</b>") and f"retain top-1 = {expected:.1%} at forget 50%" in a for a in annotations
+    )
     # The star lies on the path: between steps 1 and 2, on the straight segment joining them.
     path = next(tr for tr in fig.data if tr.name == "selective steps")
     (x1, x2), (y1, y2) = path.x[1:3], path.y[1:3]
@@ -333,9 +337,15 @@ def test_neuron_card_mlp_stats_and_top_tokens(t):
     for col, texts in enumerate((t.code, t.prose)):
         tokens = as_token_set(t.model, texts, seq_len=None, max_tokens=400)
         stats = ul.collect_stats(t.model, tokens, max_tokens=None, progress=False)
-        expected = {"tokens": stats.n_tokens, "mean": stats.mlp.mean, "std": stats.mlp.std,
-                    "mean |x|": stats.mlp.abs_mean, "RMS": stats.mlp.rms, "freq (x &gt; 0)": stats.mlp.freq,
-                    "max": stats.mlp.max}
+        expected = {
+            "tokens": stats.n_tokens,
+            "mean": stats.mlp.mean,
+            "std": stats.mlp.std,
+            "mean |x|": stats.mlp.abs_mean,
+            "RMS": stats.mlp.rms,
+            "freq (x &gt; 0)": stats.mlp.freq,
+            "max": stats.mlp.max,
+        }
         assert table["tokens"][col] == f"{stats.n_tokens:,}"
         for key, value in expected.items():
             if key != "tokens":
@@ -365,8 +375,18 @@ def test_neuron_card_single_dataset_and_given_stats(t):
     assert "Top 2 contexts on texts" in card
     assert len(re.findall(r"ul-max", card)) == 2
     stats = {"forget": t.run.forget_stats, "retain": t.run.retain_stats}
-    card = neuron_card(t.model, None, 0, 3, forget_texts=t.code, retain_texts=t.prose, stats=stats,
-                           max_tokens=300, scores=t.run.initial_scores, masks=t.run.masks)
+    card = neuron_card(
+        t.model,
+        None,
+        0,
+        3,
+        forget_texts=t.code,
+        retain_texts=t.prose,
+        stats=stats,
+        max_tokens=300,
+        scores=t.run.initial_scores,
+        masks=t.run.masks,
+    )
     table = _stats_table(card)
     assert table["tokens"][0] == f"{t.run.forget_stats.n_tokens:,}"
     assert float(table["mean"][1]) == pytest.approx(float(t.run.retain_stats.mlp.mean[0, 3]), rel=2e-3, abs=1e-6)

@@ -15,8 +15,16 @@ import torch
 
 from unlearn_lens.errors import UnlearnLensError
 
-__all__ = ["atomic_dir", "atomic_write", "check_output_dir", "read_json", "read_safetensors", "write_json", "write_safetensors",
-           "write_text"]
+__all__ = [
+    "atomic_dir",
+    "atomic_write",
+    "check_output_dir",
+    "read_json",
+    "read_safetensors",
+    "write_json",
+    "write_safetensors",
+    "write_text",
+]
 
 
 def _fresh_name(directory: Path, name: str, suffix: str) -> Path:
@@ -74,12 +82,15 @@ def check_output_dir(path: str | os.PathLike, *, overwrite: bool = False) -> Non
     if path.exists() and not path.is_dir():
         raise UnlearnLensError(f"output path {str(path)!r} is a file; it must be a directory")
     if path.exists() and not overwrite and any(path.iterdir()):
-        raise UnlearnLensError(f"output directory {str(path)!r} already exists and is not empty; choose another, "
-                               "or replace it (overwrite=True, --overwrite)")
+        raise UnlearnLensError(
+            f"output directory {str(path)!r} already exists and is not empty; choose another, "
+            "or replace it (overwrite=True, --overwrite)"
+        )
     parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UnlearnLensError(f"cannot write {str(path)!r}: {str(parent)!r} is not writable (not a directory, "
-                               "or no permission)")
+        raise UnlearnLensError(
+            f"cannot write {str(path)!r}: {str(parent)!r} is not writable (not a directory, or no permission)"
+        )
 
 
 @contextlib.contextmanager

@@ -123,8 +123,12 @@ class HistogramBlock:
 
     def merge(self, other: HistogramBlock) -> HistogramBlock:
         """Histograms of both samples together (the ranges must be the same)."""
-        if (other.unit_shape != self.unit_shape or other.bins != self.bins or not torch.equal(other.lo, self.lo)
-                or not torch.equal(other.width, self.width)):
+        if (
+            other.unit_shape != self.unit_shape
+            or other.bins != self.bins
+            or not torch.equal(other.lo, self.lo)
+            or not torch.equal(other.width, self.width)
+        ):
             raise UnlearnLensError("histograms merge only over the same units, bins and ranges")
         out = self._copy()
         out.counts += other.counts
@@ -187,16 +191,20 @@ class ActivationHistogram:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to a safetensors file (atomically)."""
-        tensors = {f"{kind}.{name}": value for kind in UNIT_KINDS for name, value in getattr(self, kind)._state().items()}
-        write_safetensors(path, tensors, {"format": "unlearn_lens.ActivationHistogram",
-                                          "meta": json.dumps(self.meta, default=str)})
+        tensors = {
+            f"{kind}.{name}": value for kind in UNIT_KINDS for name, value in getattr(self, kind)._state().items()
+        }
+        write_safetensors(
+            path, tensors, {"format": "unlearn_lens.ActivationHistogram", "meta": json.dumps(self.meta, default=str)}
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> ActivationHistogram:
         tensors, metadata = read_safetensors(path, "unlearn_lens.ActivationHistogram", device)
         try:
-            blocks = [HistogramBlock._from_state({n: tensors[f"{kind}.{n}"] for n in _HIST_FIELDS})
-                      for kind in UNIT_KINDS]
+            blocks = [
+                HistogramBlock._from_state({n: tensors[f"{kind}.{n}"] for n in _HIST_FIELDS}) for kind in UNIT_KINDS
+            ]
         except KeyError as exc:
             raise UnlearnLensError(f"histogram file {str(path)!r} lacks tensor {exc}") from exc
         return cls(*blocks, json.loads(metadata.get("meta", "{}")))
@@ -227,8 +235,11 @@ class ActivationSample:
         return ModelDims(n_layers, d_mlp, n_heads, d_head)
 
     def save(self, path: str | os.PathLike) -> None:
-        write_safetensors(path, {"mlp": self.mlp, "attn": self.attn},
-                          {"format": "unlearn_lens.ActivationSample", "meta": json.dumps(self.meta, default=str)})
+        write_safetensors(
+            path,
+            {"mlp": self.mlp, "attn": self.attn},
+            {"format": "unlearn_lens.ActivationSample", "meta": json.dumps(self.meta, default=str)},
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str | None = None) -> ActivationSample:
@@ -279,8 +290,9 @@ def collect_ablation_values(
     """
     dims = model_dims(model)
     if stats.dims != dims:
-        raise UnlearnLensError(f"statistics for a model with {stats.dims.to_dict()} do not fit "
-                               f"{model_name(model)!r} ({dims.to_dict()})")
+        raise UnlearnLensError(
+            f"statistics for a model with {stats.dims.to_dict()} do not fit {model_name(model)!r} ({dims.to_dict()})"
+        )
     if bins is None and sample_tokens <= 0:
         raise UnlearnLensError("collect_ablation_values needs bins (peak) or sample_tokens > 0 (resample)")
     if sample_tokens < 0:
@@ -296,11 +308,15 @@ def collect_ablation_values(
         share = -(-sample_tokens // size)
         n_mine = shard(tokens).n_tokens
         if n_mine < share:
-            raise UnlearnLensError(f"resample ablation asks for {sample_tokens:,} retain tokens but only "
-                                   f"{n_mine * size:,} are available; lower the sample size")
+            raise UnlearnLensError(
+                f"resample ablation asks for {sample_tokens:,} retain tokens but only "
+                f"{n_mine * size:,} are available; lower the sample size"
+            )
         take = _draw(n_mine, share, seed + rank)
-        pool = {kind: torch.zeros(len(take), *shape, dtype=torch.float32)
-                for kind, shape in (("mlp", dims.mlp_shape), ("attn", dims.attn_shape))}
+        pool = {
+            kind: torch.zeros(len(take), *shape, dtype=torch.float32)
+            for kind, shape in (("mlp", dims.mlp_shape), ("attn", dims.attn_shape))
+        }
     seen = {"mlp": [0] * dims.n_layers, "attn": [0] * dims.n_layers}
 
     def update(kind: str, layer: int, rows: torch.Tensor, workspace: Any) -> None:
@@ -314,8 +330,15 @@ def collect_ablation_values(
                 pool[kind][lo:hi, layer] = rows.index_select(0, picked).float().cpu()
             seen[kind][layer] = start + rows.shape[0]
 
-    stream_units(model, tokens, update, batch_size=batch_size, progress=progress, desc="collect ablation values",
-                 owner="collect_ablation_values")
+    stream_units(
+        model,
+        tokens,
+        update,
+        batch_size=batch_size,
+        progress=progress,
+        desc="collect ablation values",
+        owner="collect_ablation_values",
+    )
     meta = {"model": model_name(model), "n_tokens": tokens.n_tokens}
     if hist is not None:
         if size > 1:

@@ -56,7 +56,7 @@ _HELP = {
     "mlp_scoring": "scoring method of MLP neurons (default: --scoring)",
     "attn_scoring": "scoring method of attention neurons (default: --scoring)",
     "ablation": "pruned units read 0 (zero), their retain mean (mean), their retain mode (peak), or their value at "
-                "a random retain token (resample) (default zero; demo mean)",
+    "a random retain token (resample) (default zero; demo mean)",
     "mlp_ablation": "ablation of MLP neurons (default: --ablation)",
     "attn_ablation": "ablation of attention neurons (default: --ablation)",
     "peak_bins": "histogram bins per unit for peak ablation (default 64)",
@@ -88,21 +88,42 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from unlearn_lens.scoring import HEAD_AGGREGATIONS, SCORING_METHODS
 
     p.add_argument("--model", default="demo", help="'demo' (default), a local HF model directory, or a Hub id")
-    p.add_argument("--forget", nargs="+", default=["demo:code"], metavar="SRC",
-                   help="forget dataset: demo:code, a local file/folder, or a Hub id; several are mixed by token share")
-    p.add_argument("--retain", nargs="+", default=["demo:prose"], metavar="SRC",
-                   help="retain dataset (same forms as --forget)")
-    p.add_argument("--forget-shares", nargs="+", type=float, metavar="W",
-                   help="token share of each --forget source, in order (default: equal shares)")
-    p.add_argument("--retain-shares", nargs="+", type=float, metavar="W",
-                   help="token share of each --retain source, in order (default: equal shares)")
+    p.add_argument(
+        "--forget",
+        nargs="+",
+        default=["demo:code"],
+        metavar="SRC",
+        help="forget dataset: demo:code, a local file/folder, or a Hub id; several are mixed by token share",
+    )
+    p.add_argument(
+        "--retain", nargs="+", default=["demo:prose"], metavar="SRC", help="retain dataset (same forms as --forget)"
+    )
+    p.add_argument(
+        "--forget-shares",
+        nargs="+",
+        type=float,
+        metavar="W",
+        help="token share of each --forget source, in order (default: equal shares)",
+    )
+    p.add_argument(
+        "--retain-shares",
+        nargs="+",
+        type=float,
+        metavar="W",
+        help="token share of each --retain source, in order (default: equal shares)",
+    )
     p.add_argument("--text-field", default="text", help="text column of the datasets (default: text)")
     p.add_argument("--forget-field", help="text column of the forget dataset (default: --text-field)")
     p.add_argument("--retain-field", help="text column of the retain dataset (default: --text-field)")
     p.add_argument("--split", default="train", help="dataset split for Hub datasets (default: train)")
-    p.add_argument("--shuffle-buffer", type=int, default=0, metavar="N",
-                   help="read each dataset in a random order (seeded by --seed) through a buffer of N texts; "
-                   "0 keeps the source's order (default 0)")
+    p.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=0,
+        metavar="N",
+        help="read each dataset in a random order (seeded by --seed) through a buffer of N texts; "
+        "0 keeps the source's order (default 0)",
+    )
     choices = {"scoring": SCORING_METHODS, "ablation": ABLATIONS, "head_agg": HEAD_AGGREGATIONS}
     for f in fields(PruneConfig):
         names = [_flag(f.name), *(alias for alias, field in _DEPRECATED_FLAGS.items() if field == f.name)]
@@ -116,13 +137,22 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         else:
             p.add_argument(*names, dest=f.name, type=convert, help=_HELP[f.name])
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--device-map", type=_device_map, metavar="MAP",
-                   help="spread a model too large for one device: auto, balanced, or a JSON object of module names "
-                   "to devices ({\"model.layers.0\": \"cuda:0\", ...}); instead of --device")
+    p.add_argument(
+        "--device-map",
+        type=_device_map,
+        metavar="MAP",
+        help="spread a model too large for one device: auto, balanced, or a JSON object of module names "
+        'to devices ({"model.layers.0": "cuda:0", ...}); instead of --device',
+    )
     p.add_argument("--dtype", help="model dtype: float32 (default), bfloat16, float16")
-    p.add_argument("--out", help="output directory, which must not exist yet (default: unlearn_lens_runs/<model>-<time>)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out directory (whole, and only once the new one is complete)")
+    p.add_argument(
+        "--out", help="output directory, which must not exist yet (default: unlearn_lens_runs/<model>-<time>)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out directory (whole, and only once the new one is complete)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -146,14 +176,25 @@ def _parser() -> argparse.ArgumentParser:
         "model, forget = demo:code, retain = demo:prose, offline.",
     )
     _add_run_flags(p)
-    p.add_argument("--baseline", choices=("random", "none"), default="random",
-                   help="also run the random baseline with the same per-layer counts (default random)")
-    p.add_argument("--baseline-seeds", type=int, metavar="N",
-                   help="random baselines to run, seeded --seed, --seed + 1, ...; the report and figures show them as "
-                   f"a band (default 1; demo {DEMO_BASELINE_SEEDS})")
-    p.add_argument("--resume", metavar="CHECKPOINT",
-                   help="continue an interrupted run from its checkpoint (OUT.partial, written after every step); "
-                   "its model, data and settings are the checkpoint's, other settings are ignored")
+    p.add_argument(
+        "--baseline",
+        choices=("random", "none"),
+        default="random",
+        help="also run the random baseline with the same per-layer counts (default random)",
+    )
+    p.add_argument(
+        "--baseline-seeds",
+        type=int,
+        metavar="N",
+        help="random baselines to run, seeded --seed, --seed + 1, ...; the report and figures show them as "
+        f"a band (default 1; demo {DEMO_BASELINE_SEEDS})",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="CHECKPOINT",
+        help="continue an interrupted run from its checkpoint (OUT.partial, written after every step); "
+        "its model, data and settings are the checkpoint's, other settings are ignored",
+    )
     p.add_argument("--no-report", action="store_true", help="do not write report.html into the output directory")
     p.add_argument("--no-explorer", action="store_true", help="leave the neuron explorer out of the report")
 
@@ -166,20 +207,38 @@ def _parser() -> argparse.ArgumentParser:
         "`prune`; with no arguments, the demo.",
     )
     _add_run_flags(w)
-    w.add_argument("--ablations", nargs="+", default=list(ABLATIONS), choices=ABLATIONS, metavar="A",
-                   help=f"ablations to compare (default: all of {', '.join(ABLATIONS)})")
-    w.add_argument("--scorings", nargs="+", default=list(DEFAULT_SCORINGS), choices=SCORING_METHODS, metavar="S",
-                   help=f"scoring methods to compare (default: {' '.join(DEFAULT_SCORINGS)})")
-    w.add_argument("--baseline", choices=("random", "none"), default="none",
-                   help="also run each cell's random baseline (default none: it doubles the cost)")
+    w.add_argument(
+        "--ablations",
+        nargs="+",
+        default=list(ABLATIONS),
+        choices=ABLATIONS,
+        metavar="A",
+        help=f"ablations to compare (default: all of {', '.join(ABLATIONS)})",
+    )
+    w.add_argument(
+        "--scorings",
+        nargs="+",
+        default=list(DEFAULT_SCORINGS),
+        choices=SCORING_METHODS,
+        metavar="S",
+        help=f"scoring methods to compare (default: {' '.join(DEFAULT_SCORINGS)})",
+    )
+    w.add_argument(
+        "--baseline",
+        choices=("random", "none"),
+        default="none",
+        help="also run each cell's random baseline (default none: it doubles the cost)",
+    )
     w.add_argument("--no-report", action="store_true", help="do not write report.html")
 
     c = sub.add_parser(
-        "check", help="does the capability come back? relearning and membership checks of a finished run",
+        "check",
+        help="does the capability come back? relearning and membership checks of a finished run",
         description="Fine-tune copies of the model (selective masks, random masks, none) on forget text the run "
         "never used and follow forget top-1; score membership (LOSS, zlib, Min-K %%) of the model's training "
         "texts before and after pruning; with --overlap, compare the pruned units with other runs'. Writes "
-        "RUN_DIR/checks.json and rebuilds the report.")
+        "RUN_DIR/checks.json and rebuilds the report.",
+    )
     c.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `unlearn-lens prune`")
     c.add_argument("--model", help="the model (default: the one named in results.json)")
     c.add_argument("--device", help="device for the model (default: cuda if available)")
@@ -188,14 +247,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--relearn-batch-size", type=int, default=8, help="rows per fine-tuning step (default 8)")
     c.add_argument("--no-relearn", action="store_true", help="skip the relearning check")
     for domain in ("forget", "retain"):
-        c.add_argument(f"--{domain}-members", metavar="SRC", help=f"{domain}-domain texts the model was trained "
-                       "on (default for the demo model: its training split)")
+        c.add_argument(
+            f"--{domain}-members",
+            metavar="SRC",
+            help=f"{domain}-domain texts the model was trained on (default for the demo model: its training split)",
+        )
         c.add_argument(f"--{domain}-nonmembers", metavar="SRC", help=f"{domain}-domain texts it was not trained on")
     c.add_argument("--n-texts", type=int, default=100, help="texts per side of the membership check (default 100)")
-    c.add_argument("--overlap", nargs="+", metavar="NAME=RUN_DIR", help="other runs (e.g. other forget sets against "
-                   "the same retain set) to compare the pruned units with: Jaccard overlap beside random masks")
-    c.add_argument("--overlap-init", action="store_true", help="also repeat the runs on a randomly initialised "
-                   "copy of the model, as a control of the overlap")
+    c.add_argument(
+        "--overlap",
+        nargs="+",
+        metavar="NAME=RUN_DIR",
+        help="other runs (e.g. other forget sets against "
+        "the same retain set) to compare the pruned units with: Jaccard overlap beside random masks",
+    )
+    c.add_argument(
+        "--overlap-init",
+        action="store_true",
+        help="also repeat the runs on a randomly initialised copy of the model, as a control of the overlap",
+    )
     c.add_argument("--no-report", action="store_true", help="do not rebuild report.html")
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -254,13 +324,17 @@ class _Progress:
 
     def interrupted(self) -> str:
         if self.saved is not None:
-            return (f"unlearn-lens: interrupted while writing the report; the results in {self.saved} are complete, "
-                    f"report.html was not written (rebuild it with `unlearn-lens report {self.saved}`)")
+            return (
+                f"unlearn-lens: interrupted while writing the report; the results in {self.saved} are complete, "
+                f"report.html was not written (rebuild it with `unlearn-lens report {self.saved}`)"
+            )
         ckpt = self.checkpoint
         if ckpt is not None and (ckpt / "checkpoint.json").is_file():
             step = json.loads((ckpt / "checkpoint.json").read_text())["step"]
-            return (f"unlearn-lens: interrupted; the run so far (up to step {step}) is in {ckpt}: continue it with "
-                    f"`unlearn-lens prune --resume {ckpt}`")
+            return (
+                f"unlearn-lens: interrupted; the run so far (up to step {step}) is in {ckpt}: continue it with "
+                f"`unlearn-lens prune --resume {ckpt}`"
+            )
         if ckpt is not None:
             shutil.rmtree(ckpt, ignore_errors=True)  # not even step 0 was recorded
         return "unlearn-lens: interrupted; nothing was written"
@@ -273,20 +347,35 @@ def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[
 
     if args.shuffle_buffer < 0:
         raise UnlearnLensError(f"--shuffle-buffer must be 0 or more, got {args.shuffle_buffer}")
-    info: dict[str, Any] = {"model": str(args.model), "split": args.split,
-                            "shuffle_seed": config.seed if args.shuffle_buffer else None,
-                            "shuffle_buffer": args.shuffle_buffer or None}
+    info: dict[str, Any] = {
+        "model": str(args.model),
+        "split": args.split,
+        "shuffle_seed": config.seed if args.shuffle_buffer else None,
+        "shuffle_buffer": args.shuffle_buffer or None,
+    }
     data = {}
     for key in ("forget", "retain"):
         sources, shares = getattr(args, key), getattr(args, f"{key}_shares")
         info[key] = sources[0] if len(sources) == 1 else sources
         info[f"{key}_shares"] = shares
         info[f"{key}_field"] = getattr(args, f"{key}_field") or args.text_field
-        streams = [iter_texts(src, split=args.split, text_field=info[f"{key}_field"], shuffle_seed=info["shuffle_seed"],
-                              buffer_size=max(args.shuffle_buffer, 1)) for src in sources]
-        data[key] = mix_token_sets(model, streams, shares, [config.collect_tokens, config.eval_tokens],
-                                   seq_len=config.seq_len)
-        for what, counts in (("texts", [s.reader.n_texts for s in streams]), ("rows", [s.reader.n_rows for s in streams])):
+        streams = [
+            iter_texts(
+                src,
+                split=args.split,
+                text_field=info[f"{key}_field"],
+                shuffle_seed=info["shuffle_seed"],
+                buffer_size=max(args.shuffle_buffer, 1),
+            )
+            for src in sources
+        ]
+        data[key] = mix_token_sets(
+            model, streams, shares, [config.collect_tokens, config.eval_tokens], seq_len=config.seq_len
+        )
+        for what, counts in (
+            ("texts", [s.reader.n_texts for s in streams]),
+            ("rows", [s.reader.n_rows for s in streams]),
+        ):
             info[f"{key}_{what}_read"] = counts if len(counts) > 1 else counts[0]
         info[f"{key}_tokens"] = data[key].n_tokens
     return data, info
@@ -308,16 +397,24 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         out = Path(args.out) if args.out else ckpt.with_name(ckpt.name.removesuffix(".partial"))
     else:
         model_source = args.model
-        out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
-            f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = (
+            Path(args.out)
+            if args.out
+            else Path("unlearn_lens_runs")
+            / (f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+        )
         ckpt = out.with_name(out.name + ".partial")
         if ckpt.exists():
-            raise UnlearnLensError(f"a checkpoint of an earlier run is in {str(ckpt)!r}: continue it with "
-                                   f"`unlearn-lens prune --resume {ckpt}`, or remove it")
+            raise UnlearnLensError(
+                f"a checkpoint of an earlier run is in {str(ckpt)!r}: continue it with "
+                f"`unlearn-lens prune --resume {ckpt}`, or remove it"
+            )
     check_output_dir(out, overwrite=args.overwrite)
     if args.baseline_seeds is not None and (args.baseline_seeds < 1 or args.baseline == "none"):
-        raise UnlearnLensError(f"--baseline-seeds must be at least 1, with --baseline random; got {args.baseline_seeds}"
-                               f" with --baseline {args.baseline}")
+        raise UnlearnLensError(
+            f"--baseline-seeds must be at least 1, with --baseline random; got {args.baseline_seeds}"
+            f" with --baseline {args.baseline}"
+        )
     n_seeds = args.baseline_seeds or (DEMO_BASELINE_SEEDS if model_source == "demo" else 1)
     progress = not args.quiet
     if args.quiet:
@@ -337,8 +434,10 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         progress_state.checkpoint = ckpt
     run = selective_prune(model, forget, retain, config, progress=progress, checkpoint=ckpt, info=info)
     if args.baseline == "random":
-        baselines = [random_baseline(model, forget, retain, run, seed=run.config.seed + i, progress=progress)
-                     for i in range(n_seeds)]
+        baselines = [
+            random_baseline(model, forget, retain, run, seed=run.config.seed + i, progress=progress)
+            for i in range(n_seeds)
+        ]
         run.baseline, run.baselines = baselines[0], baselines[1:]
     if not is_main():
         return 0
@@ -351,8 +450,9 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
         from unlearn_lens.report.html import write_report
 
         with local():  # the neuron cards run the model on rank 0 alone
-            report = write_report(run, out, model=model, forget_texts=forget, retain_texts=retain,
-                                  explorer=not args.no_explorer)
+            report = write_report(
+                run, out, model=model, forget_texts=forget, retain_texts=retain, explorer=not args.no_explorer
+            )
         print(f"report: {report}")
     return 0
 
@@ -361,15 +461,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from unlearn_lens.checks.sweep import sweep, write_sweep_report
     from unlearn_lens.models import load_model
 
-    out = Path(args.out) if args.out else Path("unlearn_lens_runs") / (
-        f"sweep-{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("unlearn_lens_runs")
+        / (f"sweep-{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    )
     check_output_dir(out, overwrite=args.overwrite)
     config = _config_from_args(args)
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map)
     data, info = _load_data(args, model, config)
-    result = sweep(model, data["forget"], data["retain"], config, ablations=args.ablations, scorings=args.scorings,
-                   baseline=args.baseline == "random", progress=not args.quiet, info=info)
+    result = sweep(
+        model,
+        data["forget"],
+        data["retain"],
+        config,
+        ablations=args.ablations,
+        scorings=args.scorings,
+        baseline=args.baseline == "random",
+        progress=not args.quiet,
+        info=info,
+    )
     from unlearn_lens.distributed import is_main
 
     if not is_main():  # under torchrun, rank 0 alone writes
@@ -402,16 +515,29 @@ def _cmd_check(args: argparse.Namespace) -> int:
             raise UnlearnLensError(f"--overlap takes NAME=RUN_DIR, got {item!r}")
         others[label] = PruneRun.load(path)
     model = load_model(name, device=args.device)
-    checks = run_checks(model, run, relearn=not args.no_relearn, members=members or None, n_texts=args.n_texts,
-                        others=others or None, init_control=args.overlap_init,
-                        steps=args.relearn_steps, lr=args.relearn_lr, batch_size=args.relearn_batch_size,
-                        progress=not args.quiet)
+    checks = run_checks(
+        model,
+        run,
+        relearn=not args.no_relearn,
+        members=members or None,
+        n_texts=args.n_texts,
+        others=others or None,
+        init_control=args.overlap_init,
+        steps=args.relearn_steps,
+        lr=args.relearn_lr,
+        batch_size=args.relearn_batch_size,
+        progress=not args.quiet,
+    )
     print(f"checks: {checks.save(args.run_dir)}  ({checks.seconds:.0f}s)")
     for label, curve in checks.relearn.items():
         print(f"relearn {label}: forget top1 " + " -> ".join(f"{v:.3f}" for v in curve.forget_top1))
     for domain, result in checks.membership.items():
-        print(f"membership {domain}: AUC unpruned " + ", ".join(f"{k} {v:.3f}" for k, v in result["unpruned"].items())
-              + "; pruned " + ", ".join(f"{k} {v:.3f}" for k, v in (result["pruned"] or {}).items()))
+        print(
+            f"membership {domain}: AUC unpruned "
+            + ", ".join(f"{k} {v:.3f}" for k, v in result["unpruned"].items())
+            + "; pruned "
+            + ", ".join(f"{k} {v:.3f}" for k, v in (result["pruned"] or {}).items())
+        )
     if not args.no_report:
         from unlearn_lens.report.html import write_report
 
@@ -422,9 +548,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from unlearn_lens.report.html import write_report
 
-    report = write_report(args.run_dir, model=args.model, load_model_from_results=not args.no_cards,
-                          n_cards=0 if args.no_cards else 4, device=args.device,
-                          explorer=not (args.no_cards or args.no_explorer))
+    report = write_report(
+        args.run_dir,
+        model=args.model,
+        load_model_from_results=not args.no_cards,
+        n_cards=0 if args.no_cards else 4,
+        device=args.device,
+        explorer=not (args.no_cards or args.no_explorer),
+    )
     print(f"report: {report}")
     return 0
 

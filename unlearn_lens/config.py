@@ -89,9 +89,17 @@ class PruneConfig:
                 raise UnlearnLensError(f"{name} must be a fraction in [0, 1], got {value!r}")
         if self.mlp_frac == 0 and self.attn_frac == 0:
             raise UnlearnLensError("mlp_frac and attn_frac are both 0: nothing would be pruned")
-        for name, least in (("n_steps", 1), ("collect_tokens", 1), ("eval_tokens", 1), ("batch_size", 1),
-                            ("topk", 1), ("skip_common", 0), ("seed", None), ("peak_bins", 1),
-                            ("resample_tokens", 1)):
+        for name, least in (
+            ("n_steps", 1),
+            ("collect_tokens", 1),
+            ("eval_tokens", 1),
+            ("batch_size", 1),
+            ("topk", 1),
+            ("skip_common", 0),
+            ("seed", None),
+            ("peak_bins", 1),
+            ("resample_tokens", 1),
+        ):
             value = getattr(self, name)
             if not is_int(value):
                 raise UnlearnLensError(f"{name} must be an integer, got {value!r}")
@@ -104,7 +112,8 @@ class PruneConfig:
         if self.head_agg not in HEAD_AGGREGATIONS:
             raise UnlearnLensError(f"head_agg must be 'mean' or 'median', got {self.head_agg!r}")
         if self.stop_at_forget is not None and (
-            isinstance(self.stop_at_forget, bool) or not isinstance(self.stop_at_forget, numbers.Real)
+            isinstance(self.stop_at_forget, bool)
+            or not isinstance(self.stop_at_forget, numbers.Real)
             or not 0.0 <= self.stop_at_forget <= 1.0
         ):
             raise UnlearnLensError(f"stop_at_forget must be in [0, 1], got {self.stop_at_forget!r}")

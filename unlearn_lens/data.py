@@ -24,10 +24,19 @@ from jaxtyping import Bool, Int
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import model_name
 
-__all__ = ["TextSpan", "TokenBatch", "TokenSet", "as_token_set", "default_seq_len", "mix_token_sets", "token_budgets",
-           "tokenize_texts"]
+__all__ = [
+    "TextSpan",
+    "TokenBatch",
+    "TokenSet",
+    "as_token_set",
+    "default_seq_len",
+    "mix_token_sets",
+    "token_budgets",
+    "tokenize_texts",
+]
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class TokenBatch:
@@ -155,8 +164,12 @@ class TokenSet:
             raise UnlearnLensError(f"cannot join token sets of different row lengths {sorted(widths)}")
         n_texts = [p.n_texts for p in parts]
         spans = [s for p in parts for s in p.spans] if all(p.spans or not p.n_tokens for p in parts) else []
-        return cls(torch.cat([p.tokens for p in parts]), torch.cat([p.valid for p in parts]),
-                   n_texts=None if None in n_texts else sum(n_texts), spans=spans)
+        return cls(
+            torch.cat([p.tokens for p in parts]),
+            torch.cat([p.valid for p in parts]),
+            n_texts=None if None in n_texts else sum(n_texts),
+            spans=spans,
+        )
 
 
 def mix_token_sets(
@@ -207,7 +220,8 @@ def mix_token_sets(
             raise UnlearnLensError(
                 f"dataset {name!r} gave {[p.n_tokens for p in parts]} tokens where its share of the budgets "
                 f"{list(budgets)} is {list(counts)}: give more text or a smaller share (each budget is packed "
-                "from separate texts, so a source needs enough texts for all of them)")
+                "from separate texts, so a source needs enough texts for all of them)"
+            )
         for j, part in enumerate(parts):
             pieces[j].append(part)
     return TokenSet.concat([p for budget in pieces for p in budget if p.n_tokens])
@@ -349,8 +363,9 @@ def token_budgets(
     parts = [packer.pack(seq_len, budget, eos, bos, pad) for budget in budgets]
     if packer.n_used == 0:
         name = getattr(texts, "name", None)
-        raise UnlearnLensError(f"dataset {name!r} has no non-empty texts" if name else
-                               "no texts to tokenise (empty dataset)")
+        raise UnlearnLensError(
+            f"dataset {name!r} has no non-empty texts" if name else "no texts to tokenise (empty dataset)"
+        )
     if not any(part.n_tokens for part in parts):
         raise UnlearnLensError("the texts produced no tokens")
     return parts

@@ -141,10 +141,14 @@ def evaluate(
                 continue
             loss = torch.nn.functional.cross_entropy(logits, target, reduction="none").double()
             top = logits.topk(min(topk, logits.shape[-1]), dim=-1).indices
-            per_token = torch.stack([(top[:, 0] == target).double(), (top == target[:, None]).any(-1).double(), loss,
-                                     torch.ones_like(loss)])
-            kept = (~torch.isin(target, skip.to(target.device)) if skip is not None
-                    else torch.ones_like(target, dtype=torch.bool))
+            per_token = torch.stack(
+                [(top[:, 0] == target).double(), (top == target[:, None]).any(-1).double(), loss, torch.ones_like(loss)]
+            )
+            kept = (
+                ~torch.isin(target, skip.to(target.device))
+                if skip is not None
+                else torch.ones_like(target, dtype=torch.bool)
+            )
             sums += torch.stack([per_token[:, kept].sum(1), per_token.sum(1)]).cpu()
     bar.close()
     sums = sum_across(sums)  # the counts of every rank of a process group
@@ -153,6 +157,7 @@ def evaluate(
         raise UnlearnLensError("no tokens left to evaluate (empty dataset, or skip_common removed every target)")
     result = EvalResult._from_sums(int(n_top1), int(n_topk), total_loss, int(n), topk)
     if skip is not None:
-        result.all_tokens = EvalResult._from_sums(*(int(x) for x in everything[:2]), everything[2], int(everything[3]),
-                                                  topk)
+        result.all_tokens = EvalResult._from_sums(
+            *(int(x) for x in everything[:2]), everything[2], int(everything[3]), topk
+        )
     return result

@@ -106,14 +106,16 @@ def _masked_sums(
     keep = valid.unsqueeze(1)
     dev = torch.where(keep, xf - shift, 0.0)
     mag = xf.abs()
-    return torch.stack([
-        dev.sum(0),
-        (dev * dev).sum(0),
-        torch.where(keep, mag, 0.0).sum(0),
-        torch.where(keep, mag.clamp(min=SQRT_FLOOR).sqrt(), 0.0).sum(0),
-        (keep & (xf > 0)).sum(0).to(shift.dtype),
-        torch.where(keep, xf, float("-inf")).amax(0),
-    ])
+    return torch.stack(
+        [
+            dev.sum(0),
+            (dev * dev).sum(0),
+            torch.where(keep, mag, 0.0).sum(0),
+            torch.where(keep, mag.clamp(min=SQRT_FLOOR).sqrt(), 0.0).sum(0),
+            (keep & (xf > 0)).sum(0).to(shift.dtype),
+            torch.where(keep, xf, float("-inf")).amax(0),
+        ]
+    )
 
 
 _compiled: dict[str, Any] = {}
@@ -158,8 +160,11 @@ def masked_sums(
                 raise
             # no compiler or backend for this device: stay correct, just slower
             _compiled["failed"] = True
-            logger.warning("torch.compile of the statistics reduction failed (%s: %s); reducing eagerly",
-                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            logger.warning(
+                "torch.compile of the statistics reduction failed (%s: %s); reducing eagerly",
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
     return _masked_sums(x, valid, shift).to(torch.float64)
 
 

@@ -48,8 +48,10 @@ class Masks:
     @classmethod
     def empty(cls, dims: ModelDims, device: torch.device | str | None = None) -> Masks:
         """Nothing pruned."""
-        return cls(torch.zeros(dims.mlp_shape, dtype=torch.bool, device=device),
-                   torch.zeros(dims.attn_shape, dtype=torch.bool, device=device))
+        return cls(
+            torch.zeros(dims.mlp_shape, dtype=torch.bool, device=device),
+            torch.zeros(dims.attn_shape, dtype=torch.bool, device=device),
+        )
 
     @property
     def dims(self) -> ModelDims:
@@ -69,9 +71,12 @@ class Masks:
         return Masks(~self.mlp, ~self.attn)
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Masks) and self.dims == other.dims
-                and bool(torch.equal(self.mlp.cpu(), other.mlp.cpu()))
-                and bool(torch.equal(self.attn.cpu(), other.attn.cpu())))
+        return (
+            isinstance(other, Masks)
+            and self.dims == other.dims
+            and bool(torch.equal(self.mlp.cpu(), other.mlp.cpu()))
+            and bool(torch.equal(self.attn.cpu(), other.attn.cpu()))
+        )
 
     def _check_same(self, other: Masks) -> None:
         if other.dims != self.dims:
@@ -115,9 +120,15 @@ class Masks:
 
     def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> None:
         """Write to a safetensors file (atomically)."""
-        tensors = {"mlp": self.mlp.cpu().to(torch.uint8).contiguous(), "attn": self.attn.cpu().to(torch.uint8).contiguous()}
-        metadata = {"format": "unlearn_lens.Masks", "dims": json.dumps(self.dims.to_dict()),
-                    "meta": json.dumps(meta or {}, default=str)}
+        tensors = {
+            "mlp": self.mlp.cpu().to(torch.uint8).contiguous(),
+            "attn": self.attn.cpu().to(torch.uint8).contiguous(),
+        }
+        metadata = {
+            "format": "unlearn_lens.Masks",
+            "dims": json.dumps(self.dims.to_dict()),
+            "meta": json.dumps(meta or {}, default=str),
+        }
         write_safetensors(path, tensors, metadata)
 
     @classmethod

@@ -189,9 +189,7 @@ def model_dims(model: Any) -> ModelDims:
             model(tokens)
     mlp, attn = shapes.get("mlp"), shapes.get("attn")
     if mlp is None or attn is None or len(attn) != 4:
-        raise UnlearnLensError(
-            f"model {model_name(model)!r}: could not read unit shapes from its hooks (got {shapes})"
-        )
+        raise UnlearnLensError(f"model {model_name(model)!r}: could not read unit shapes from its hooks (got {shapes})")
     dims = ModelDims(n_layers=n_layers, d_mlp=mlp[-1], n_heads=attn[2], d_head=attn[3])
     try:
         object.__setattr__(model, "_unlearn_lens_dims", dims)
@@ -210,8 +208,15 @@ def model_device(model: Any) -> torch.device:
 def _resolve_dtype(dtype: Any) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float64": torch.float64}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float64": torch.float64,
+    }
     if str(dtype) not in names:
         raise UnlearnLensError(f"unknown dtype {dtype!r}; choose one of {sorted(names)}")
     return names[str(dtype)]

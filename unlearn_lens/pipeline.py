@@ -61,8 +61,9 @@ class _Data:
     retain_eval: TokenSet
 
     @classmethod
-    def split(cls, model: Any, forget: Sequence[str] | TokenSet, retain: Sequence[str] | TokenSet,
-              cfg: PruneConfig) -> _Data:
+    def split(
+        cls, model: Any, forget: Sequence[str] | TokenSet, retain: Sequence[str] | TokenSet, cfg: PruneConfig
+    ) -> _Data:
         parts = []
         for name, texts in (("forget", forget), ("retain", retain)):
             collect, held = as_token_sets(model, texts, [cfg.collect_tokens, cfg.eval_tokens], seq_len=cfg.seq_len)
@@ -73,8 +74,13 @@ class _Data:
                     "give more text or lower collect_tokens"
                 )
             if held.n_tokens < cfg.eval_tokens:
-                logger.warning("the %s dataset ran out: evaluation uses %s tokens, not eval_tokens=%s (statistics "
-                               "use %s)", name, f"{held.n_tokens:,}", f"{cfg.eval_tokens:,}", f"{collect.n_tokens:,}")
+                logger.warning(
+                    "the %s dataset ran out: evaluation uses %s tokens, not eval_tokens=%s (statistics use %s)",
+                    name,
+                    f"{held.n_tokens:,}",
+                    f"{cfg.eval_tokens:,}",
+                    f"{collect.n_tokens:,}",
+                )
             parts += [collect, held]
         return cls(*parts)
 
@@ -83,8 +89,11 @@ class _Data:
         out: dict[str, Any] = {}
         for name in ("forget", "retain"):
             collect, held = getattr(self, f"{name}_collect"), getattr(self, f"{name}_eval")
-            out[name] = {"statistics": collect.text_ranges(), "evaluation": held.text_ranges(),
-                         "shared_texts": _shared_texts(collect, held) if collect.spans and held.spans else None}
+            out[name] = {
+                "statistics": collect.text_ranges(),
+                "evaluation": held.text_ranges(),
+                "shared_texts": _shared_texts(collect, held) if collect.spans and held.spans else None,
+            }
         return out
 
     def distribution(self) -> dict[str, Any]:
@@ -92,22 +101,37 @@ class _Data:
         size = world()[1]
         if size == 1:
             return {}
-        return {"distributed": {"world_size": size, "tokens_per_rank": {
-            name: [shard(getattr(self, name), r, size).n_tokens for r in range(size)] for name in _TOKEN_SETS}}}
+        return {
+            "distributed": {
+                "world_size": size,
+                "tokens_per_rank": {
+                    name: [shard(getattr(self, name), r, size).n_tokens for r in range(size)] for name in _TOKEN_SETS
+                },
+            }
+        }
 
 
 def _shared_texts(a: TokenSet, b: TokenSet) -> int:
     """How many texts (same source, same index) lend tokens to both ``a`` and ``b``."""
+
     def texts(tokens: TokenSet) -> set[tuple[str, int]]:
         return {(s.source, i) for s in tokens.spans for i in range(s.first, s.first + len(s.ends))}
+
     return len(texts(a) & texts(b))
 
 
 def _evaluate_both(model: Any, data: _Data, cfg: PruneConfig, progress: bool) -> tuple[EvalResult, EvalResult]:
-    kw = {"batch_size": cfg.batch_size, "max_tokens": None, "topk": cfg.topk, "skip_common": cfg.skip_common,
-          "progress": progress}
-    return (evaluate(model, data.forget_eval, desc="eval forget", **kw),
-            evaluate(model, data.retain_eval, desc="eval retain", **kw))
+    kw = {
+        "batch_size": cfg.batch_size,
+        "max_tokens": None,
+        "topk": cfg.topk,
+        "skip_common": cfg.skip_common,
+        "progress": progress,
+    }
+    return (
+        evaluate(model, data.forget_eval, desc="eval forget", **kw),
+        evaluate(model, data.retain_eval, desc="eval retain", **kw),
+    )
 
 
 Values = dict[str, Any]
@@ -118,22 +142,31 @@ def _values_of(run: PruneRun) -> Values:
     return {"means": run.means, "peaks": run.peaks, "sample": run.sample}
 
 
-def _ablation_values(model: Any, retain_stats: ActivationStats, data: _Data, cfg: PruneConfig, progress: bool
-                     ) -> Values:
+def _ablation_values(
+    model: Any, retain_stats: ActivationStats, data: _Data, cfg: PruneConfig, progress: bool
+) -> Values:
     """The unpruned model's retain means, modes and sample, those the config's ablations need."""
     out: Values = {"means": retain_stats if cfg.needs_means else None, "peaks": None, "sample": None}
     if cfg.needs_peaks or cfg.needs_sample:
         out["peaks"], out["sample"] = collect_ablation_values(
-            model, data.retain_collect, retain_stats, bins=cfg.peak_bins if cfg.needs_peaks else None,
+            model,
+            data.retain_collect,
+            retain_stats,
+            bins=cfg.peak_bins if cfg.needs_peaks else None,
             sample_tokens=min(cfg.resample_tokens, data.retain_collect.n_tokens) if cfg.needs_sample else 0,
-            seed=cfg.seed, max_tokens=None, batch_size=cfg.batch_size, progress=progress)
+            seed=cfg.seed,
+            max_tokens=None,
+            batch_size=cfg.batch_size,
+            progress=progress,
+        )
     return out
 
 
 def _pruned(model: Any, masks: Masks, values: Values, cfg: PruneConfig) -> Any:
     """The run's pruning so far, as hooks (nothing is pruned before the first step)."""
-    return pruned(model, masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"],
-                  seed=cfg.seed, **values)
+    return pruned(
+        model, masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"], seed=cfg.seed, **values
+    )
 
 
 def _prune_and_evaluate(
@@ -144,47 +177,75 @@ def _prune_and_evaluate(
 
 
 def _collect(model: Any, tokens: TokenSet, name: str, cfg: PruneConfig, progress: bool) -> ActivationStats:
-    return collect_stats(model, tokens, batch_size=cfg.batch_size, max_tokens=None, progress=progress,
-                         desc=f"collect {name}")
+    return collect_stats(
+        model, tokens, batch_size=cfg.batch_size, max_tokens=None, progress=progress, desc=f"collect {name}"
+    )
 
 
 def _collect_both(
     model: Any, masks: Masks, values: Values, data: _Data, cfg: PruneConfig, progress: bool
 ) -> tuple[ActivationStats, ActivationStats]:
     with _pruned(model, masks, values, cfg):
-        return (_collect(model, data.forget_collect, "forget", cfg, progress),
-                _collect(model, data.retain_collect, "retain", cfg, progress))
+        return (
+            _collect(model, data.forget_collect, "forget", cfg, progress),
+            _collect(model, data.retain_collect, "retain", cfg, progress),
+        )
 
 
 class _Recorder:
     """Builds the history of a run step by step, with a progress bar and a log line per step."""
 
-    def __init__(self, model: Any, data: _Data, cfg: PruneConfig, strategy: str, n_steps: int, progress: bool,
-                 resumed: PruneRun | None = None):
+    def __init__(
+        self,
+        model: Any,
+        data: _Data,
+        cfg: PruneConfig,
+        strategy: str,
+        n_steps: int,
+        progress: bool,
+        resumed: PruneRun | None = None,
+    ):
         self.dims = model_dims(model)
         self.t_start = time.time()
         if resumed is None:
             forget, retain = _evaluate_both(model, data, cfg, progress)
             zeros = [0] * self.dims.n_layers
             self.masks = Masks.empty(self.dims)
-            self.history = [StepRecord(0, zeros, zeros, zeros, zeros, forget, retain, self.masks.clone(),
-                                       time.time() - self.t_start)]
+            self.history = [
+                StepRecord(
+                    0, zeros, zeros, zeros, zeros, forget, retain, self.masks.clone(), time.time() - self.t_start
+                )
+            ]
             self.pruned_step: tuple[torch.Tensor, torch.Tensor] | None = (
-                torch.zeros(self.dims.mlp_shape, dtype=torch.int32), torch.zeros(self.dims.attn_shape, dtype=torch.int32))
+                torch.zeros(self.dims.mlp_shape, dtype=torch.int32),
+                torch.zeros(self.dims.attn_shape, dtype=torch.int32),
+            )
         else:
             self.masks, self.history = resumed.masks.clone(), list(resumed.history)
             self.pruned_step = None if resumed.pruned_step is None else tuple(t.clone() for t in resumed.pruned_step)
             self.t_start -= resumed.seconds
         self.strategy = strategy
-        self.bar = tqdm(total=n_steps, initial=len(self.history) - 1, desc=f"{strategy} pruning", unit="step",
-                        disable=not progress)
+        self.bar = tqdm(
+            total=n_steps, initial=len(self.history) - 1, desc=f"{strategy} pruning", unit="step", disable=not progress
+        )
 
     def add(self, chosen: Masks, forget: EvalResult, retain: EvalResult, t_step: float) -> float:
         """Record a step that pruned ``chosen`` (already merged into ``self.masks``); return relative forget top-1."""
         step = len(self.history)
         m = self.masks
-        self.history.append(StepRecord(step, chosen.mlp_counts(), chosen.attn_counts(), m.mlp_counts(),
-                                       m.attn_counts(), forget, retain, m.clone(), time.time() - t_step))
+        self.history.append(
+            StepRecord(
+                step,
+                chosen.mlp_counts(),
+                chosen.attn_counts(),
+                m.mlp_counts(),
+                m.attn_counts(),
+                forget,
+                retain,
+                m.clone(),
+                time.time() - t_step,
+            )
+        )
         if self.pruned_step is not None:  # the step that pruned each unit (None: unknown, resumed from an old run)
             self.pruned_step[0][chosen.mlp.cpu()], self.pruned_step[1][chosen.attn.cpu()] = step, step
         base = self.history[0]
@@ -192,8 +253,17 @@ class _Recorder:
         rel_r = retain.top1 / base.retain.top1 if base.retain.top1 else math.nan
         self.bar.update(1)
         self.bar.set_postfix(mlp=f"{m.n_mlp / self.dims.n_mlp:.0%}", forget=f"{rel_f:.2f}", retain=f"{rel_r:.2f}")
-        logger.info("%s step %d: %d MLP, %d attn pruned; forget top1 %.4f (%.2f), retain top1 %.4f (%.2f)",
-                    self.strategy, step, m.n_mlp, m.n_attn, forget.top1, rel_f, retain.top1, rel_r)
+        logger.info(
+            "%s step %d: %d MLP, %d attn pruned; forget top1 %.4f (%.2f), retain top1 %.4f (%.2f)",
+            self.strategy,
+            step,
+            m.n_mlp,
+            m.n_attn,
+            forget.top1,
+            rel_f,
+            retain.top1,
+            rel_r,
+        )
         return rel_f
 
     def close(self) -> float:
@@ -209,9 +279,11 @@ def _save_checkpoint(path: Path, run: PruneRun, data: _Data, finished: bool) -> 
     if not is_main():
         return
     if not (path / "tokens.safetensors").is_file():
-        tensors = {f"{name}.{part}": getattr(getattr(data, name), part).to(torch.uint8 if part == "valid" else
-                                                                          torch.int64)
-                   for name in _TOKEN_SETS for part in ("tokens", "valid")}
+        tensors = {
+            f"{name}.{part}": getattr(getattr(data, name), part).to(torch.uint8 if part == "valid" else torch.int64)
+            for name in _TOKEN_SETS
+            for part in ("tokens", "valid")
+        }
         write_safetensors(path / "tokens.safetensors", tensors, {"format": "unlearn_lens.Checkpoint"})
     run.save(path / "run", overwrite=True)
     write_json(path / "checkpoint.json", {"format": 1, "step": run.final.step, "finished": finished})
@@ -235,8 +307,10 @@ def checkpoint_tokens(path: str | os.PathLike) -> tuple[TokenSet, TokenSet]:
     checkpointed run split them.
     """
     _, data, _ = _load_checkpoint(Path(path))
-    return (TokenSet.concat([data.forget_collect, data.forget_eval]),
-            TokenSet.concat([data.retain_collect, data.retain_eval]))
+    return (
+        TokenSet.concat([data.forget_collect, data.forget_eval]),
+        TokenSet.concat([data.retain_collect, data.retain_eval]),
+    )
 
 
 def run_tokens(run: PruneRun, model: Any, key: str, budgets: Sequence[int]) -> TokenSet:
@@ -267,9 +341,16 @@ def run_tokens(run: PruneRun, model: Any, key: str, budgets: Sequence[int]) -> T
         raise UnlearnLensError(f"the run does not name its {key} data source (run.info[{key!r}])")
     sources = info[key] if isinstance(info[key], list) else [info[key]]
     field_name = info.get(f"{key}_field", info.get("text_field", "text"))
-    streams = [iter_texts(src, split=info.get("split", "train"), text_field=field_name,
-                          shuffle_seed=info.get("shuffle_seed"), buffer_size=info.get("shuffle_buffer") or 1)
-               for src in sources]
+    streams = [
+        iter_texts(
+            src,
+            split=info.get("split", "train"),
+            text_field=field_name,
+            shuffle_seed=info.get("shuffle_seed"),
+            buffer_size=info.get("shuffle_buffer") or 1,
+        )
+        for src in sources
+    ]
     return mix_token_sets(model, streams, info.get(f"{key}_shares"), list(budgets), seq_len=run.config.seq_len)
 
 
@@ -318,11 +399,15 @@ def selective_prune(
     if path is not None and (path / "checkpoint.json").is_file():
         resumed, data, finished = _load_checkpoint(path)
         if config is not None and config != resumed.config:
-            raise UnlearnLensError(f"checkpoint {str(path)!r} was made with another config; resume it with its own "
-                                   "(config=None) or choose another checkpoint directory")
+            raise UnlearnLensError(
+                f"checkpoint {str(path)!r} was made with another config; resume it with its own "
+                "(config=None) or choose another checkpoint directory"
+            )
         if resumed.dims != dims:
-            raise UnlearnLensError(f"checkpoint {str(path)!r} is for a model with {resumed.dims.to_dict()}, not "
-                                   f"{model_name(model)!r} ({dims.to_dict()})")
+            raise UnlearnLensError(
+                f"checkpoint {str(path)!r} is for a model with {resumed.dims.to_dict()}, not "
+                f"{model_name(model)!r} ({dims.to_dict()})"
+            )
         if finished:
             return resumed
         cfg = resumed.config
@@ -333,9 +418,16 @@ def selective_prune(
         cfg = config or PruneConfig()
         data = _Data.split(model, forget_texts, retain_texts, cfg)
     rec = _Recorder(model, data, cfg, "selective", cfg.n_steps, progress, resumed=resumed)
-    run = resumed or PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="selective",
-                              model=model_name(model), pruned_step=rec.pruned_step,
-                              info={**(info or {}), "texts": data.describe(), **data.distribution()})
+    run = resumed or PruneRun(
+        config=cfg,
+        history=rec.history,
+        masks=rec.masks,
+        dims=dims,
+        strategy="selective",
+        model=model_name(model),
+        pruned_step=rec.pruned_step,
+        info={**(info or {}), "texts": data.describe(), **data.distribution()},
+    )
     if path is not None and resumed is None:
         _save_checkpoint(path, run, data, finished=False)
     # weight-aware scores read the output weights once: pruning by hooks never changes them
@@ -348,12 +440,27 @@ def selective_prune(
         if step == 1:  # the unpruned model's retain means, modes or sample, kept for every later step
             values = _ablation_values(model, retain_stats, data, cfg, progress)
             run.means, run.peaks, run.sample = values["means"], values["peaks"], values["sample"]
-        scores = score(forget_stats, retain_stats, mlp_method=cfg.scorings["mlp"], attn_method=cfg.scorings["attn"],
-                       mlp_eps=cfg.mlp_eps, attn_eps=cfg.attn_eps, seed=cfg.seed + step, output_norms=norms)
+        scores = score(
+            forget_stats,
+            retain_stats,
+            mlp_method=cfg.scorings["mlp"],
+            attn_method=cfg.scorings["attn"],
+            mlp_eps=cfg.mlp_eps,
+            attn_eps=cfg.attn_eps,
+            seed=cfg.seed + step,
+            output_norms=norms,
+        )
         run.initial_scores = scores if step == 1 else run.initial_scores
         run.scores, run.forget_stats, run.retain_stats = scores, forget_stats, retain_stats
-        chosen = select(scores, mlp_frac=cfg.mlp_frac, attn_frac=cfg.attn_frac, per_layer=cfg.per_layer,
-                        exclude=rec.masks, heads=cfg.heads, head_agg=cfg.head_agg)
+        chosen = select(
+            scores,
+            mlp_frac=cfg.mlp_frac,
+            attn_frac=cfg.attn_frac,
+            per_layer=cfg.per_layer,
+            exclude=rec.masks,
+            heads=cfg.heads,
+            head_agg=cfg.head_agg,
+        )
         if chosen.n_mlp + chosen.n_attn == 0:
             logger.info("step %d: no units left to prune; stopping", step)
             finished = True
@@ -408,11 +515,15 @@ def random_baseline(
     if not isinstance(reference, PruneRun):
         raise UnlearnLensError(f"reference must be a PruneRun, got {type(reference).__name__}")
     if reference.strategy != "selective":
-        raise UnlearnLensError(f"the reference of a random baseline must be a selective run, not {reference.strategy!r}")
+        raise UnlearnLensError(
+            f"the reference of a random baseline must be a selective run, not {reference.strategy!r}"
+        )
     dims = model_dims(model)
     if reference.dims != dims:
-        raise UnlearnLensError(f"the reference run is for a model with {reference.dims.to_dict()}, not "
-                               f"{model_name(model)!r} ({dims.to_dict()})")
+        raise UnlearnLensError(
+            f"the reference run is for a model with {reference.dims.to_dict()}, not "
+            f"{model_name(model)!r} ({dims.to_dict()})"
+        )
     cfg = reference.config
     seed = cfg.seed if seed is None else seed
     if not is_int(seed):
@@ -421,22 +532,37 @@ def random_baseline(
     n_steps = len(reference.history) - 1
     rec = _Recorder(model, data, cfg, "random", n_steps, progress)
     if rec.history[0].forget != reference.base.forget or rec.history[0].retain != reference.base.retain:
-        logger.warning("the unpruned model scores differently than in the reference run: are the model and "
-                       "texts the ones it was made on?")
+        logger.warning(
+            "the unpruned model scores differently than in the reference run: are the model and "
+            "texts the ones it was made on?"
+        )
     values = _values_of(reference)
-    if ((cfg.needs_means and values["means"] is None) or (cfg.needs_peaks and values["peaks"] is None)
-            or (cfg.needs_sample and values["sample"] is None)):
-        values = _ablation_values(model, _collect(model, data.retain_collect, "retain", cfg, progress), data, cfg,
-                                  progress)
+    if (
+        (cfg.needs_means and values["means"] is None)
+        or (cfg.needs_peaks and values["peaks"] is None)
+        or (cfg.needs_sample and values["sample"] is None)
+    ):
+        values = _ablation_values(
+            model, _collect(model, data.retain_collect, "retain", cfg, progress), data, cfg, progress
+        )
     for ref in reference.history[1:]:
         t_step = time.time()
-        chosen = random_masks(ref.new_mlp, ref.new_attn, exclude=rec.masks, seed=seed * 1000 + ref.step,
-                              heads=cfg.heads)
+        chosen = random_masks(
+            ref.new_mlp, ref.new_attn, exclude=rec.masks, seed=seed * 1000 + ref.step, heads=cfg.heads
+        )
         rec.masks = rec.masks | chosen
         forget, retain = _prune_and_evaluate(model, rec.masks, values, data, cfg, progress)
         rec.add(chosen, forget, retain, t_step)
     seconds = rec.close()
-    return PruneRun(config=cfg, history=rec.history, masks=rec.masks, dims=dims, strategy="random",
-                    pruned_step=rec.pruned_step,
-                    model=model_name(model), info={**reference.info, "baseline_seed": int(seed)}, seconds=seconds,
-                    **values)
+    return PruneRun(
+        config=cfg,
+        history=rec.history,
+        masks=rec.masks,
+        dims=dims,
+        strategy="random",
+        pruned_step=rec.pruned_step,
+        model=model_name(model),
+        info={**reference.info, "baseline_seed": int(seed)},
+        seconds=seconds,
+        **values,
+    )

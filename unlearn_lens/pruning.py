@@ -53,8 +53,16 @@ from unlearn_lens.models import (
 )
 from unlearn_lens.stats import ActivationStats
 
-__all__ = ["ABLATIONS", "BIAS_SWITCHES", "Pruning", "hf_state_dict", "output_norms", "prune_weights_", "pruned",
-           "save_pruned"]
+__all__ = [
+    "ABLATIONS",
+    "BIAS_SWITCHES",
+    "Pruning",
+    "hf_state_dict",
+    "output_norms",
+    "prune_weights_",
+    "pruned",
+    "save_pruned",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +70,19 @@ BIAS_SWITCHES = {"mlp": "mlp_bias", "attn": "attention_bias"}
 """Config switches that give a Hugging Face architecture its output-projection biases."""
 
 
-_SOURCES = {"mean": ("means", ActivationStats, "retain ActivationStats"),
-            "peak": ("peaks", ActivationHistogram, "a retain ActivationHistogram from collect_ablation_values"),
-            "resample": ("sample", ActivationSample, "a retain ActivationSample from collect_ablation_values")}
+_SOURCES = {
+    "mean": ("means", ActivationStats, "retain ActivationStats"),
+    "peak": ("peaks", ActivationHistogram, "a retain ActivationHistogram from collect_ablation_values"),
+    "resample": ("sample", ActivationSample, "a retain ActivationSample from collect_ablation_values"),
+}
 
 
 def _resolve(
-    model: Any, masks: Masks, ablation: str, mlp_ablation: str | None, attn_ablation: str | None,
+    model: Any,
+    masks: Masks,
+    ablation: str,
+    mlp_ablation: str | None,
+    attn_ablation: str | None,
     sources: dict[str, Any],
 ) -> dict[str, str]:
     """Check the arguments of a pruning call; return the ablation of each unit kind.
@@ -91,8 +105,9 @@ def _resolve(
             got = "none" if value is None else f"a {type(value).__name__}"
             raise UnlearnLensError(f"ablation {name!r} needs {arg}= ({what}), got {got}")
         if value.dims != dims:
-            raise UnlearnLensError(f"{arg} come from a model with {value.dims.to_dict()}, not {model_name(model)!r} "
-                                   f"({dims.to_dict()})")
+            raise UnlearnLensError(
+                f"{arg} come from a model with {value.dims.to_dict()}, not {model_name(model)!r} ({dims.to_dict()})"
+            )
     return ablations
 
 
@@ -129,15 +144,17 @@ def _resample_hook(mask: torch.Tensor, pool: torch.Tensor, generator: torch.Gene
         lead = activation.shape[: activation.dim() - mask.dim()]
         pick = torch.randint(values.shape[0], (int(torch.tensor(lead).prod()),), generator=generator)
         out = activation.reshape(*lead, -1).clone()
-        out[..., flat.to(activation.device)] = values[pick].to(device=activation.device, dtype=activation.dtype
-                                                              ).reshape(*lead, -1)
+        out[..., flat.to(activation.device)] = (
+            values[pick].to(device=activation.device, dtype=activation.dtype).reshape(*lead, -1)
+        )
         return out.reshape(activation.shape)
 
     return fn
 
 
-def _pruning_hooks(masks: Masks, ablations: dict[str, str], sources: dict[str, Any], seed: int
-                   ) -> list[tuple[str, Any]]:
+def _pruning_hooks(
+    masks: Masks, ablations: dict[str, str], sources: dict[str, Any], seed: int
+) -> list[tuple[str, Any]]:
     """The ``(hook_name, forward_hook)`` pairs that apply ``masks``; layers with nothing pruned get none."""
     hooks: list[tuple[str, Any]] = []
     generator = torch.Generator().manual_seed(seed)
@@ -147,11 +164,17 @@ def _pruning_hooks(masks: Masks, ablations: dict[str, str], sources: dict[str, A
             if not bool(mask.any()):
                 continue
             if ablations[kind] == "resample":
-                hooks.append((hook_name(kind, layer), _resample_hook(mask, getattr(sources["sample"], kind)[:, layer],
-                                                                     generator)))
+                hooks.append(
+                    (
+                        hook_name(kind, layer),
+                        _resample_hook(mask, getattr(sources["sample"], kind)[:, layer], generator),
+                    )
+                )
                 continue
             values = _constant(kind, ablations[kind], sources)
-            hooks.append((hook_name(kind, layer), _replace_hook(mask, None if values is None else values[layer].float())))
+            hooks.append(
+                (hook_name(kind, layer), _replace_hook(mask, None if values is None else values[layer].float()))
+            )
     return hooks
 
 
@@ -193,8 +216,13 @@ class Pruning:
             The model, edited in place.
         """
         self.remove()
-        return prune_weights_(self.model, self.masks, mlp_ablation=self.ablations["mlp"],
-                              attn_ablation=self.ablations["attn"], **self.sources)
+        return prune_weights_(
+            self.model,
+            self.masks,
+            mlp_ablation=self.ablations["mlp"],
+            attn_ablation=self.ablations["attn"],
+            **self.sources,
+        )
 
     def __enter__(self) -> Pruning:
         return self
@@ -204,8 +232,10 @@ class Pruning:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
-        return (f"Pruning({model_name(self.model)!r}, {self.masks.n_mlp} MLP + {self.masks.n_attn} attention "
-                f"neurons, ablation {self.ablations}, {state})")
+        return (
+            f"Pruning({model_name(self.model)!r}, {self.masks.n_mlp} MLP + {self.masks.n_attn} attention "
+            f"neurons, ablation {self.ablations}, {state})"
+        )
 
 
 def pruned(
@@ -294,11 +324,14 @@ def output_norms(model: Any) -> dict[str, torch.Tensor]:
     for layer in range(dims.n_layers):
         for kind, (rows, _) in _projections(model, layer).items():
             if rows.device.type == "meta":
-                raise UnlearnLensError(f"the {kind} output projection of layer {layer} is offloaded; its norms "
-                                       "cannot be read")
+                raise UnlearnLensError(
+                    f"the {kind} output projection of layer {layer} is offloaded; its norms cannot be read"
+                )
             norms[kind].append(rows.detach().to("cpu", torch.float64).norm(dim=-1))
-    return {"mlp": torch.stack(norms["mlp"]),
-            "attn": torch.stack(norms["attn"]).reshape(dims.n_layers, dims.n_heads, dims.d_head)}
+    return {
+        "mlp": torch.stack(norms["mlp"]),
+        "attn": torch.stack(norms["attn"]).reshape(dims.n_layers, dims.n_heads, dims.d_head),
+    }
 
 
 def _plain_name(name: str) -> str:
@@ -342,8 +375,9 @@ def _add_zero_biases(model: Any, kind: str) -> None:
             continue
         linear = modules[owner]
         w = linear.weight
-        linear.bias = torch.nn.Parameter(torch.zeros(param.shape, dtype=w.dtype, device=w.device),
-                                         requires_grad=w.requires_grad)
+        linear.bias = torch.nn.Parameter(
+            torch.zeros(param.shape, dtype=w.dtype, device=w.device), requires_grad=w.requires_grad
+        )
     logger.info("model %s: %s turned on; zero biases added", model_name(model), switch)
 
 
@@ -383,14 +417,17 @@ def prune_weights_(
     ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, sources)
     for kind in UNIT_KINDS:
         if ablations[kind] == "resample" and bool(getattr(masks, kind).any()):
-            raise UnlearnLensError("resample ablation draws a new value at every token, which no weight edit can "
-                                   "reproduce: it exists only as hooks (ul.pruned)")
+            raise UnlearnLensError(
+                "resample ablation draws a new value at every token, which no weight edit can "
+                "reproduce: it exists only as hooks (ul.pruned)"
+            )
     for layer in range(masks.dims.n_layers):
         for kind, (rows, _) in _projections(model, layer).items():
             if rows.device.type == "meta":
                 raise UnlearnLensError(
                     f"the {kind} output projection of layer {layer} is offloaded (a device map with disk or CPU "
-                    "offload keeps it elsewhere), so it cannot be edited in place; prune with hooks (ul.pruned)")
+                    "offload keeps it elsewhere), so it cannot be edited in place; prune with hooks (ul.pruned)"
+                )
     for kind in UNIT_KINDS:
         needs_bias = ablations[kind] in ("mean", "peak") and bool(getattr(masks, kind).any())
         if needs_bias and any(_projections(model, layer)[kind][1] is None for layer in range(masks.dims.n_layers)):

@@ -104,9 +104,13 @@ class StepRecord:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StepRecord:
         return cls(
-            step=data["step"], new_mlp=list(data["new_mlp"]), new_attn=list(data["new_attn"]),
-            mlp_counts=list(data["mlp_counts"]), attn_counts=list(data["attn_counts"]),
-            forget=EvalResult.from_dict(data["forget"]), retain=EvalResult.from_dict(data["retain"]),
+            step=data["step"],
+            new_mlp=list(data["new_mlp"]),
+            new_attn=list(data["new_attn"]),
+            mlp_counts=list(data["mlp_counts"]),
+            attn_counts=list(data["attn_counts"]),
+            forget=EvalResult.from_dict(data["forget"]),
+            retain=EvalResult.from_dict(data["retain"]),
             seconds=float(data.get("seconds", 0.0)),
         )
 
@@ -296,9 +300,14 @@ class PruneRun:
         if not data["steps"]:
             raise UnlearnLensError("the run has no steps (not even the unpruned model)")
         return cls(
-            config=PruneConfig.from_dict(data["config"]), history=[StepRecord.from_dict(s) for s in data["steps"]],
-            masks=masks if masks is not None else Masks.empty(dims), dims=dims, strategy=data["strategy"],
-            model=data.get("model", ""), info=dict(data.get("info") or {}), version=data.get("version", "?"),
+            config=PruneConfig.from_dict(data["config"]),
+            history=[StepRecord.from_dict(s) for s in data["steps"]],
+            masks=masks if masks is not None else Masks.empty(dims),
+            dims=dims,
+            strategy=data["strategy"],
+            model=data.get("model", ""),
+            info=dict(data.get("info") or {}),
+            version=data.get("version", "?"),
             seconds=float(data.get("seconds", 0.0)),
         )
 
@@ -328,8 +337,10 @@ class PruneRun:
         path = Path(path)
         seeds = [b.seed for b in self.random_runs()]
         if (self.baselines and self.baseline is None) or len(set(seeds)) < len(seeds):
-            raise UnlearnLensError(f"the random baselines need a first baseline and distinct seeds, got seeds {seeds} "
-                                   f"and {len(self.baselines)} further baselines")
+            raise UnlearnLensError(
+                f"the random baselines need a first baseline and distinct seeds, got seeds {seeds} "
+                f"and {len(self.baselines)} further baselines"
+            )
         with atomic_dir(path, overwrite=overwrite) as tmp:
             self.masks.save(tmp / "masks.safetensors", meta={"strategy": self.strategy, "model": self.model})
             for i, b in enumerate(self.random_runs()):
@@ -339,14 +350,23 @@ class PruneRun:
                 if value is not None:
                     value.save(tmp / name)
             if self.pruned_step is not None:
-                write_safetensors(tmp / PRUNED_STEP_FILE, dict(zip(("mlp", "attn"), self.pruned_step)),
-                                  {"format": "unlearn_lens.PrunedStep"})
+                write_safetensors(
+                    tmp / PRUNED_STEP_FILE,
+                    dict(zip(("mlp", "attn"), self.pruned_step)),
+                    {"format": "unlearn_lens.PrunedStep"},
+                )
             extra = {"baselines": [b.to_dict() for b in self.baselines]} if self.baselines else {}
-            write_json(tmp / "results.json", {
-                "library": "unlearn_lens", "format": RESULTS_FORMAT, "version": self.version,
-                "run": self.to_dict(), "baseline": self.baseline.to_dict() if self.baseline is not None else None,
-                **extra,
-            })
+            write_json(
+                tmp / "results.json",
+                {
+                    "library": "unlearn_lens",
+                    "format": RESULTS_FORMAT,
+                    "version": self.version,
+                    "run": self.to_dict(),
+                    "baseline": self.baseline.to_dict() if self.baseline is not None else None,
+                    **extra,
+                },
+            )
         return path
 
     @classmethod
@@ -383,7 +403,10 @@ class PruneRun:
                 setattr(run, attr, loader(path / name))
         if (path / PRUNED_STEP_FILE).is_file():  # absent in older run directories: pruned_step stays None
             t, _ = read_safetensors(path / PRUNED_STEP_FILE, "unlearn_lens.PrunedStep", "cpu")
-            if [tuple(t[k].shape) if k in t else None for k in ("mlp", "attn")] != [run.dims.mlp_shape, run.dims.attn_shape]:
+            if [tuple(t[k].shape) if k in t else None for k in ("mlp", "attn")] != [
+                run.dims.mlp_shape,
+                run.dims.attn_shape,
+            ]:
                 raise UnlearnLensError(f"file {str(path / PRUNED_STEP_FILE)!r} is corrupt or made for another model")
             run.pruned_step = (t["mlp"].int(), t["attn"].int())
         for b in run.random_runs():

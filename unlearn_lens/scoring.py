@@ -135,8 +135,12 @@ class Scores:
     def save(self, path: str | os.PathLike) -> None:
         """Write to a safetensors file (atomically)."""
         tensors = {"mlp": self.mlp.cpu().contiguous(), "attn": self.attn.cpu().contiguous()}
-        metadata = {"format": "unlearn_lens.Scores", "mlp_method": self.mlp_method,
-                    "attn_method": self.attn_method, "config": json.dumps(self.config)}
+        metadata = {
+            "format": "unlearn_lens.Scores",
+            "mlp_method": self.mlp_method,
+            "attn_method": self.attn_method,
+            "config": json.dumps(self.config),
+        }
         write_safetensors(path, tensors, metadata)
 
     @classmethod
@@ -149,12 +153,21 @@ class Scores:
         tensors, metadata = read_safetensors(path, "unlearn_lens.Scores")
         if "mlp" not in tensors or "attn" not in tensors:
             raise UnlearnLensError(f"scores file {str(path)!r} lacks the mlp or attn tensor")
-        return cls(tensors["mlp"], tensors["attn"], metadata.get("mlp_method", "?"),
-                   metadata.get("attn_method", "?"), json.loads(metadata.get("config", "{}")))
+        return cls(
+            tensors["mlp"],
+            tensors["attn"],
+            metadata.get("mlp_method", "?"),
+            metadata.get("attn_method", "?"),
+            json.loads(metadata.get("config", "{}")),
+        )
 
 
 def _score_block(
-    forget: RunningStats, retain: RunningStats, method: str, eps: float, gen: torch.Generator,
+    forget: RunningStats,
+    retain: RunningStats,
+    method: str,
+    eps: float,
+    gen: torch.Generator,
     norms: torch.Tensor | None,
 ) -> torch.Tensor:
     if method == "rand":
@@ -202,8 +215,10 @@ def score(
     methods = per_kind(method, mlp_method, attn_method, what="scoring method", choices=SCORING_METHODS)
     for kind, chosen in methods.items():
         if chosen in WEIGHT_METHODS and (output_norms is None or kind not in output_norms):
-            raise UnlearnLensError(f"scoring {chosen!r} needs the norms of the units' output weights: pass "
-                                   "output_norms=unlearn_lens.pruning.output_norms(model)")
+            raise UnlearnLensError(
+                f"scoring {chosen!r} needs the norms of the units' output weights: pass "
+                "output_norms=unlearn_lens.pruning.output_norms(model)"
+            )
     if forget_stats.dims != retain_stats.dims:
         raise UnlearnLensError(
             f"forget and retain statistics come from different models ({forget_stats.dims} vs {retain_stats.dims})"
@@ -215,10 +230,24 @@ def score(
         raise UnlearnLensError("eps must be non-negative")
     eps = {"mlp": mlp_eps, "attn": attn_eps}
     gen = torch.Generator().manual_seed(seed)
-    blocks = {kind: _score_block(getattr(forget_stats, kind), getattr(retain_stats, kind), methods[kind],
-                                 eps[kind], gen, (output_norms or {}).get(kind)) for kind in UNIT_KINDS}
-    config = {"mlp_method": methods["mlp"], "attn_method": methods["attn"], "mlp_eps": mlp_eps,
-              "attn_eps": attn_eps, "seed": seed}
+    blocks = {
+        kind: _score_block(
+            getattr(forget_stats, kind),
+            getattr(retain_stats, kind),
+            methods[kind],
+            eps[kind],
+            gen,
+            (output_norms or {}).get(kind),
+        )
+        for kind in UNIT_KINDS
+    }
+    config = {
+        "mlp_method": methods["mlp"],
+        "attn_method": methods["attn"],
+        "mlp_eps": mlp_eps,
+        "attn_eps": attn_eps,
+        "seed": seed,
+    }
     return Scores(blocks["mlp"], blocks["attn"], methods["mlp"], methods["attn"], config)
 
 
@@ -269,10 +298,12 @@ def _select_blocks(values: torch.Tensor, blocked: torch.Tensor, frac: float, per
     """Select ``round(frac * values.numel())`` entries, globally or per layer (dim 0)."""
     if per_layer:
         k = round(frac * values[0].numel())
-        return torch.stack([
-            _top_k(values[l].reshape(-1), blocked[l].reshape(-1), k).view(values.shape[1:])
-            for l in range(values.shape[0])
-        ])
+        return torch.stack(
+            [
+                _top_k(values[l].reshape(-1), blocked[l].reshape(-1), k).view(values.shape[1:])
+                for l in range(values.shape[0])
+            ]
+        )
     k = round(frac * values.numel())
     return _top_k(values.reshape(-1), blocked.reshape(-1), k).view(values.shape)
 
@@ -310,8 +341,10 @@ def select(
     _check_frac("attn_frac", attn_frac)
     device = scores.mlp.device
     if exclude is None:
-        exclude = Masks(torch.zeros(scores.mlp.shape, dtype=torch.bool, device=device),
-                        torch.zeros(scores.attn.shape, dtype=torch.bool, device=device))
+        exclude = Masks(
+            torch.zeros(scores.mlp.shape, dtype=torch.bool, device=device),
+            torch.zeros(scores.attn.shape, dtype=torch.bool, device=device),
+        )
     if exclude.mlp.shape != scores.mlp.shape or exclude.attn.shape != scores.attn.shape:
         raise UnlearnLensError(
             f"exclude masks {tuple(exclude.mlp.shape)}/{tuple(exclude.attn.shape)} do not fit scores "
@@ -368,9 +401,7 @@ def random_masks(
     return Masks(mlp, attn)
 
 
-def random_masks_like(
-    masks: Masks, seed: int = 0, *, exclude: Masks | None = None, heads: bool | None = None
-) -> Masks:
+def random_masks_like(masks: Masks, seed: int = 0, *, exclude: Masks | None = None, heads: bool | None = None) -> Masks:
     """Random masks with the same number of pruned units per layer as ``masks``.
 
     Args:

@@ -75,8 +75,9 @@ class TextStream(Iterator[str]):
                 raise
             except Exception as exc:
                 if _caused_by(exc, UnicodeDecodeError):
-                    raise UnlearnLensError(f"dataset {self.name!r} is not valid UTF-8 text (after row {self.n_rows}): "
-                                           f"{exc}") from exc
+                    raise UnlearnLensError(
+                        f"dataset {self.name!r} is not valid UTF-8 text (after row {self.n_rows}): {exc}"
+                    ) from exc
                 raise UnlearnLensError(f"could not read dataset {self.name!r} (row {self.n_rows + 1}): {exc}") from exc
             self.n_rows += 1
             if isinstance(row, dict):
@@ -85,8 +86,9 @@ class TextStream(Iterator[str]):
                 row = row[self.text_field]
                 if not isinstance(row, str):
                     what = "no value (null)" if row is None else f"a {type(row).__name__}, not text"
-                    raise UnlearnLensError(f"row {self.n_rows} of dataset {self.name!r} has {what} in its text field "
-                                           f"{self.text_field!r}")
+                    raise UnlearnLensError(
+                        f"row {self.n_rows} of dataset {self.name!r} has {what} in its text field {self.text_field!r}"
+                    )
             if isinstance(row, str) and row.strip():
                 self.n_texts += 1
                 return row
@@ -245,14 +247,17 @@ def _open_data_files(pattern: str, text_field: str) -> Iterator[Any]:
     suffixes = [x for x in Path(name).suffixes if x not in _COMPRESSION]
     kind = _LOCAL_FORMATS.get(suffixes[-1] if suffixes else "")
     if kind is None or kind == "text":
-        raise UnlearnLensError(f"cannot tell the format of {pattern!r}: name files ending in .jsonl, .json, .parquet or "
-                               ".csv (optionally compressed)")
+        raise UnlearnLensError(
+            f"cannot tell the format of {pattern!r}: name files ending in .jsonl, .json, .parquet or "
+            ".csv (optionally compressed)"
+        )
     try:
         with _quiet_datasets() as datasets:
             ds = datasets.load_dataset(kind, data_files=pattern, split="train", streaming=True)
     except Exception as exc:
-        raise UnlearnLensError(f"could not read the {kind} files {pattern!r} (for hf:// paths, is the network "
-                               f"reachable?): {exc}") from exc
+        raise UnlearnLensError(
+            f"could not read the {kind} files {pattern!r} (for hf:// paths, is the network reachable?): {exc}"
+        ) from exc
     features = getattr(ds, "features", None)
     if features is not None and text_field not in features:
         raise _field_error(pattern, text_field, features)

@@ -217,8 +217,15 @@ class RunningStats:
         return out
 
 
-_ATTR = {"count": "count", "mean": "_mean", "m2": "m2", "abs_sum": "abs_sum", "sqrt_abs_sum": "sqrt_abs_sum",
-         "pos_count": "pos_count", "max": "_max"}
+_ATTR = {
+    "count": "count",
+    "mean": "_mean",
+    "m2": "m2",
+    "abs_sum": "abs_sum",
+    "sqrt_abs_sum": "sqrt_abs_sum",
+    "pos_count": "pos_count",
+    "max": "_max",
+}
 
 
 @dataclass
@@ -261,11 +268,16 @@ class ActivationStats:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to a safetensors file (atomically: a temporary file, then a rename)."""
-        tensors = {f"{kind}.{name}": value.contiguous().cpu()
-                   for kind, stats in (("mlp", self.mlp), ("attn", self.attn))
-                   for name, value in stats._state().items()}
-        metadata = {"format": "unlearn_lens.ActivationStats", "dims": json.dumps(self.dims.to_dict()),
-                    "meta": json.dumps(self.meta, default=str)}
+        tensors = {
+            f"{kind}.{name}": value.contiguous().cpu()
+            for kind, stats in (("mlp", self.mlp), ("attn", self.attn))
+            for name, value in stats._state().items()
+        }
+        metadata = {
+            "format": "unlearn_lens.ActivationStats",
+            "dims": json.dumps(self.dims.to_dict()),
+            "meta": json.dumps(self.meta, default=str),
+        }
         write_safetensors(path, tensors, metadata)
 
     @classmethod
@@ -361,8 +373,17 @@ class _Collector:
 
 
 @torch.no_grad()
-def stream_units(model: Any, tokens: TokenSet, update: Update, *, batch_size: int, progress: bool, desc: str,
-                 owner: str, masked: bool = False) -> int:
+def stream_units(
+    model: Any,
+    tokens: TokenSet,
+    update: Update,
+    *,
+    batch_size: int,
+    progress: bool,
+    desc: str,
+    owner: str,
+    masked: bool = False,
+) -> int:
     """Run ``model`` over this process's share of ``tokens``, handing every unit's activations to ``update``.
 
     The loop behind :func:`collect_stats` and the other streamed per-unit records: BOS
@@ -448,8 +469,9 @@ def collect_stats(
     def update(kind: str, layer: int, x: torch.Tensor, workspace: Workspace, mask: RowMask | None = None) -> None:
         (stats.mlp if kind == "mlp" else stats.attn).update(x, layer, workspace, mask)
 
-    n_part = stream_units(model, tokens, update, batch_size=batch_size, progress=progress, desc=desc,
-                          owner="collect_stats", masked=fused)
+    n_part = stream_units(
+        model, tokens, update, batch_size=batch_size, progress=progress, desc=desc, owner="collect_stats", masked=fused
+    )
     meta: dict[str, Any] = {"model": model_name(model)}
     if world()[1] > 1:
         meta["rank_tokens"] = [int(t) for t in gather(torch.tensor([n_part], device=device))]

@@ -207,12 +207,21 @@ def text_scores(
             loss[idx], min_k[idx] = _reduce(logp, lengths[idx], k)
             bar.update(len(idx))
     bar.close()
-    scored = [text if len(kept[i]) == len(full[i]) else tokenizer.decode(kept[i], clean_up_tokenization_spaces=False)
-              for i, text in enumerate(texts)]
+    scored = [
+        text if len(kept[i]) == len(full[i]) else tokenizer.decode(kept[i], clean_up_tokenization_spaces=False)
+        for i, text in enumerate(texts)
+    ]
     zlib_bytes = torch.tensor([len(zlib.compress(text.encode("utf-8"))) for text in scored], dtype=torch.long)
     model_bits = loss * lengths / math.log(2)
-    return TextScores(loss=loss, zlib=model_bits / (8 * zlib_bytes), min_k=min_k, n_tokens=lengths,
-                      zlib_bytes=zlib_bytes, k=float(k), seq_len=width)
+    return TextScores(
+        loss=loss,
+        zlib=model_bits / (8 * zlib_bytes),
+        min_k=min_k,
+        n_tokens=lengths,
+        zlib_bytes=zlib_bytes,
+        k=float(k),
+        seq_len=width,
+    )
 
 
 def auc(
@@ -243,9 +252,7 @@ def auc(
     m = torch.as_tensor(members, dtype=torch.float64).reshape(-1).cpu()
     n = torch.as_tensor(nonmembers, dtype=torch.float64).reshape(-1).cpu()
     if m.numel() == 0 or n.numel() == 0:
-        raise UnlearnLensError(
-            f"an AUC needs at least one member and one non-member, got {m.numel()} and {n.numel()}"
-        )
+        raise UnlearnLensError(f"an AUC needs at least one member and one non-member, got {m.numel()} and {n.numel()}")
     if bool(torch.isnan(m).any() | torch.isnan(n).any()):
         raise UnlearnLensError("cannot compute an AUC of scores that contain NaN")
     if not higher_is_member:
@@ -259,8 +266,10 @@ def auc(
 
 
 def _aucs(members: TextScores, nonmembers: TextScores) -> dict[str, float]:
-    return {name: auc(members.score(name), nonmembers.score(name), higher_is_member=MEMBER_SIDE[name] == "high")
-            for name in SCORES}
+    return {
+        name: auc(members.score(name), nonmembers.score(name), higher_is_member=MEMBER_SIDE[name] == "high")
+        for name in SCORES
+    }
 
 
 @dataclass
@@ -285,10 +294,17 @@ class MembershipResult:
 
     def to_dict(self) -> dict[str, Any]:
         """AUCs, settings and every per-text score, as plain JSON-ready data."""
-        parts = {"members": self.members, "nonmembers": self.nonmembers,
-                 "members_pruned": self.members_pruned, "nonmembers_pruned": self.nonmembers_pruned}
-        return {"unpruned": dict(self.unpruned), "pruned": None if self.pruned is None else dict(self.pruned),
-                "settings": dict(self.settings)} | {k: None if v is None else v.to_dict() for k, v in parts.items()}
+        parts = {
+            "members": self.members,
+            "nonmembers": self.nonmembers,
+            "members_pruned": self.members_pruned,
+            "nonmembers_pruned": self.nonmembers_pruned,
+        }
+        return {
+            "unpruned": dict(self.unpruned),
+            "pruned": None if self.pruned is None else dict(self.pruned),
+            "settings": dict(self.settings),
+        } | {k: None if v is None else v.to_dict() for k, v in parts.items()}
 
 
 def membership_check(
@@ -335,12 +351,24 @@ def membership_check(
     nonmembers = _texts(nonmembers, "nonmembers")
     _check_k(k)
     options = dict(seq_len=seq_len, batch_size=batch_size, k=k, progress=progress)
-    settings: dict[str, Any] = {"k": float(k), "n_members": len(members), "n_nonmembers": len(nonmembers),
-                                "version": __version__}
+    settings: dict[str, Any] = {
+        "k": float(k),
+        "n_members": len(members),
+        "n_nonmembers": len(nonmembers),
+        "version": __version__,
+    }
     pruned_scores: tuple[TextScores, TextScores] | None = None
     if masks is not None:  # first, so that masks or means that do not fit fail before any scoring
-        with pruned(model, masks, ablation=ablation, mlp_ablation=mlp_ablation, attn_ablation=attn_ablation,
-                    means=means, peaks=peaks, sample=sample) as handle:
+        with pruned(
+            model,
+            masks,
+            ablation=ablation,
+            mlp_ablation=mlp_ablation,
+            attn_ablation=attn_ablation,
+            means=means,
+            peaks=peaks,
+            sample=sample,
+        ) as handle:
             pruned_scores = (text_scores(model, members, **options), text_scores(model, nonmembers, **options))
         settings |= {"ablation": dict(handle.ablations), "n_mlp_pruned": masks.n_mlp, "n_attn_pruned": masks.n_attn}
     before = (text_scores(model, members, **options), text_scores(model, nonmembers, **options))

@@ -53,8 +53,16 @@ from unlearn_lens.scoring import random_masks_like
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
-__all__ = ["OverlapMatrix", "OverlapStats", "jaccard", "overlap_figure", "overlap_matrix", "random_control",
-           "random_init_control", "random_init_copy"]
+__all__ = [
+    "OverlapMatrix",
+    "OverlapStats",
+    "jaccard",
+    "overlap_figure",
+    "overlap_matrix",
+    "random_control",
+    "random_init_control",
+    "random_init_copy",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +117,13 @@ class OverlapStats:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (nan written as None)."""
-        return {"kind": self.kind, "overall": None if math.isnan(self.overall) else self.overall,
-                "per_layer": _nan_to_none(self.per_layer.tolist()), "intersection": self.intersection.tolist(),
-                "union": self.union.tolist()}
+        return {
+            "kind": self.kind,
+            "overall": None if math.isnan(self.overall) else self.overall,
+            "per_layer": _nan_to_none(self.per_layer.tolist()),
+            "intersection": self.intersection.tolist(),
+            "union": self.union.tolist(),
+        }
 
 
 def jaccard(a: Masks | PruneRun, b: Masks | PruneRun, kind: str = "mlp") -> OverlapStats:
@@ -157,20 +169,31 @@ class OverlapMatrix:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (nan written as None)."""
-        return {"names": list(self.names), "kind": self.kind, "overall": _nan_to_none(self.overall.tolist()),
-                "per_layer": _nan_to_none(self.per_layer.tolist()), "counts": dict(self.counts)}
+        return {
+            "names": list(self.names),
+            "kind": self.kind,
+            "overall": _nan_to_none(self.overall.tolist()),
+            "per_layer": _nan_to_none(self.per_layer.tolist()),
+            "counts": dict(self.counts),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OverlapMatrix:
         """The inverse of :meth:`to_dict`."""
+
         def tensor(values: Any) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.float64) if values else torch.zeros(0, dtype=torch.float64)
 
         nan = float("nan")
         overall = [[nan if v is None else v for v in row] for row in data["overall"]]
         per_layer = [[[nan if v is None else v for v in row] for row in layer] for layer in data["per_layer"]]
-        return cls(list(data["names"]), str(data["kind"]), tensor(overall), tensor(per_layer),
-                   {str(k): list(v) for k, v in data["counts"].items()})
+        return cls(
+            list(data["names"]),
+            str(data["kind"]),
+            tensor(overall),
+            tensor(per_layer),
+            {str(k): list(v) for k, v in data["counts"].items()},
+        )
 
 
 def _checked(masks: Mapping[str, Masks | PruneRun]) -> dict[str, Masks]:
@@ -184,7 +207,8 @@ def _checked(masks: Mapping[str, Masks | PruneRun]) -> dict[str, Masks]:
     for name, m in out.items():
         if m.dims != first.dims:
             raise UnlearnLensError(
-                f"masks {name!r} are for a model with {m.dims.to_dict()}, but {first_name!r} for {first.dims.to_dict()}")
+                f"masks {name!r} are for a model with {m.dims.to_dict()}, but {first_name!r} for {first.dims.to_dict()}"
+            )
     return out
 
 
@@ -208,8 +232,13 @@ def overlap_matrix(masks: Mapping[str, Masks | PruneRun], kind: str = "mlp") -> 
     inter = torch.einsum("ilu,jlu->lij", flat, flat).round().long()  # [layer n n], exact below 2**53
     sizes = flat.sum(-1).round().long().T  # [layer n]
     union = sizes[:, :, None] + sizes[:, None, :] - inter
-    return OverlapMatrix(names=names, kind=kind, overall=_ratio(inter.sum(0), union.sum(0)),
-                         per_layer=_ratio(inter, union), counts={n: checked[n].counts(kind) for n in names})
+    return OverlapMatrix(
+        names=names,
+        kind=kind,
+        overall=_ratio(inter.sum(0), union.sum(0)),
+        per_layer=_ratio(inter, union),
+        counts={n: checked[n].counts(kind) for n in names},
+    )
 
 
 def random_control(masks: Mapping[str, Masks | PruneRun], seed: int = 0) -> dict[str, Masks]:
@@ -238,8 +267,9 @@ def _fresh_hf_bridge(model: Any, seed: int) -> Any:
         torch.manual_seed(seed)
         fresh = type(hf)(copy.deepcopy(hf.config))  # the architecture's own initialisation, on the CPU
         fresh = fresh.to(device=device, dtype=dtype)
-        return TransformerBridge.boot_transformers(model_name(model), hf_model=fresh, tokenizer=model.tokenizer,
-                                                   device=device, dtype=dtype)
+        return TransformerBridge.boot_transformers(
+            model_name(model), hf_model=fresh, tokenizer=model.tokenizer, device=device, dtype=dtype
+        )
 
 
 def _fresh_deep_copy(model: Any) -> Any:
@@ -301,7 +331,8 @@ def random_init_copy(model: Any, seed: int = 0) -> Any:
     else:
         raise UnlearnLensError(
             f"random_init_copy supports a TransformerBridge over a Hugging Face model or a TL-native model, and a "
-            f"legacy HookedTransformer; got a {type(model).__name__} wrapping {kind} ({model_name(model)!r})")
+            f"legacy HookedTransformer; got a {type(model).__name__} wrapping {kind} ({model_name(model)!r})"
+        )
     fresh.train(model.training)
     return fresh
 
@@ -310,8 +341,9 @@ def _reusable(texts: Any, name: str) -> Any:
     if isinstance(texts, TokenSet):
         return texts
     if isinstance(texts, str) or not isinstance(texts, Iterable) or iter(texts) is texts:
-        raise UnlearnLensError(f"{name} must be a list of texts or a TokenSet (it is read once per forget set), "
-                               f"got {type(texts).__name__}")
+        raise UnlearnLensError(
+            f"{name} must be a list of texts or a TokenSet (it is read once per forget set), got {type(texts).__name__}"
+        )
     return texts
 
 
@@ -353,8 +385,10 @@ def random_init_control(
             model :func:`random_init_copy` does not support.
     """
     if not isinstance(forget_sets, Mapping) or len(forget_sets) < 2:
-        raise UnlearnLensError("random_init_control needs a mapping of at least two named forget sets, got "
-                               f"{len(forget_sets) if isinstance(forget_sets, Mapping) else type(forget_sets).__name__}")
+        raise UnlearnLensError(
+            "random_init_control needs a mapping of at least two named forget sets, got "
+            f"{len(forget_sets) if isinstance(forget_sets, Mapping) else type(forget_sets).__name__}"
+        )
     if config is not None and like is not None:
         raise UnlearnLensError("give config or like (whose runs carry their own configs), not both")
     if config is not None and not isinstance(config, PruneConfig):
@@ -366,8 +400,10 @@ def random_init_control(
             configs[str(name)] = dataclasses.replace(base, stop_at_forget=None)
             continue
         if not isinstance(like, Mapping) or set(map(str, like)) != set(map(str, forget_sets)):
-            raise UnlearnLensError(f"like must name the same runs as forget_sets ({sorted(map(str, forget_sets))}), "
-                                   f"got {sorted(map(str, like)) if isinstance(like, Mapping) else type(like).__name__}")
+            raise UnlearnLensError(
+                f"like must name the same runs as forget_sets ({sorted(map(str, forget_sets))}), "
+                f"got {sorted(map(str, like)) if isinstance(like, Mapping) else type(like).__name__}"
+            )
         run = like[name]
         if not isinstance(run, PruneRun) or len(run.history) < 2:
             raise UnlearnLensError(f"like[{name!r}] must be a PruneRun with at least one pruning step")
@@ -377,8 +413,14 @@ def random_init_control(
     out: dict[str, Masks] = {}
     for name, texts in forget_sets.items():
         logger.info("random-init control %r: %d steps", name, configs[str(name)].n_steps)
-        run = selective_prune(fresh, texts, retain, configs[str(name)], progress=progress,
-                              info={"control": "random init", "init_seed": seed})
+        run = selective_prune(
+            fresh,
+            texts,
+            retain,
+            configs[str(name)],
+            progress=progress,
+            info={"control": "random init", "init_seed": seed},
+        )
         out[str(name)] = run.masks
     return out
 
@@ -390,14 +432,27 @@ def _heatmap(matrix: OverlapMatrix, show_scale: bool) -> go.Heatmap:
     text = [["–" if math.isnan(v) else f"{v:.2f}" for v in row] for row in values]
     labels = [html.escape(n) for n in matrix.names]
     return go.Heatmap(
-        z=values, x=labels, y=labels, text=text, texttemplate="%{text}", zmin=0.0, zmax=1.0, colorscale="Viridis",
-        showscale=show_scale, colorbar={"title": {"text": "Jaccard"}},
+        z=values,
+        x=labels,
+        y=labels,
+        text=text,
+        texttemplate="%{text}",
+        zmin=0.0,
+        zmax=1.0,
+        colorscale="Viridis",
+        showscale=show_scale,
+        colorbar={"title": {"text": "Jaccard"}},
         hovertemplate="%{y} vs %{x}<br>Jaccard %{z:.4f}<extra></extra>",
     )
 
 
-def overlap_figure(matrix: OverlapMatrix, control: OverlapMatrix | None = None, *,
-                   controls: Mapping[str, OverlapMatrix] | None = None, title: str | None = None) -> go.Figure:
+def overlap_figure(
+    matrix: OverlapMatrix,
+    control: OverlapMatrix | None = None,
+    *,
+    controls: Mapping[str, OverlapMatrix] | None = None,
+    title: str | None = None,
+) -> go.Figure:
     """A heatmap of ``matrix.overall`` with annotated values, beside each control's.
 
     Args:
@@ -426,16 +481,24 @@ def overlap_figure(matrix: OverlapMatrix, control: OverlapMatrix | None = None, 
     for name, m in (("matrix", matrix), *((f"control {n!r}", m) for n, m in list(panels.items())[1:])):
         if not isinstance(m, OverlapMatrix):
             raise UnlearnLensError(f"{name} must be an OverlapMatrix, got {type(m).__name__}")
-    fig = make_subplots(rows=1, cols=len(panels), horizontal_spacing=0.15 if len(panels) < 3 else 0.08,
-                        subplot_titles=[html.escape(n) for n in panels])
+    fig = make_subplots(
+        rows=1,
+        cols=len(panels),
+        horizontal_spacing=0.15 if len(panels) < 3 else 0.08,
+        subplot_titles=[html.escape(n) for n in panels],
+    )
     for col, panel in enumerate(panels.values(), start=1):
         fig.add_trace(_heatmap(panel, show_scale=col == len(panels)), row=1, col=col)
         fig.update_yaxes(autorange="reversed", row=1, col=col)
     units = "MLP neurons" if matrix.kind == "mlp" else "attention neurons"
     fig.update_layout(
-        template="plotly_white", height=420, width=480 * len(panels),
-        title={"text": title or f"Overlap of pruned {units} (Jaccard |A∩B| / |A∪B|)",
-               "subtitle": {"text": "1 = the same units, 0 = disjoint; – = neither prunes any"}},
+        template="plotly_white",
+        height=420,
+        width=480 * len(panels),
+        title={
+            "text": title or f"Overlap of pruned {units} (Jaccard |A∩B| / |A∪B|)",
+            "subtitle": {"text": "1 = the same units, 0 = disjoint; – = neither prunes any"},
+        },
         margin={"t": 110},
     )
     return fig

@@ -107,8 +107,14 @@ class RelearnConfig:
     skip_common: int = 0
 
     def __post_init__(self) -> None:
-        for name, least in (("steps", 1), ("batch_size", 1), ("eval_every", 1), ("topk", 1), ("skip_common", 0),
-                            ("seed", None)):
+        for name, least in (
+            ("steps", 1),
+            ("batch_size", 1),
+            ("eval_every", 1),
+            ("topk", 1),
+            ("skip_common", 0),
+            ("seed", None),
+        ):
             value = getattr(self, name)
             if not _is_int(value):
                 raise UnlearnLensError(f"{name} must be an integer, got {value!r}")
@@ -196,13 +202,19 @@ class RelearnCurve:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise UnlearnLensError(f"unknown RelearnCurve fields: {sorted(unknown)}")
-        return cls(**{**data, "config": RelearnConfig.from_dict(data["config"]),
-                      "forget": [EvalResult.from_dict(r) for r in data["forget"]],
-                      "retain": [EvalResult.from_dict(r) for r in data.get("retain", [])]})
+        return cls(
+            **{
+                **data,
+                "config": RelearnConfig.from_dict(data["config"]),
+                "forget": [EvalResult.from_dict(r) for r in data["forget"]],
+                "retain": [EvalResult.from_dict(r) for r in data.get("retain", [])],
+            }
+        )
 
 
-def _batch_loss(model: Any, tokens: Int[torch.Tensor, "batch pos"], valid: Bool[torch.Tensor, "batch pos"]
-                ) -> Float[torch.Tensor, ""]:
+def _batch_loss(
+    model: Any, tokens: Int[torch.Tensor, "batch pos"], valid: Bool[torch.Tensor, "batch pos"]
+) -> Float[torch.Tensor, ""]:
     """Mean next-token cross-entropy over the real targets of a batch (padding never counts)."""
     logits: Float[torch.Tensor, "batch pos d_vocab"] = model(tokens)
     counted = valid[:, 1:]
@@ -221,7 +233,10 @@ def finetune_(
     model: Any,
     tokens: TokenSet,
     *,
-    steps: int, lr: float, batch_size: int = 8, seed: int = 0,
+    steps: int,
+    lr: float,
+    batch_size: int = 8,
+    seed: int = 0,
     callback: Callable[[int, float], None] | None = None,
     progress: bool = False,
     desc: str = "fine-tune",
@@ -312,9 +327,17 @@ def relearn(
     means: ActivationStats | None = None,
     peaks: ActivationHistogram | None = None,
     sample: ActivationSample | None = None,
-    steps: int = 20, lr: float = 1e-4, batch_size: int = 8, eval_every: int = 5, seed: int = 0,
-    seq_len: int | None = None, eval_tokens: int | None = 10_000, topk: int = 10, skip_common: int = 0,
-    progress: bool = False, desc: str = "relearn",
+    steps: int = 20,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    eval_every: int = 5,
+    seed: int = 0,
+    seq_len: int | None = None,
+    eval_tokens: int | None = 10_000,
+    topk: int = 10,
+    skip_common: int = 0,
+    progress: bool = False,
+    desc: str = "relearn",
 ) -> RelearnCurve:
     """Fine-tune a pruned copy of ``model`` on forget text and record how fast forget accuracy returns.
 
@@ -344,22 +367,37 @@ def relearn(
             model, or a model with hooks attached.
     """
     t_start = time.time()
-    cfg = RelearnConfig(steps=steps, lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed,
-                        seq_len=seq_len, eval_tokens=eval_tokens, ablation=ablation, mlp_ablation=mlp_ablation,
-                        attn_ablation=attn_ablation, topk=topk, skip_common=skip_common)
+    cfg = RelearnConfig(
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        eval_every=eval_every,
+        seed=seed,
+        seq_len=seq_len,
+        eval_tokens=eval_tokens,
+        ablation=ablation,
+        mlp_ablation=mlp_ablation,
+        attn_ablation=attn_ablation,
+        topk=topk,
+        skip_common=skip_common,
+    )
     if not isinstance(masks, Masks):
         raise UnlearnLensError(f"masks must be a Masks, got {type(masks).__name__}")
     dims = model_dims(model)
     if masks.dims != dims:
         raise UnlearnLensError(
-            f"masks for a model with {masks.dims.to_dict()} do not fit {model_name(model)!r} ({dims.to_dict()})")
+            f"masks for a model with {masks.dims.to_dict()} do not fit {model_name(model)!r} ({dims.to_dict()})"
+        )
     if _has_hooks(model):
         raise UnlearnLensError(
             f"model {model_name(model)!r} has hooks attached; relearn prunes a copy of it with the masks given, "
-            "so call it on the model without hooks (outside `with ul.pruned(...)`)")
+            "so call it on the model without hooks (outside `with ul.pruned(...)`)"
+        )
     width = cfg.seq_len or default_seq_len(model)
-    train = _trainable_rows(as_token_set(model, forget_train, seq_len=width,
-                                         max_tokens=cfg.steps * cfg.batch_size * (width - 1)), "forget_train")
+    train = _trainable_rows(
+        as_token_set(model, forget_train, seq_len=width, max_tokens=cfg.steps * cfg.batch_size * (width - 1)),
+        "forget_train",
+    )
     held = {"forget": as_token_set(model, forget_eval, seq_len=width, max_tokens=cfg.eval_tokens)}
     if retain_eval is not None:
         held["retain"] = as_token_set(model, retain_eval, seq_len=width, max_tokens=cfg.eval_tokens)
@@ -368,8 +406,12 @@ def relearn(
             raise UnlearnLensError(f"{name}_eval has no tokens to evaluate on (empty dataset)")
         shared = _overlap(train, tokens)
         if shared:
-            logger.warning("%d of the %d %s evaluation rows also occur among the training rows: evaluate on "
-                           "held-out text", shared, len(tokens), name)
+            logger.warning(
+                "%d of the %d %s evaluation rows also occur among the training rows: evaluate on held-out text",
+                shared,
+                len(tokens),
+                name,
+            )
 
     results: dict[str, list[EvalResult]] = {name: [] for name in held}
     work = _fresh_copy(model)
@@ -377,8 +419,17 @@ def relearn(
 
     def measure(step: int) -> None:
         for name, tokens in held.items():
-            results[name].append(evaluate(work, tokens, max_tokens=None, batch_size=cfg.batch_size, topk=cfg.topk,
-                                          skip_common=cfg.skip_common, progress=False))
+            results[name].append(
+                evaluate(
+                    work,
+                    tokens,
+                    max_tokens=None,
+                    batch_size=cfg.batch_size,
+                    topk=cfg.topk,
+                    skip_common=cfg.skip_common,
+                    progress=False,
+                )
+            )
         bar.set_postfix(forget=f"{results['forget'][-1].top1:.3f}")
         logger.info("%s step %d: forget top1 %.4f", desc, step, results["forget"][-1].top1)
 
@@ -389,16 +440,34 @@ def relearn(
 
     eval_steps = set(cfg.eval_steps)
     try:
-        with pruned(work, masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"],
-                    means=means, peaks=peaks, sample=sample, seed=cfg.seed):
+        with pruned(
+            work,
+            masks,
+            mlp_ablation=cfg.ablations["mlp"],
+            attn_ablation=cfg.ablations["attn"],
+            means=means,
+            peaks=peaks,
+            sample=sample,
+            seed=cfg.seed,
+        ):
             measure(0)
-            losses = finetune_(work, train, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed,
-                               callback=after_step)
+            losses = finetune_(
+                work, train, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, callback=after_step
+            )
     finally:
         bar.close()
-    return RelearnCurve(config=cfg, steps=cfg.eval_steps, forget=results["forget"], retain=results.get("retain", []),
-                        train_loss=losses, n_mlp=masks.n_mlp, n_attn=masks.n_attn, train_tokens=train.n_tokens,
-                        model=model_name(model), seconds=time.time() - t_start)
+    return RelearnCurve(
+        config=cfg,
+        steps=cfg.eval_steps,
+        forget=results["forget"],
+        retain=results.get("retain", []),
+        train_loss=losses,
+        n_mlp=masks.n_mlp,
+        n_attn=masks.n_attn,
+        train_tokens=train.n_tokens,
+        model=model_name(model),
+        seconds=time.time() - t_start,
+    )
 
 
 _FIXED = ("ablation", "mlp_ablation", "attn_ablation", "means", "peaks", "sample")
@@ -443,15 +512,26 @@ def relearn_comparison(
     dims = model_dims(model)
     if run.dims != dims:
         raise UnlearnLensError(
-            f"the run is for a model with {run.dims.to_dict()}, not {model_name(model)!r} ({dims.to_dict()})")
+            f"the run is for a model with {run.dims.to_dict()}, not {model_name(model)!r} ({dims.to_dict()})"
+        )
     cfg = run.config
-    kw: dict[str, Any] = {"seq_len": cfg.seq_len, "topk": cfg.topk, "skip_common": cfg.skip_common, **settings,
-                          "mlp_ablation": cfg.ablations["mlp"], "attn_ablation": cfg.ablations["attn"],
-                          "means": run.means, "peaks": run.peaks, "sample": run.sample}
+    kw: dict[str, Any] = {
+        "seq_len": cfg.seq_len,
+        "topk": cfg.topk,
+        "skip_common": cfg.skip_common,
+        **settings,
+        "mlp_ablation": cfg.ablations["mlp"],
+        "attn_ablation": cfg.ablations["attn"],
+        "means": run.means,
+        "peaks": run.peaks,
+        "sample": run.sample,
+    }
     masks = {name: r.masks for name, r in run.runs().items()}
     masks["unpruned"] = Masks.empty(dims)
-    return {name: relearn(model, m, forget_train, forget_eval, retain_eval, progress=progress,
-                          desc=f"relearn {name}", **kw) for name, m in masks.items()}
+    return {
+        name: relearn(model, m, forget_train, forget_eval, retain_eval, progress=progress, desc=f"relearn {name}", **kw)
+        for name, m in masks.items()
+    }
 
 
 _CURVE_COLOURS = {"selective": "#1b9e77", "random": "#d95f02", "unpruned": "#7570b3"}
@@ -479,22 +559,37 @@ def relearn_figure(curves: Mapping[str, RelearnCurve] | RelearnCurve, *, title: 
         if not isinstance(curve, RelearnCurve):
             raise UnlearnLensError(f"curve {name!r} is a {type(curve).__name__}, not a RelearnCurve")
         colour = _CURVE_COLOURS.get(name) or next(others)
-        for dataset, values, dash, symbol in (("forget", curve.forget_top1, "solid", "circle"),
-                                              ("retain", curve.retain_top1, "dash", "diamond")):
+        for dataset, values, dash, symbol in (
+            ("forget", curve.forget_top1, "solid", "circle"),
+            ("retain", curve.retain_top1, "dash", "diamond"),
+        ):
             if not values:
                 continue
-            fig.add_trace(go.Scatter(
-                x=curve.steps, y=values, mode="lines+markers", name=f"{name} · {dataset}", legendgroup=name,
-                line={"color": colour, "dash": dash}, marker={"size": 6, "symbol": symbol},
-                hovertemplate=f"{html.escape(name)}, {dataset}<br>step %{{x}}<br>top-1 %{{y:.4f}}<extra></extra>",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=curve.steps,
+                    y=values,
+                    mode="lines+markers",
+                    name=f"{name} · {dataset}",
+                    legendgroup=name,
+                    line={"color": colour, "dash": dash},
+                    marker={"size": 6, "symbol": symbol},
+                    hovertemplate=f"{html.escape(name)}, {dataset}<br>step %{{x}}<br>top-1 %{{y:.4f}}<extra></extra>",
+                )
+            )
     first = next(iter(curves.values())).config
     fig.update_layout(
-        template="plotly_white", height=420,
-        title={"text": title or "Relearning: top-1 while fine-tuning on forget text",
-               "subtitle": {"text": f"AdamW lr {first.lr:g}, batch {first.batch_size} rows; pruned units held "
-                                    "at their ablated values; evaluation on held-out tokens"}},
-        xaxis={"title": {"text": "fine-tuning steps"}}, yaxis={"title": {"text": "top-1 accuracy"}, "rangemode": "tozero"},
+        template="plotly_white",
+        height=420,
+        title={
+            "text": title or "Relearning: top-1 while fine-tuning on forget text",
+            "subtitle": {
+                "text": f"AdamW lr {first.lr:g}, batch {first.batch_size} rows; pruned units held "
+                "at their ablated values; evaluation on held-out tokens"
+            },
+        },
+        xaxis={"title": {"text": "fine-tuning steps"}},
+        yaxis={"title": {"text": "top-1 accuracy"}, "rangemode": "tozero"},
         margin={"t": 100},
     )
     return fig

@@ -90,15 +90,26 @@ class RunChecks:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": 1, "version": self.version, "seconds": round(self.seconds, 3), "notes": list(self.notes),
-                "relearn": {k: v.to_dict() for k, v in self.relearn.items()}, "membership": self.membership,
-                "overlap": self.overlap}
+        return {
+            "format": 1,
+            "version": self.version,
+            "seconds": round(self.seconds, 3),
+            "notes": list(self.notes),
+            "relearn": {k: v.to_dict() for k, v in self.relearn.items()},
+            "membership": self.membership,
+            "overlap": self.overlap,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunChecks:
-        return cls({k: RelearnCurve.from_dict(v) for k, v in data.get("relearn", {}).items()},
-                   dict(data.get("membership", {})), dict(data.get("overlap", {})), list(data.get("notes", [])),
-                   data.get("version", "?"), float(data.get("seconds", 0.0)))
+        return cls(
+            {k: RelearnCurve.from_dict(v) for k, v in data.get("relearn", {}).items()},
+            dict(data.get("membership", {})),
+            dict(data.get("overlap", {})),
+            list(data.get("notes", [])),
+            data.get("version", "?"),
+            float(data.get("seconds", 0.0)),
+        )
 
     def report_parts(self) -> dict[str, Any]:
         """What the report shows: ``explain`` (paragraphs), ``notes``, ``figures`` (plotly) and ``tables``
@@ -113,24 +124,49 @@ class RunChecks:
                 f"masks and not at all, are fine-tuned for {c.steps} AdamW steps (learning rate {c.lr:g}, "
                 f"{c.batch_size} rows a step) on forget text the run never used, the pruned units held at their "
                 "ablated values. Forget top-1 (solid) and retain top-1 (dashed) on the run's own evaluation tokens "
-                "every few steps: a capability that comes back within a few steps was hidden rather than removed.")
+                "every few steps: a capability that comes back within a few steps was hidden rather than removed."
+            )
             out["figures"].append(relearn_figure(self.relearn))
-            rows = [[name, f"{curve.forget_top1[0]:.4f}", f"{curve.forget_top1[-1]:.4f}", str(curve.steps[-1])]
-                    for name, curve in self.relearn.items()]
-            out["tables"].append({"title": "Relearning: forget top-1 before and after fine-tuning",
-                                  "header": ["masks", "before", "after", "steps"], "rows": rows})
+            rows = [
+                [name, f"{curve.forget_top1[0]:.4f}", f"{curve.forget_top1[-1]:.4f}", str(curve.steps[-1])]
+                for name, curve in self.relearn.items()
+            ]
+            out["tables"].append(
+                {
+                    "title": "Relearning: forget top-1 before and after fine-tuning",
+                    "header": ["masks", "before", "after", "steps"],
+                    "rows": rows,
+                }
+            )
         if self.membership:
             out["explain"].append(
                 "Membership: the AUC of telling the model's training texts (members) from texts it did not see "
                 "(non-members) by LOSS, zlib ratio and Min-K % Prob, on the unpruned and on the pruned model (0.5: "
                 "no trace of training). Pruning that unlearns the data, not only the skill, brings the forget "
-                "domain's AUCs towards 0.5.")
+                "domain's AUCs towards 0.5."
+            )
             names = ("loss", "zlib", "min_k")
-            rows = [[domain, f"{m['n_members']} of {m['members']}", f"{m['n_nonmembers']} of {m['nonmembers']}",
-                     *[f"{m['unpruned'][k]:.3f} → {m['pruned'][k]:.3f}" if m.get("pruned") else
-                       f"{m['unpruned'][k]:.3f}" for k in names]] for domain, m in self.membership.items()]
-            out["tables"].append({"title": "Membership AUC, unpruned → pruned", "rows": rows,
-                                  "header": ["domain", "members", "non-members", "LOSS", "zlib", "Min-K %"]})
+            rows = [
+                [
+                    domain,
+                    f"{m['n_members']} of {m['members']}",
+                    f"{m['n_nonmembers']} of {m['nonmembers']}",
+                    *[
+                        f"{m['unpruned'][k]:.3f} → {m['pruned'][k]:.3f}"
+                        if m.get("pruned")
+                        else f"{m['unpruned'][k]:.3f}"
+                        for k in names
+                    ],
+                ]
+                for domain, m in self.membership.items()
+            ]
+            out["tables"].append(
+                {
+                    "title": "Membership AUC, unpruned → pruned",
+                    "rows": rows,
+                    "header": ["domain", "members", "non-members", "LOSS", "zlib", "Min-K %"],
+                }
+            )
         if self.overlap:
             from unlearn_lens.checks.overlap import OverlapMatrix, overlap_figure
 
@@ -138,10 +174,16 @@ class RunChecks:
             out["explain"].append(
                 "Capability overlap: the Jaccard overlap |A ∩ B| / |A ∪ B| of the MLP neurons pruned by this run and "
                 "by the other runs given (other forget sets against the same retain set), beside random masks with "
-                "the same per-layer counts" + (" and the same runs on a randomly initialised copy of the model, "
-                "whose overlap comes from the architecture and the data statistics alone" if "random init" in mlp
-                                               else "") + ". Only overlap beyond the controls points to shared "
-                "learned units.")
+                "the same per-layer counts"
+                + (
+                    " and the same runs on a randomly initialised copy of the model, "
+                    "whose overlap comes from the architecture and the data statistics alone"
+                    if "random init" in mlp
+                    else ""
+                )
+                + ". Only overlap beyond the controls points to shared "
+                "learned units."
+            )
             out["figures"].append(overlap_figure(mlp.pop("trained"), controls=mlp))
         return out
 
@@ -237,26 +279,51 @@ def run_checks(
         data = run_token_sets(run, model, [need])
         forget_collect, forget_eval, forget_train = data["forget"]
         if forget_train.n_tokens < need:
-            out.notes.append(f"The forget data ran out: relearning used {forget_train.n_tokens:,} training tokens "
-                             f"instead of {need:,} (rows are reused).")
-        out.relearn = relearn_comparison(model, run, forget_train, forget_eval, data["retain"][1], steps=steps, lr=lr,
-                                         batch_size=batch_size, eval_every=eval_every, eval_tokens=eval_tokens,
-                                         seed=seed, progress=progress)
+            out.notes.append(
+                f"The forget data ran out: relearning used {forget_train.n_tokens:,} training tokens "
+                f"instead of {need:,} (rows are reused)."
+            )
+        out.relearn = relearn_comparison(
+            model,
+            run,
+            forget_train,
+            forget_eval,
+            data["retain"][1],
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            eval_every=eval_every,
+            eval_tokens=eval_tokens,
+            seed=seed,
+            progress=progress,
+        )
     else:
         out.notes.append("The relearning check was not run.")
     if members:
         cfg = run.config
         for domain, (inside, outside) in members.items():
             result = membership_check(
-                model, _texts(inside, n_texts, f"{domain} member", seed),
+                model,
+                _texts(inside, n_texts, f"{domain} member", seed),
                 _texts(outside, n_texts, f"{domain} non-member", seed + 1),
-                masks=run.masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"],
-                means=run.means, peaks=run.peaks, sample=run.sample, seq_len=cfg.seq_len, progress=progress)
-            out.membership[domain] = {"unpruned": result.unpruned, "pruned": result.pruned,
-                                      "members": str(inside) if isinstance(inside, str) else "texts given",
-                                      "nonmembers": str(outside) if isinstance(outside, str) else "texts given",
-                                      "n_members": len(result.members), "n_nonmembers": len(result.nonmembers),
-                                      "settings": result.settings}
+                masks=run.masks,
+                mlp_ablation=cfg.ablations["mlp"],
+                attn_ablation=cfg.ablations["attn"],
+                means=run.means,
+                peaks=run.peaks,
+                sample=run.sample,
+                seq_len=cfg.seq_len,
+                progress=progress,
+            )
+            out.membership[domain] = {
+                "unpruned": result.unpruned,
+                "pruned": result.pruned,
+                "members": str(inside) if isinstance(inside, str) else "texts given",
+                "nonmembers": str(outside) if isinstance(outside, str) else "texts given",
+                "n_members": len(result.members),
+                "n_nonmembers": len(result.nonmembers),
+                "settings": result.settings,
+            }
     else:
         out.notes.append("No membership check: the model's training texts were not given.")
     if others:
@@ -265,8 +332,9 @@ def run_checks(
     return out
 
 
-def _overlap(model: Any, run: PruneRun, others: Mapping[str, PruneRun], init_control: bool, progress: bool
-             ) -> dict[str, dict[str, Any]]:
+def _overlap(
+    model: Any, run: PruneRun, others: Mapping[str, PruneRun], init_control: bool, progress: bool
+) -> dict[str, dict[str, Any]]:
     from unlearn_lens.checks.overlap import overlap_matrix, random_control, random_init_control
 
     runs = {"this run": run, **{str(k): v for k, v in others.items()}}
@@ -274,6 +342,7 @@ def _overlap(model: Any, run: PruneRun, others: Mapping[str, PruneRun], init_con
         raise UnlearnLensError("'this run' names the checked run; give the other runs other names")
     masks = {"trained": runs, "random masks": random_control(runs)}
     if init_control:
+
         def tokens(r: PruneRun, key: str) -> TokenSet:  # the run's statistics and evaluation tokens, in one set
             return run_tokens(r, model, key, [r.config.collect_tokens, r.config.eval_tokens])
 

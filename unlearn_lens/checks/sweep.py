@@ -75,10 +75,18 @@ class SweepCell:
         """The cell's line of the comparison table (relative numbers are to the unpruned model)."""
         run = self.run
         xs, ys = run.relative_path()
-        out = {"ablation": self.ablation, "scoring": self.scoring, "steps": len(run.history) - 1,
-               "frac_mlp": run.final.n_mlp / run.dims.n_mlp, "frac_attn": run.final.n_attn / run.dims.n_attn,
-               "forget_rel": xs[-1], "retain_rel": ys[-1], "retain_at_forget": run.retain_at_forget(level),
-               "separability_area": run.separability_area(), "seconds": round(run.seconds, 1)}
+        out = {
+            "ablation": self.ablation,
+            "scoring": self.scoring,
+            "steps": len(run.history) - 1,
+            "frac_mlp": run.final.n_mlp / run.dims.n_mlp,
+            "frac_attn": run.final.n_attn / run.dims.n_attn,
+            "forget_rel": xs[-1],
+            "retain_rel": ys[-1],
+            "retain_at_forget": run.retain_at_forget(level),
+            "separability_area": run.separability_area(),
+            "seconds": round(run.seconds, 1),
+        }
         if run.baseline is not None:
             out["random_retain_at_forget"] = run.baseline.retain_at_forget(level)
             out["random_forget_rel"] = run.baseline.relative_path()[0][-1]
@@ -130,13 +138,22 @@ class Sweep:
             (tmp / "cells").mkdir()
             for c in self.cells:
                 c.run.save(tmp / "cells" / c.name)
-            write_json(tmp / "sweep.json", {
-                "library": "unlearn_lens", "format": SWEEP_FORMAT, "version": self.version,
-                "config": self.config.to_dict(), "level": self.level, "info": self.info,
-                "seconds": round(self.seconds, 3), "ablations": self.ablations, "scorings": self.scorings,
-                "cells": [{"name": c.name, "ablation": c.ablation, "scoring": c.scoring} for c in self.cells],
-                "table": self.table(),
-            })
+            write_json(
+                tmp / "sweep.json",
+                {
+                    "library": "unlearn_lens",
+                    "format": SWEEP_FORMAT,
+                    "version": self.version,
+                    "config": self.config.to_dict(),
+                    "level": self.level,
+                    "info": self.info,
+                    "seconds": round(self.seconds, 3),
+                    "ablations": self.ablations,
+                    "scorings": self.scorings,
+                    "cells": [{"name": c.name, "ablation": c.ablation, "scoring": c.scoring} for c in self.cells],
+                    "table": self.table(),
+                },
+            )
         return path
 
     @classmethod
@@ -153,10 +170,17 @@ class Sweep:
         if not isinstance(data, dict) or data.get("format") != SWEEP_FORMAT:
             raise UnlearnLensError(f"file {str(path / 'sweep.json')!r} is not a sweep file of this version")
         try:
-            cells = [SweepCell(c["ablation"], c["scoring"], PruneRun.load(path / "cells" / c["name"]))
-                     for c in data["cells"]]
-            return cls(cells, PruneConfig.from_dict(data["config"]), float(data["level"]), dict(data["info"]),
-                       data.get("version", "?"), float(data.get("seconds", 0.0)))
+            cells = [
+                SweepCell(c["ablation"], c["scoring"], PruneRun.load(path / "cells" / c["name"])) for c in data["cells"]
+            ]
+            return cls(
+                cells,
+                PruneConfig.from_dict(data["config"]),
+                float(data["level"]),
+                dict(data["info"]),
+                data.get("version", "?"),
+                float(data.get("seconds", 0.0)),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise UnlearnLensError(f"file {str(path / 'sweep.json')!r} is incomplete or corrupt ({exc!r})") from exc
 
@@ -207,8 +231,11 @@ def sweep(
     if not 0 < level < 1:
         raise UnlearnLensError(f"level must be in (0, 1), got {level!r}")
     cfg = config or PruneConfig()
-    grid = [(a, s) for a in _names(ablations, ABLATIONS, "ablation") for s in _names(scorings, SCORING_METHODS,
-                                                                                      "scoring method")]
+    grid = [
+        (a, s)
+        for a in _names(ablations, ABLATIONS, "ablation")
+        for s in _names(scorings, SCORING_METHODS, "scoring method")
+    ]
     t0 = time.time()
     data = {}
     for name, texts in (("forget", forget_texts), ("retain", retain_texts)):
@@ -216,8 +243,15 @@ def sweep(
         data[name] = TokenSet.concat(parts)
     cells = []
     for ablation, scoring in tqdm(grid, desc="sweep", unit="cell", disable=not progress):
-        cell_cfg = dataclasses.replace(cfg, ablation=ablation, mlp_ablation=None, attn_ablation=None,
-                                       scoring=scoring, mlp_scoring=None, attn_scoring=None)
+        cell_cfg = dataclasses.replace(
+            cfg,
+            ablation=ablation,
+            mlp_ablation=None,
+            attn_ablation=None,
+            scoring=scoring,
+            mlp_scoring=None,
+            attn_scoring=None,
+        )
         logger.info("sweep cell: ablation %s, scoring %s", ablation, scoring)
         run = selective_prune(model, data["forget"], data["retain"], cell_cfg, progress=progress, info=info)
         if baseline:
@@ -244,22 +278,54 @@ def sweep_figure(result: Sweep) -> go.Figure:
     from plotly.subplots import make_subplots
 
     ablations, scorings = result.ablations, result.scorings
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.58, 0.42], horizontal_spacing=0.12, subplot_titles=(
-        "retain vs forget, every step", f"retain top-1 where forget top-1 first falls to {result.level:.0%}"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.58, 0.42],
+        horizontal_spacing=0.12,
+        subplot_titles=(
+            "retain vs forget, every step",
+            f"retain top-1 where forget top-1 first falls to {result.level:.0%}",
+        ),
+    )
     for c in result.cells:
         xs, ys = c.run.relative_path()
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="lines+markers", name=c.name, legendgroup=c.scoring,
-            line={"color": _COLOURS[scorings.index(c.scoring) % len(_COLOURS)],
-                  "dash": _DASHES[ablations.index(c.ablation) % len(_DASHES)]}, marker={"size": 5},
-            hovertemplate=(f"{html.escape(c.name)}<br>forget %{{x:.1%}}<br>retain %{{y:.1%}}<extra></extra>")),
-            row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers",
+                name=c.name,
+                legendgroup=c.scoring,
+                line={
+                    "color": _COLOURS[scorings.index(c.scoring) % len(_COLOURS)],
+                    "dash": _DASHES[ablations.index(c.ablation) % len(_DASHES)],
+                },
+                marker={"size": 5},
+                hovertemplate=(f"{html.escape(c.name)}<br>forget %{{x:.1%}}<br>retain %{{y:.1%}}<extra></extra>"),
+            ),
+            row=1,
+            col=1,
+        )
     fig.add_vline(x=result.level, line={"color": "#999", "dash": "dot"}, row=1, col=1)
     z = [[result.cell(a, s).run.retain_at_forget(result.level) for s in scorings] for a in ablations]
-    fig.add_trace(go.Heatmap(
-        z=z, x=scorings, y=ablations, colorscale="Viridis", zmin=0, zmax=1, colorbar={"title": {"text": "retain"}},
-        text=[[_pct(v) for v in row] for row in z], texttemplate="%{text}", showscale=True,
-        hovertemplate="ablation %{y}<br>scoring %{x}<br>retain %{text}<extra></extra>"), row=1, col=2)
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            x=scorings,
+            y=ablations,
+            colorscale="Viridis",
+            zmin=0,
+            zmax=1,
+            colorbar={"title": {"text": "retain"}},
+            text=[[_pct(v) for v in row] for row in z],
+            texttemplate="%{text}",
+            showscale=True,
+            hovertemplate="ablation %{y}<br>scoring %{x}<br>retain %{text}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
     fig.update_xaxes(title_text="forget top-1 (relative)", autorange="reversed", tickformat=".0%", row=1, col=1)
     fig.update_yaxes(title_text="retain top-1 (relative)", tickformat=".0%", row=1, col=1)
     fig.update_xaxes(title_text="scoring", row=1, col=2)
@@ -304,28 +370,54 @@ def write_sweep_report(result: Sweep | str | os.PathLike, out_dir: str | os.Path
     reached = [r["retain_at_forget"] for r in rows if r["retain_at_forget"] is not None]
     best = max(reached) if reached else None
     with_random = any("random_retain_at_forget" in r for r in rows)
-    head = ["ablation", "scoring", f"retain at forget {result.level:.0%}", "area", "steps", "MLP pruned",
-            "attn pruned", "final forget", "final retain"] + (["random: retain at forget"] if with_random else [])
+    head = [
+        "ablation",
+        "scoring",
+        f"retain at forget {result.level:.0%}",
+        "area",
+        "steps",
+        "MLP pruned",
+        "attn pruned",
+        "final forget",
+        "final retain",
+    ] + (["random: retain at forget"] if with_random else [])
     lines = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
-        cells = [r["ablation"], r["scoring"], _pct(r["retain_at_forget"]), f"{r['separability_area']:.3f}",
-                 str(r["steps"]), f"{r['frac_mlp']:.1%}", f"{r['frac_attn']:.1%}", _pct(r["forget_rel"]),
-                 _pct(r["retain_rel"])] + ([_pct(r.get("random_retain_at_forget"))] if with_random else [])
+        cells = [
+            r["ablation"],
+            r["scoring"],
+            _pct(r["retain_at_forget"]),
+            f"{r['separability_area']:.3f}",
+            str(r["steps"]),
+            f"{r['frac_mlp']:.1%}",
+            f"{r['frac_attn']:.1%}",
+            _pct(r["forget_rel"]),
+            _pct(r["retain_rel"]),
+        ] + ([_pct(r.get("random_retain_at_forget"))] if with_random else [])
         cls = ' class="best"' if best is not None and r["retain_at_forget"] == best else ""
         lines.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     lines.append("</table>")
     cfg = result.config
-    intro = (f"Selective pruning of {html.escape(str(result.info.get('model', 'the model')))}: forget "
-             f"{html.escape(str(result.info.get('forget', '?')))}, retain {html.escape(str(result.info.get('retain', '?')))}. "
-             f"Every cell pruned {cfg.mlp_frac:g} of MLP and {cfg.attn_frac:g} of attention neurons per step for up to "
-             f"{cfg.n_steps} steps, with statistics from {cfg.collect_tokens:,} tokens and evaluation on "
-             f"{cfg.eval_tokens:,} other tokens of each dataset, the same tokens in every cell. "
-             f"The headline is retain top-1 (relative to the unpruned model) where forget top-1 first falls to "
-             f"{result.level:.0%}, interpolated between steps; — where it never fell that far. The best cell is shaded.")
-    legend = ("Left: each cell's path from the unpruned model (1, 1) step by step; further right and higher is "
-              "better. Colour: scoring method; dash: ablation. Right: the headline per cell.")
-    page = _PAGE.format(title="Sweep: ablations × scoring methods", intro=intro, table="\n".join(lines),
-                        legend=legend, figure=sweep_figure(result).to_html(include_plotlyjs=True, full_html=False))
+    intro = (
+        f"Selective pruning of {html.escape(str(result.info.get('model', 'the model')))}: forget "
+        f"{html.escape(str(result.info.get('forget', '?')))}, retain {html.escape(str(result.info.get('retain', '?')))}. "
+        f"Every cell pruned {cfg.mlp_frac:g} of MLP and {cfg.attn_frac:g} of attention neurons per step for up to "
+        f"{cfg.n_steps} steps, with statistics from {cfg.collect_tokens:,} tokens and evaluation on "
+        f"{cfg.eval_tokens:,} other tokens of each dataset, the same tokens in every cell. "
+        f"The headline is retain top-1 (relative to the unpruned model) where forget top-1 first falls to "
+        f"{result.level:.0%}, interpolated between steps; — where it never fell that far. The best cell is shaded."
+    )
+    legend = (
+        "Left: each cell's path from the unpruned model (1, 1) step by step; further right and higher is "
+        "better. Colour: scoring method; dash: ablation. Right: the headline per cell."
+    )
+    page = _PAGE.format(
+        title="Sweep: ablations × scoring methods",
+        intro=intro,
+        table="\n".join(lines),
+        legend=legend,
+        figure=sweep_figure(result).to_html(include_plotlyjs=True, full_html=False),
+    )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
     write_text(path, page)

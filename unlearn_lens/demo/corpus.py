@@ -96,11 +96,7 @@ def demo_model_dir() -> Path:
 
 
 def _is_docstring(node: ast.AST) -> bool:
-    return (
-        isinstance(node, ast.Expr)
-        and isinstance(node.value, ast.Constant)
-        and isinstance(node.value.value, str)
-    )
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
 
 
 def _docstring_nodes(tree: ast.Module) -> list[ast.Expr]:
@@ -294,9 +290,13 @@ def build_demo_corpus(root: Path | None = None) -> dict[str, dict[str, list[str]
     root = (root or _stdlib_root()).resolve()
     files, _ = _corpus_files(root)
     heldout = _heldout_files(root)
-    return {domain: {"train": [f[2 + i] for f in files if f[1] == "train" and f[2 + i].strip()],
-                     "heldout": [text for _, text in heldout[domain]]}
-            for i, domain in enumerate(DEMO_DOMAINS)}
+    return {
+        domain: {
+            "train": [f[2 + i] for f in files if f[1] == "train" and f[2 + i].strip()],
+            "heldout": [text for _, text in heldout[domain]],
+        }
+        for i, domain in enumerate(DEMO_DOMAINS)
+    }
 
 
 def _walk_order(relpath: str) -> list[tuple[int, str]]:
@@ -330,7 +330,8 @@ def pin_heldout_corpus(out_dir: str | os.PathLike, root: Path | None = None) -> 
         for part in PINNED_SPLITS:
             name = f"{domain}-{part}.jsonl.gz"
             checksums[name] = write_pinned_rows(
-                out / name, [{"path": rel, "text": text} for rel, text in rows if _part_of(rel) == part])
+                out / name, [{"path": rel, "text": text} for rel, text in rows if _part_of(rel) == part]
+            )
     return checksums
 
 
@@ -355,8 +356,9 @@ def pinned_rows(domain: str, part: str) -> list[dict[str, str]]:
         with gzip.open(path, "rt", encoding="utf-8") as f:
             return [json.loads(line) for line in f]
     except (OSError, json.JSONDecodeError) as exc:
-        raise UnlearnLensError(f"the pinned demo corpus file {str(path)!r} is missing or corrupt ({exc}); "
-                               "reinstall unlearn_lens") from exc
+        raise UnlearnLensError(
+            f"the pinned demo corpus file {str(path)!r} is missing or corrupt ({exc}); reinstall unlearn_lens"
+        ) from exc
 
 
 def _load_or_build() -> dict[str, dict[str, list[str]]]:

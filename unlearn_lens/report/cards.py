@@ -60,8 +60,15 @@ CARD_CSS = """
 """
 """Style sheet of the neuron cards (included once per page)."""
 
-_STAT_ROWS = (("tokens", "n"), ("mean", "mean"), ("std", "std"), ("mean |x|", "abs_mean"), ("RMS", "rms"),
-              ("freq (x > 0)", "freq"), ("max", "max"))
+_STAT_ROWS = (
+    ("tokens", "n"),
+    ("mean", "mean"),
+    ("std", "std"),
+    ("mean |x|", "abs_mean"),
+    ("RMS", "rms"),
+    ("freq (x > 0)", "freq"),
+    ("max", "max"),
+)
 
 
 @dataclass
@@ -118,6 +125,7 @@ def _capture(model: Any, tokens: TokenSet, units: Sequence[_Unit], batch_size: i
     for i, u in enumerate(units):
         by_hook.setdefault(u.hook, []).append(i)
     for name, members in by_hook.items():
+
         def fn(activation: torch.Tensor, hook: Any, members: list[int] = members) -> None:
             for i in members:
                 u = units[i]
@@ -171,16 +179,29 @@ def _stats_from_activations(acts: torch.Tensor, valid: torch.Tensor) -> dict[str
     if n == 0:
         return {name: math.nan for _, name in _STAT_ROWS} | {"n": 0}
     mean = float(x.mean())
-    return {"n": n, "mean": mean, "std": float(x.std(unbiased=False)), "abs_mean": float(x.abs().mean()),
-            "rms": float(x.pow(2).mean().sqrt()), "freq": float((x > 0).double().mean()), "max": float(x.max())}
+    return {
+        "n": n,
+        "mean": mean,
+        "std": float(x.std(unbiased=False)),
+        "abs_mean": float(x.abs().mean()),
+        "rms": float(x.pow(2).mean().sqrt()),
+        "freq": float((x > 0).double().mean()),
+        "max": float(x.max()),
+    }
 
 
 def _stats_from_object(stats: ActivationStats, u: _Unit) -> dict[str, float]:
     block = stats.mlp if u.kind == "mlp" else stats.attn
     index = (u.layer, u.index) if u.kind == "mlp" else (u.layer, u.head, u.d)
-    return {"n": int(block.count[index]), "mean": float(block.mean[index]), "std": float(block.std[index]),
-            "abs_mean": float(block.abs_mean[index]), "rms": float(block.rms[index]),
-            "freq": float(block.freq[index]), "max": float(block.max[index])}
+    return {
+        "n": int(block.count[index]),
+        "mean": float(block.mean[index]),
+        "std": float(block.std[index]),
+        "abs_mean": float(block.abs_mean[index]),
+        "rms": float(block.rms[index]),
+        "freq": float(block.freq[index]),
+        "max": float(block.max[index]),
+    }
 
 
 def _fmt(value: float) -> str:
@@ -230,8 +251,10 @@ def _token_span(text: str, token: int, act: float, scale: float, is_max: bool, s
     colour = f"rgba(231,76,60,{abs(a):.2f})" if a >= 0 else f"rgba(52,152,219,{abs(a):.2f})"
     classes = "ul-tok" + (" ul-max" if is_max else "") + (" ul-special" if special else "")
     body = html.escape(text.translate(_VISIBLE)) or "∅"
-    return (f'<span class="{classes}" style="background:{colour}" data-token="{token}" '
-            f'title="token {token}: {act:.4g}">{body}</span>')
+    return (
+        f'<span class="{classes}" style="background:{colour}" data-token="{token}" '
+        f'title="token {token}: {act:.4g}">{body}</span>'
+    )
 
 
 def _render_contexts(
@@ -249,8 +272,10 @@ def _render_contexts(
                 continue
             tok = int(tokens.tokens[row, p])
             spans.append(_token_span(decode(tok), tok, float(acts[row, p]), scale, p == pos, tok in decode.special))
-        items.append(f'<li><span class="ul-act">{float(acts[row, pos]):.3g}</span>'
-                     f'<span class="ul-ctx">{"".join(spans)}</span></li>')
+        items.append(
+            f'<li><span class="ul-act">{float(acts[row, pos]):.3g}</span>'
+            f'<span class="ul-ctx">{"".join(spans)}</span></li>'
+        )
     return f'<ol class="ul-contexts">{"".join(items)}</ol>'
 
 
@@ -301,7 +326,9 @@ def neuron_cards(
     if stats is not None:
         unknown = set(stats) - set(datasets)
         if unknown:
-            raise UnlearnLensError(f"stats given for {sorted(unknown)}, which are not among the datasets {sorted(datasets)}")
+            raise UnlearnLensError(
+                f"stats given for {sorted(unknown)}, which are not among the datasets {sorted(datasets)}"
+            )
     decode = _Decoder(getattr(model, "tokenizer", None))
     captured: dict[str, tuple[TokenSet, list[torch.Tensor]]] = {}
     for name, data in datasets.items():
@@ -310,11 +337,17 @@ def neuron_cards(
     before, after = context
     cards = []
     for i, u in enumerate(resolved):
-        table = {name: (_stats_from_object(stats[name], u) if stats is not None and name in stats
-                        else _stats_from_activations(acts[i], tokens.valid))
-                 for name, (tokens, acts) in captured.items()}
-        scale = max((float(acts[i][tokens.valid].abs().max()) if tokens.n_tokens else 0.0)
-                    for tokens, acts in captured.values())
+        table = {
+            name: (
+                _stats_from_object(stats[name], u)
+                if stats is not None and name in stats
+                else _stats_from_activations(acts[i], tokens.valid)
+            )
+            for name, (tokens, acts) in captured.items()
+        }
+        scale = max(
+            (float(acts[i][tokens.valid].abs().max()) if tokens.n_tokens else 0.0) for tokens, acts in captured.values()
+        )
         head = [f"<h3>{html.escape(u.label)}</h3>", f'<div class="ul-sub"><code>{html.escape(u.address)}</code>']
         if scores is not None:
             s = scores.mlp[u.layer, u.index] if u.kind == "mlp" else scores.attn[u.layer, u.head, u.d]
@@ -322,12 +355,17 @@ def neuron_cards(
         if masks is not None:
             m = masks.mlp[u.layer, u.index] if u.kind == "mlp" else masks.attn[u.layer, u.head, u.d]
             head.append(" · <b>pruned</b>" if bool(m) else " · not pruned")
-        source = ("statistics from the given ActivationStats" if stats is not None
-                  else "statistics over the tokens scanned here (BOS and padding excluded)")
+        source = (
+            "statistics from the given ActivationStats"
+            if stats is not None
+            else "statistics over the tokens scanned here (BOS and padding excluded)"
+        )
         head.append(f" · {source}</div>")
         names = list(captured)
         ratio_col = "forget" in table and "retain" in table
-        header = "".join(f"<th>{html.escape(n)}</th>" for n in names) + ("<th>forget / retain</th>" if ratio_col else "")
+        header = "".join(f"<th>{html.escape(n)}</th>" for n in names) + (
+            "<th>forget / retain</th>" if ratio_col else ""
+        )
         rows = []
         for label, key in _STAT_ROWS:
             cells = "".join(f"<td>{_fmt(table[n][key])}</td>" for n in names)
@@ -336,15 +374,19 @@ def neuron_cards(
                 ratio = f / r if key not in ("n", "mean", "max") and r else None
                 cells += f"<td>{_fmt(ratio) if ratio is not None else ''}</td>"
             rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
-        stats_html = (f'<table class="ul-stats"><thead><tr><th>statistic</th>{header}</tr></thead>'
-                      f'<tbody>{"".join(rows)}</tbody></table>')
+        stats_html = (
+            f'<table class="ul-stats"><thead><tr><th>statistic</th>{header}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>"
+        )
         contexts = []
         for name, (tokens, acts) in captured.items():
             contexts.append(f"<h4>Top {n_contexts} contexts on {html.escape(name)}</h4>")
             contexts.append(_render_contexts(tokens, acts[i], decode, n_contexts, before, after, scale))
         style = f"<style>{CARD_CSS}</style>" if include_css else ""
-        cards.append(f'{style}<div class="ul-card" data-layer="{u.layer}" data-unit="{u.index}" data-kind="{u.kind}">'
-                     f'{"".join(head)}{stats_html}{"".join(contexts)}</div>')
+        cards.append(
+            f'{style}<div class="ul-card" data-layer="{u.layer}" data-unit="{u.index}" data-kind="{u.kind}">'
+            f"{''.join(head)}{stats_html}{''.join(contexts)}</div>"
+        )
     return cards
 
 
@@ -401,7 +443,19 @@ def neuron_card(
         The card as an HTML string (a ``div`` of class ``ul-card``; all text escaped).
     """
     return neuron_cards(
-        model, texts, [(layer, unit)], kind, forget_texts=forget_texts, retain_texts=retain_texts,
-        n_contexts=n_contexts, max_tokens=max_tokens, seq_len=seq_len, batch_size=batch_size, stats=stats,
-        scores=scores, masks=masks, context=context, include_css=include_css,
+        model,
+        texts,
+        [(layer, unit)],
+        kind,
+        forget_texts=forget_texts,
+        retain_texts=retain_texts,
+        n_contexts=n_contexts,
+        max_tokens=max_tokens,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        stats=stats,
+        scores=scores,
+        masks=masks,
+        context=context,
+        include_css=include_css,
     )[0]

@@ -33,8 +33,15 @@ from unlearn_lens.report.cards import _VISIBLE, _Decoder
 from unlearn_lens.results import PruneRun
 from unlearn_lens.stats import ActivationStats, stream_units
 
-__all__ = ["EXPLORER_CSS", "EXPLORER_FORMAT", "TopActivations", "explorer_data", "explorer_html", "top_activations",
-           "unit_order"]
+__all__ = [
+    "EXPLORER_CSS",
+    "EXPLORER_FORMAT",
+    "TopActivations",
+    "explorer_data",
+    "explorer_html",
+    "top_activations",
+    "unit_order",
+]
 
 EXPLORER_FORMAT = 1  # version of the data layout of explorer_data
 LEVELS = 12  # window activations are stored as integers in [-LEVELS, LEVELS], in units of the unit's scale / LEVELS
@@ -110,8 +117,14 @@ def _window_index(tokens: TokenSet, before: int, after: int) -> Int[torch.Tensor
 
 @torch.no_grad()
 def top_activations(
-    model: Any, texts: Sequence[str] | TokenSet, *, k: int = 12, context: tuple[int, int] = (8, 3),
-    max_tokens: int | None = 20_000, seq_len: int | None = None, batch_size: int = 8,
+    model: Any,
+    texts: Sequence[str] | TokenSet,
+    *,
+    k: int = 12,
+    context: tuple[int, int] = (8, 3),
+    max_tokens: int | None = 20_000,
+    seq_len: int | None = None,
+    batch_size: int = 8,
 ) -> TopActivations:
     """Statistics and the top-``k`` activating tokens of every MLP and attention neuron, in one pass.
 
@@ -145,18 +158,32 @@ def top_activations(
             top[kind, layer] = _RunningTopK(x.shape[1], k, before + after + 1, x.device)
         top[kind, layer].update(x, window_of)
 
-    if stream_units(model, tokens, update, batch_size=batch_size, progress=False, desc="explorer",
-                    owner="top_activations") != tokens.n_tokens:
+    if (
+        stream_units(
+            model, tokens, update, batch_size=batch_size, progress=False, desc="explorer", owner="top_activations"
+        )
+        != tokens.n_tokens
+    ):
         raise UnlearnLensError("top_activations runs in one process: call it outside a torch.distributed group")
     flat = tokens.valid.reshape(-1).nonzero().squeeze(1).to(device)
     parts: list[_RunningTopK] = [
-        top.get((kind, layer)) or _RunningTopK(dims.d_mlp if kind == "mlp" else dims.n_heads * dims.d_head, k,
-                                               before + after + 1, device)  # no counted tokens at all
-        for kind in ("mlp", "attn") for layer in range(dims.n_layers)]
+        top.get((kind, layer))
+        or _RunningTopK(
+            dims.d_mlp if kind == "mlp" else dims.n_heads * dims.d_head, k, before + after + 1, device
+        )  # no counted tokens at all
+        for kind in ("mlp", "attn")
+        for layer in range(dims.n_layers)
+    ]
     positions = [torch.where(t.index >= 0, flat[t.index.clamp(min=0)] if flat.numel() else -1, -1).T for t in parts]
     stats.meta = {"n_tokens": stats.n_tokens}
-    return TopActivations(tokens, stats, torch.cat([t.values.T for t in parts]).cpu(), torch.cat(positions).cpu(),
-                          torch.cat([t.windows.transpose(0, 1) for t in parts]).cpu(), (before, after))
+    return TopActivations(
+        tokens,
+        stats,
+        torch.cat([t.values.T for t in parts]).cpu(),
+        torch.cat(positions).cpu(),
+        torch.cat([t.windows.transpose(0, 1) for t in parts]).cpu(),
+        (before, after),
+    )
 
 
 # --- the data of the page -------------------------------------------------------------------------------------
@@ -164,8 +191,9 @@ def top_activations(
 
 def unit_order(dims: ModelDims) -> list[tuple[str, int, int]]:
     """``(kind, layer, unit)`` of every unit in the explorer's order (attention ``unit`` = ``head * d_head + d``)."""
-    return ([("mlp", layer, i) for layer in range(dims.n_layers) for i in range(dims.d_mlp)]
-            + [("attn", layer, i) for layer in range(dims.n_layers) for i in range(dims.n_heads * dims.d_head)])
+    return [("mlp", layer, i) for layer in range(dims.n_layers) for i in range(dims.d_mlp)] + [
+        ("attn", layer, i) for layer in range(dims.n_layers) for i in range(dims.n_heads * dims.d_head)
+    ]
 
 
 def _flat(mlp: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:  # [layer d_mlp], [layer head d_head] -> [unit]
@@ -191,9 +219,18 @@ def _distinct(values: torch.Tensor, positions: torch.Tensor, n: int, gap: int, w
 
 
 def explorer_data(
-    run: PruneRun, model: Any, forget_texts: Sequence[str] | TokenSet, retain_texts: Sequence[str] | TokenSet | None = None,
-    *, max_tokens: int | None = 20_000, n_contexts: int = 3, context: tuple[int, int] = (8, 3),
-    candidates: int | None = None, seq_len: int | None = None, batch_size: int | None = None, digits: int = 4,
+    run: PruneRun,
+    model: Any,
+    forget_texts: Sequence[str] | TokenSet,
+    retain_texts: Sequence[str] | TokenSet | None = None,
+    *,
+    max_tokens: int | None = 20_000,
+    n_contexts: int = 3,
+    context: tuple[int, int] = (8, 3),
+    candidates: int | None = None,
+    seq_len: int | None = None,
+    batch_size: int | None = None,
+    digits: int = 4,
 ) -> dict[str, Any]:
     """The explorer's data: every unit's score, statistics, pruned step and top contexts, as JSON-ready columns.
 
@@ -237,51 +274,81 @@ def explorer_data(
     before, after = context
     k = max(1, candidates if candidates is not None else 4 * n_contexts)
     datasets = {"forget": forget_texts} | ({} if retain_texts is None else {"retain": retain_texts})
-    scans = {name: top_activations(model, texts, k=k, context=context, max_tokens=max_tokens,
-                                   seq_len=seq_len if seq_len is not None else run.config.seq_len,
-                                   batch_size=batch_size or run.config.batch_size)
-             for name, texts in datasets.items()}
+    scans = {
+        name: top_activations(
+            model,
+            texts,
+            k=k,
+            context=context,
+            max_tokens=max_tokens,
+            seq_len=seq_len if seq_len is not None else run.config.seq_len,
+            batch_size=batch_size or run.config.batch_size,
+        )
+        for name, texts in datasets.items()
+    }
     decode, vocab_of = _Decoder(getattr(model, "tokenizer", None)), {}
     for scan in scans.values():
         for token in sorted(set(scan.tokens.tokens[scan.tokens.valid].tolist())):
             vocab_of.setdefault(token, len(vocab_of))
     lut = torch.full((max([*vocab_of, 0]) + 1,), -1, dtype=torch.long)  # token id -> vocab index
     lut[torch.tensor(list(vocab_of), dtype=torch.long)] = torch.arange(len(vocab_of))
-    chosen = {name: _distinct(s.values, s.positions, n_contexts, before, s.tokens.tokens.shape[1])
-              for name, s in scans.items()}
-    windows = {name: s.windows.gather(1, chosen[name].clamp(min=0)[..., None].expand(-1, -1, before + after + 1))
-               .masked_fill((chosen[name] < 0)[..., None], math.nan) for name, s in scans.items()}
+    chosen = {
+        name: _distinct(s.values, s.positions, n_contexts, before, s.tokens.tokens.shape[1])
+        for name, s in scans.items()
+    }
+    windows = {
+        name: s.windows.gather(1, chosen[name].clamp(min=0)[..., None].expand(-1, -1, before + after + 1)).masked_fill(
+            (chosen[name] < 0)[..., None], math.nan
+        )
+        for name, s in scans.items()
+    }
     scale = torch.stack([w.abs().nan_to_num(0.0).amax((1, 2)) for w in windows.values()]).amax(0)
     sets = []
     for name, s in scans.items():
         c, block = chosen[name], s.stats
         level = (windows[name] / scale.clamp(min=1e-30)[:, None, None] * LEVELS).round().clamp(-LEVELS, LEVELS)
         codes = (level.nan_to_num(-LEVELS - 1) + LEVELS + 1).long().reshape(-1).tolist()
-        sets.append({
-            "name": name, "n_tokens": s.tokens.n_tokens, "width": int(s.tokens.tokens.shape[1]),
-            "tok": torch.where(s.tokens.valid, lut[s.tokens.tokens.clamp(0, lut.numel() - 1)], -1).reshape(-1).tolist(),
-            "mean": _rounded(_flat(block.mlp.mean, block.attn.mean), digits),
-            "abs_mean": _rounded(_flat(block.mlp.abs_mean, block.attn.abs_mean), digits),
-            "freq": _rounded(_flat(block.mlp.freq, block.attn.freq), digits),
-            "pos": torch.where(c >= 0, s.positions.gather(1, c.clamp(min=0)), -1).reshape(-1).tolist(),
-            "act": _rounded(torch.where(c >= 0, s.values.gather(1, c.clamp(min=0)), math.nan).reshape(-1), digits),
-            "win": "".join(("." + _ALPHABET)[q] for q in codes),
-        })
+        sets.append(
+            {
+                "name": name,
+                "n_tokens": s.tokens.n_tokens,
+                "width": int(s.tokens.tokens.shape[1]),
+                "tok": torch.where(s.tokens.valid, lut[s.tokens.tokens.clamp(0, lut.numel() - 1)], -1)
+                .reshape(-1)
+                .tolist(),
+                "mean": _rounded(_flat(block.mlp.mean, block.attn.mean), digits),
+                "abs_mean": _rounded(_flat(block.mlp.abs_mean, block.attn.abs_mean), digits),
+                "freq": _rounded(_flat(block.mlp.freq, block.attn.freq), digits),
+                "pos": torch.where(c >= 0, s.positions.gather(1, c.clamp(min=0)), -1).reshape(-1).tolist(),
+                "act": _rounded(torch.where(c >= 0, s.values.gather(1, c.clamp(min=0)), math.nan).reshape(-1), digits),
+                "win": "".join(("." + _ALPHABET)[q] for q in codes),
+            }
+        )
     scores = run.initial_scores if run.initial_scores is not None else run.scores
     steps = run.pruned_step
     return {
-        "format": EXPLORER_FORMAT, "dims": dims.to_dict(),
+        "format": EXPLORER_FORMAT,
+        "dims": dims.to_dict(),
         "hooks": {kind: hook_name(kind, 0).replace(".0.", ".{l}.", 1) for kind in ("mlp", "attn")},
         "score": None if scores is None else _rounded(_flat(scores.mlp, scores.attn), digits),
         "score_methods": None if scores is None else {kind: scores.method_of(kind) for kind in ("mlp", "attn")},
-        "score_from": ("" if scores is None else "the unpruned model (step 1)" if run.initial_scores is not None
-                       else "the last step (the already pruned model)"),
+        "score_from": (
+            ""
+            if scores is None
+            else "the unpruned model (step 1)"
+            if run.initial_scores is not None
+            else "the last step (the already pruned model)"
+        ),
         "step": (_flat(*steps) if steps is not None else -_flat(run.masks.mlp, run.masks.attn).int()).tolist(),
-        "step_known": steps is not None, "last_step": run.final.step,
-        "window": [before, after], "levels": LEVELS, "n_contexts": n_contexts,
+        "step_known": steps is not None,
+        "last_step": run.final.step,
+        "window": [before, after],
+        "levels": LEVELS,
+        "n_contexts": n_contexts,
         "vocab": [decode(t).translate(_VISIBLE) for t in vocab_of],
         "special": [i for t, i in vocab_of.items() if t in decode.special],
-        "scale": _rounded(scale, digits), "sets": sets,
+        "scale": _rounded(scale, digits),
+        "sets": sets,
     }
 
 
@@ -304,16 +371,22 @@ def explorer_html(data: Mapping[str, Any], *, include_css: bool = True) -> str:
     Returns:
         The HTML fragment (one ``div.ulx`` and its script).
     """
-    payload = (json.dumps(data, separators=(",", ":"), allow_nan=False)
-               .replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
-    return ((f"<style>{EXPLORER_CSS}</style>\n" if include_css else "")
-            + '<div class="ulx" data-ulx><div class="ulx-bar"><input type="search" class="ulx-q" '
-            'placeholder="search: L2 mlp 17 · L1.H3.D5 · attn · pruned · step2 · score>5 · ratio<0.5" '
-            'aria-label="search units"><span class="ulx-count"></span></div>'
-            '<div class="ulx-head" role="row"></div><div class="ulx-scroll"><div class="ulx-spacer">'
-            '<div class="ulx-rows"></div></div></div><div class="ulx-detail"></div>'
-            f'<script type="application/json" class="ulx-data">{payload}</script></div>\n'
-            f"<script>{EXPLORER_JS}</script>\n")
+    payload = (
+        json.dumps(data, separators=(",", ":"), allow_nan=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
+    return (
+        (f"<style>{EXPLORER_CSS}</style>\n" if include_css else "")
+        + '<div class="ulx" data-ulx><div class="ulx-bar"><input type="search" class="ulx-q" '
+        'placeholder="search: L2 mlp 17 · L1.H3.D5 · attn · pruned · step2 · score>5 · ratio<0.5" '
+        'aria-label="search units"><span class="ulx-count"></span></div>'
+        '<div class="ulx-head" role="row"></div><div class="ulx-scroll"><div class="ulx-spacer">'
+        '<div class="ulx-rows"></div></div></div><div class="ulx-detail"></div>'
+        f'<script type="application/json" class="ulx-data">{payload}</script></div>\n'
+        f"<script>{EXPLORER_JS}</script>\n"
+    )
 
 
 EXPLORER_CSS = """

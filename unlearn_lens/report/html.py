@@ -57,33 +57,35 @@ class _Section:
 
 _EXPLAIN = {
     "effects": "Next-token accuracy and loss on held-out forget and retain tokens after each pruning step; x is the "
-               "share of units pruned so far. Selective pruning should make forget performance fall much faster "
-               "than retain performance; the random run (same number of units per layer) is the control.",
+    "share of units pruned so far. Selective pruning should make forget performance fall much faster "
+    "than retain performance; the random run (same number of units per layer) is the control.",
     "separability": "Each point is a pruning step: forget top-1 (x) and retain top-1 (y), both relative to the "
-                    "unpruned model, starting at (1, 1). The star on a path is the headline number: retain top-1 "
-                    f"where forget top-1 first falls to {pct(HEADLINE_LEVEL)} (the dashed line), interpolated "
-                    "between steps. The shaded region is the path closed by a straight (dotted) line from its last "
-                    "step to (0, 0): the separability area, about 0.5 when both fall together (the dotted diagonal) "
-                    "and approaching 1 when forget collapses while retain holds. Because of that closing line the "
-                    "area depends on where the run stopped.",
+    "unpruned model, starting at (1, 1). The star on a path is the headline number: retain top-1 "
+    f"where forget top-1 first falls to {pct(HEADLINE_LEVEL)} (the dashed line), interpolated "
+    "between steps. The shaded region is the path closed by a straight (dotted) line from its last "
+    "step to (0, 0): the separability area, about 0.5 when both fall together (the dotted diagonal) "
+    "and approaching 1 when forget collapses while retain holds. Because of that closing line the "
+    "area depends on where the run stopped.",
     "map_mlp": "Score of every MLP neuron, sorted within each layer (highest first). Red: more important for "
-               "forget than retain; blue: the reverse. Black ticks mark the neurons pruned by the end of the run; "
-               "steps after the first chose from scores re-collected on the pruned model, so not every tick sits "
-               "at the left edge.",
+    "forget than retain; blue: the reverse. Black ticks mark the neurons pruned by the end of the run; "
+    "steps after the first chose from scores re-collected on the pruned model, so not every tick sits "
+    "at the left edge.",
     "map_attn": "The same for attention neurons (each head's d_head outputs, flattened as head × d_head + d).",
     "heads": "Left: the score of each whole head (the mean or median of its neurons' scores). Right: the share of "
-             "each head's neurons that was pruned.",
+    "each head's neurons that was pruned.",
     "dist": "Spread of the scores in each layer: where the forget-specific outliers live.",
     "per_layer": "How many units each step took from each layer (selective run). The random baseline takes the "
-                 "same counts per layer, so this also describes it.",
+    "same counts per layer, so this also describes it.",
 }
 
 
 def _score_note(scores: Scores, which: str, kind: str) -> str:
     method = scores.method_of(kind)
     if method in RATIO_METHODS:
-        scale = (f"Colours and values are log10 of the '{method}' score ratio (0 = equally important for both "
-                 "datasets; scores below 1e-6 are drawn at −6).")
+        scale = (
+            f"Colours and values are log10 of the '{method}' score ratio (0 = equally important for both "
+            "datasets; scores below 1e-6 are drawn at −6)."
+        )
     else:
         scale = f"The '{method}' score is not a ratio; values are shown as they are."
     return f"Scores: {which}. {scale}"
@@ -91,17 +93,26 @@ def _score_note(scores: Scores, which: str, kind: str) -> str:
 
 def _figure(fig: Any, anchor: str) -> Markup:
     """A figure as a plotly div, without plotly.js (which the page head holds once)."""
-    return Markup(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{anchor}",
-                              config={"displaylogo": False, "responsive": True}))
+    return Markup(
+        fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"fig-{anchor}",
+            config={"displaylogo": False, "responsive": True},
+        )
+    )
 
 
 def _figure_sections(runs: dict[str, list[PruneRun]], main: PruneRun) -> list[_Section]:
     from unlearn_lens.report import viz
 
-    effects = _Section("effects", "Forget and retain performance", [_EXPLAIN["effects"]],
-                       figures=[_figure(viz.pruning_effects(runs), "effects")],
-                       steps=[steps_table(f"{n} seed {r.seed}" if len(g) > 1 else n, r)
-                              for n, g in runs.items() for r in g])
+    effects = _Section(
+        "effects",
+        "Forget and retain performance",
+        [_EXPLAIN["effects"]],
+        figures=[_figure(viz.pruning_effects(runs), "effects")],
+        steps=[steps_table(f"{n} seed {r.seed}" if len(g) > 1 else n, r) for n, g in runs.items() for r in g],
+    )
     sep = _Section("separability", "Separability", [_EXPLAIN["separability"]])
     try:
         sep.figures.append(_figure(viz.separability_trajectory(runs, level=HEADLINE_LEVEL), "separability"))
@@ -110,34 +121,65 @@ def _figure_sections(runs: dict[str, list[PruneRun]], main: PruneRun) -> list[_S
     for name, group in runs.items():
         if len(group) > 1:
             seeds = ", ".join(str(r.seed) for r in group)
-            effects.explain.append(f"The {name} run is drawn over {len(group)} seeds ({seeds}): the shaded band "
-                                   "spans their minimum and maximum at each step, the line is their mean.")
-            sep.explain.append(f"Each of the {len(group)} seeds of the {name} run ({seeds}) is drawn as its own "
-                               "thin, lightly shaded path, with a star where it reaches the dashed line.")
+            effects.explain.append(
+                f"The {name} run is drawn over {len(group)} seeds ({seeds}): the shaded band "
+                "spans their minimum and maximum at each step, the line is their mean."
+            )
+            sep.explain.append(
+                f"Each of the {len(group)} seeds of the {name} run ({seeds}) is drawn as its own "
+                "thin, lightly shaded path, with a star where it reaches the dashed line."
+            )
     sections = [effects, sep]
     scores, which = main.initial_scores, "the unpruned model (step 1), the ranking the first step pruned by"
     if scores is None and main.scores is not None:
         scores, which = main.scores, "the last step, collected on the already pruned model"
     if scores is None:
-        sections.append(_Section("scores", "Unit scores", notes=[
-            "This run has no saved scores (random runs have none), so the specialisation maps and score "
-            "distributions are left out."]))
+        sections.append(
+            _Section(
+                "scores",
+                "Unit scores",
+                notes=[
+                    "This run has no saved scores (random runs have none), so the specialisation maps and score "
+                    "distributions are left out."
+                ],
+            )
+        )
     else:
         sections += [
-            _Section("map-mlp", "Where the forget-specific MLP neurons are",
-                     [_EXPLAIN["map_mlp"], _score_note(scores, which, "mlp")],
-                     figures=[_figure(viz.specialisation_map(scores, main.masks, "mlp"), "map-mlp")]),
-            _Section("map-attn", "Where the forget-specific attention neurons are",
-                     [_EXPLAIN["map_attn"], _score_note(scores, which, "attn")],
-                     figures=[_figure(viz.specialisation_map(scores, main.masks, "attn"), "map-attn")]),
-            _Section("heads", "Attention heads", [_EXPLAIN["heads"]],
-                     figures=[_figure(viz.head_map(scores, main.masks, agg=main.config.head_agg), "heads")]),
-            _Section("dist", "Score distributions", [_EXPLAIN["dist"]],
-                     figures=[_figure(viz.score_distributions(scores, "mlp"), "dist-mlp"),
-                              _figure(viz.score_distributions(scores, "attn"), "dist-attn")]),
+            _Section(
+                "map-mlp",
+                "Where the forget-specific MLP neurons are",
+                [_EXPLAIN["map_mlp"], _score_note(scores, which, "mlp")],
+                figures=[_figure(viz.specialisation_map(scores, main.masks, "mlp"), "map-mlp")],
+            ),
+            _Section(
+                "map-attn",
+                "Where the forget-specific attention neurons are",
+                [_EXPLAIN["map_attn"], _score_note(scores, which, "attn")],
+                figures=[_figure(viz.specialisation_map(scores, main.masks, "attn"), "map-attn")],
+            ),
+            _Section(
+                "heads",
+                "Attention heads",
+                [_EXPLAIN["heads"]],
+                figures=[_figure(viz.head_map(scores, main.masks, agg=main.config.head_agg), "heads")],
+            ),
+            _Section(
+                "dist",
+                "Score distributions",
+                [_EXPLAIN["dist"]],
+                figures=[
+                    _figure(viz.score_distributions(scores, "mlp"), "dist-mlp"),
+                    _figure(viz.score_distributions(scores, "attn"), "dist-attn"),
+                ],
+            ),
         ]
-    per_layer = _Section("per-layer", "Units pruned per layer", [_EXPLAIN["per_layer"]],
-                         figures=[_figure(viz.pruned_per_layer(main, "mlp"), "pl-mlp")])
+    per_layer = _Section(
+        "per-layer",
+        "Units pruned per layer",
+        [_EXPLAIN["per_layer"]],
+        figures=[_figure(viz.pruned_per_layer(main, "mlp"), "pl-mlp")],
+    )
     if main.final.n_attn:
         per_layer.figures.append(_figure(viz.pruned_per_layer(main, "attn"), "pl-attn"))
     return [*sections, per_layer]
@@ -147,8 +189,13 @@ def _figure_sections(runs: dict[str, list[PruneRun]], main: PruneRun) -> list[_S
 
 
 def _card_inputs(
-    run: PruneRun, model: Any, forget_texts: Any, retain_texts: Any, load_model_from_results: bool,
-    device: str | None, card_tokens: int,
+    run: PruneRun,
+    model: Any,
+    forget_texts: Any,
+    retain_texts: Any,
+    load_model_from_results: bool,
+    device: str | None,
+    card_tokens: int,
 ) -> tuple[Any, Any, Any, str | None]:
     """The model and texts for the neuron cards, or a note saying why there are none.
 
@@ -161,10 +208,16 @@ def _card_inputs(
     info = run.info
     if model is None or isinstance(model, (str, os.PathLike)):
         if model is None and not load_model_from_results:
-            return None, None, None, Markup(
-                "No model was given, so there are no neuron cards. Rebuild the report with "
-                "<code>unlearn-lens report RUN_DIR</code> (which loads the model named in results.json) or "
-                "<code>write_report(..., model=...)</code>.")
+            return (
+                None,
+                None,
+                None,
+                Markup(
+                    "No model was given, so there are no neuron cards. Rebuild the report with "
+                    "<code>unlearn-lens report RUN_DIR</code> (which loads the model named in results.json) or "
+                    "<code>write_report(..., model=...)</code>."
+                ),
+            )
         name = model if model is not None else (info.get("model") or run.model)
         if not name:
             return None, None, None, "The run names no model, so there are no neuron cards."
@@ -188,8 +241,17 @@ def _card_inputs(
 
 
 def _cards_section(
-    run: PruneRun, *, model: Any, forget_texts: Any, retain_texts: Any, n_cards: int, load_model_from_results: bool,
-    device: str | None, card_tokens: int, n_contexts: int, inputs: tuple[Any, Any, Any, str | None] | None = None,
+    run: PruneRun,
+    *,
+    model: Any,
+    forget_texts: Any,
+    retain_texts: Any,
+    n_cards: int,
+    load_model_from_results: bool,
+    device: str | None,
+    card_tokens: int,
+    n_contexts: int,
+    inputs: tuple[Any, Any, Any, str | None] | None = None,
 ) -> _Section:
     from unlearn_lens.models import ModelDims
     from unlearn_lens.report.cards import neuron_cards
@@ -202,19 +264,33 @@ def _cards_section(
     if scores is None:
         section.notes.append("No scores are saved, so there is no ranking of units to pick neuron cards from.")
         return section
-    model, forget, retain, note = inputs or _card_inputs(run, model, forget_texts, retain_texts,
-                                                         load_model_from_results, device, card_tokens)
+    model, forget, retain, note = inputs or _card_inputs(
+        run, model, forget_texts, retain_texts, load_model_from_results, device, card_tokens
+    )
     if note is None:
         try:
             dims = ModelDims.of(model)
             if dims != run.dims:
-                note = (f"The model has units {dims.to_dict()}, but the run was made for {run.dims.to_dict()}; "
-                        "no neuron cards.")
+                note = (
+                    f"The model has units {dims.to_dict()}, but the run was made for {run.dims.to_dict()}; "
+                    "no neuron cards."
+                )
             else:
-                cards = neuron_cards(model, None, top_units(scores, n_cards, "mlp"), "mlp", forget_texts=forget,
-                                     retain_texts=retain, n_contexts=n_contexts, max_tokens=card_tokens,
-                                     seq_len=run.config.seq_len, batch_size=run.config.batch_size, scores=scores,
-                                     masks=run.masks, include_css=False)
+                cards = neuron_cards(
+                    model,
+                    None,
+                    top_units(scores, n_cards, "mlp"),
+                    "mlp",
+                    forget_texts=forget,
+                    retain_texts=retain,
+                    n_contexts=n_contexts,
+                    max_tokens=card_tokens,
+                    seq_len=run.config.seq_len,
+                    batch_size=run.config.batch_size,
+                    scores=scores,
+                    masks=run.masks,
+                    include_css=False,
+                )
         except UnlearnLensError as exc:
             note = f"Neuron cards could not be made: {exc}"
     if note is not None:
@@ -225,7 +301,8 @@ def _cards_section(
         f"The {len(cards)} MLP neurons with the highest score on the unpruned model. Statistics are over up to "
         f"{card_tokens:,} tokens of each dataset, read on the unpruned model (BOS excluded); the ratio column "
         "divides forget by retain. Each context shows the tokens before a top-activating token (outlined) and a "
-        "few after, coloured by the neuron's activation (red positive, blue negative). ↵ marks a newline.")
+        "few after, coloured by the neuron's activation (red positive, blue negative). ↵ marks a newline."
+    )
     section.cards = [Markup(card) for card in cards]
     return section
 
@@ -257,10 +334,13 @@ def _explorer_section(run: PruneRun, inputs: tuple[Any, Any, Any, str | None] | 
         "tokens of each dataset on the unpruned model (BOS excluded), and the ratio divides forget mean |x| by "
         "retain mean |x|; “pruned” is the step that pruned the unit. Click a column to sort; search by words such "
         "as L2 mlp 17, L1.H3.D5, attn H3, pruned, kept, step2, score>5 or ratio<0.5 (all must match); click a row "
-        "(or press Enter on it) for the unit's top-activating contexts on each dataset, coloured as in the cards.")
+        "(or press Enter on it) for the unit's top-activating contexts on each dataset, coloured as in the cards."
+    )
     if not data["step_known"]:
-        section.notes.append("This run directory does not record at which step each unit was pruned (it was "
-                             "written before pruned_step.safetensors existed): pruned units show “?”.")
+        section.notes.append(
+            "This run directory does not record at which step each unit was pruned (it was "
+            "written before pruned_step.safetensors existed): pruned units show “?”."
+        )
     return section
 
 
@@ -268,8 +348,12 @@ def _checks_section(checks: Any) -> _Section:
     """Relearning and membership checks (:mod:`unlearn_lens.checks.suite`), or how to add them."""
     section = _Section("checks", "Checks beyond the paper: relearning, membership, overlap")
     if checks is None:
-        section.notes.append(Markup("No checks of this run yet: <code>unlearn-lens check RUN_DIR</code> adds "
-                                    "relearning, membership and overlap checks and rebuilds this report."))
+        section.notes.append(
+            Markup(
+                "No checks of this run yet: <code>unlearn-lens check RUN_DIR</code> adds "
+                "relearning, membership and overlap checks and rebuilds this report."
+            )
+        )
         return section
     parts = checks.report_parts()
     section.explain, section.notes = parts["explain"], parts["notes"]
@@ -288,10 +372,17 @@ def _render(**context: Any) -> str:
     from unlearn_lens.report.cards import CARD_CSS
     from unlearn_lens.report.explorer import EXPLORER_CSS
 
-    env = Environment(loader=PackageLoader("unlearn_lens.report", "templates"), autoescape=True,
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    return env.get_template(TEMPLATE_NAME).render(plotlyjs=Markup(get_plotlyjs()), card_css=Markup(CARD_CSS),
-                                                  explorer_css=Markup(EXPLORER_CSS), **context)
+    env = Environment(
+        loader=PackageLoader("unlearn_lens.report", "templates"),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return env.get_template(TEMPLATE_NAME).render(
+        plotlyjs=Markup(get_plotlyjs()), card_css=Markup(CARD_CSS), explorer_css=Markup(EXPLORER_CSS), **context
+    )
 
 
 def write_report(
@@ -359,19 +450,42 @@ def write_report(
     check_output_dir(out, overwrite=True)  # fail before loading a model for the cards
     runs = run_groups(run)  # every seed of the random baseline
     model_label = run.info.get("model") or run.model or "model"
-    meta = {"forget": run.info.get("forget", "?"), "retain": run.info.get("retain", "?"), "runs": [group_label(n, g) for n, g in runs.items()],
-            "written": time.strftime("%Y-%m-%d %H:%M"), "run_dir": str(out)}
+    meta = {
+        "forget": run.info.get("forget", "?"),
+        "retain": run.info.get("retain", "?"),
+        "runs": [group_label(n, g) for n, g in runs.items()],
+        "written": time.strftime("%Y-%m-%d %H:%M"),
+        "run_dir": str(out),
+    }
     sections = _figure_sections(runs, run) + [_checks_section(checks)]
     inputs = None  # the model and texts, resolved once for the cards and the explorer
     if explorer:
-        inputs = _card_inputs(run, model, forget_texts, retain_texts, load_model_from_results, device,
-                              max(card_tokens, explorer_tokens))
-    sections.append(_cards_section(run, model=model, forget_texts=forget_texts, retain_texts=retain_texts,
-                                   n_cards=n_cards, load_model_from_results=load_model_from_results, device=device,
-                                   card_tokens=card_tokens, n_contexts=n_contexts, inputs=inputs))
+        inputs = _card_inputs(
+            run, model, forget_texts, retain_texts, load_model_from_results, device, max(card_tokens, explorer_tokens)
+        )
+    sections.append(
+        _cards_section(
+            run,
+            model=model,
+            forget_texts=forget_texts,
+            retain_texts=retain_texts,
+            n_cards=n_cards,
+            load_model_from_results=load_model_from_results,
+            device=device,
+            card_tokens=card_tokens,
+            n_contexts=n_contexts,
+            inputs=inputs,
+        )
+    )
     sections.append(_explorer_section(run, inputs, explorer_tokens))
-    page = _render(title=title or f"Selective pruning report: {model_label}", meta=meta, version=run.version,
-                   summary=summary(runs, run, HEADLINE_LEVEL), settings=settings(run, runs), sections=sections)
+    page = _render(
+        title=title or f"Selective pruning report: {model_label}",
+        meta=meta,
+        version=run.version,
+        summary=summary(runs, run, HEADLINE_LEVEL),
+        settings=settings(run, runs),
+        sections=sections,
+    )
     out.mkdir(parents=True, exist_ok=True)
     path = out / REPORT_NAME
     write_text(path, page)

@@ -77,15 +77,24 @@ def _separation_rows(groups: dict[str, list[PruneRun]], level: float) -> list[Ro
         areas.append(Cell(area.text, f"{area.rel}; " * (len(group) > 1) + f"stopped with {stop}", area.value))
     return [
         Row(group="separation", detail="top-1, relative to the unpruned model"),
-        Row(f"retain top-1 at forget top-1 = {pct(level)}", "100 %", headline, cls="headline",
-             definition=f"Retain top-1 (share of its unpruned value) where forget top-1 first falls to {pct(level)} "
-                        "of its unpruned value, interpolated linearly between steps. It does not depend on where the "
-                        "run stopped; “not reached” gives the forget level of the last step."),
-        Row("separability area (top-1)", "–", areas,
-             definition="Area under the path of retain top-1 against forget top-1 (both relative to the unpruned "
-                        "model) from (1, 1), closed by a straight line from the last step to (0, 0). It depends on "
-                        f"where the run stopped: a perfect run stopped at forget {pct(level)} scores at most 0.75, "
-                        "so compare areas only of runs stopped at similar forget levels."),
+        Row(
+            f"retain top-1 at forget top-1 = {pct(level)}",
+            "100 %",
+            headline,
+            cls="headline",
+            definition=f"Retain top-1 (share of its unpruned value) where forget top-1 first falls to {pct(level)} "
+            "of its unpruned value, interpolated linearly between steps. It does not depend on where the "
+            "run stopped; “not reached” gives the forget level of the last step.",
+        ),
+        Row(
+            "separability area (top-1)",
+            "–",
+            areas,
+            definition="Area under the path of retain top-1 against forget top-1 (both relative to the unpruned "
+            "model) from (1, 1), closed by a straight line from the last step to (0, 0). It depends on "
+            f"where the run stopped: a perfect run stopped at forget {pct(level)} scores at most 0.75, "
+            "so compare areas only of runs stopped at similar forget levels.",
+        ),
     ]
 
 
@@ -105,30 +114,53 @@ def summary(groups: dict[str, list[PruneRun]], main: PruneRun, level: float) -> 
     rows.append(Row(group="pruned"))
     rows.append(Row("steps", "0", [Cell(str(len(r.history) - 1)) for r in runs.values()]))
     for label, attr in (("MLP neurons", "n_mlp"), ("attention neurons", "n_attn")):
-        cells = [Cell(f"{getattr(r.final, attr):,}", f"{getattr(r.final, attr) / getattr(r.dims, attr):.1%}")
-                 for r in runs.values()]
+        cells = [
+            Cell(f"{getattr(r.final, attr):,}", f"{getattr(r.final, attr) / getattr(r.dims, attr):.1%}")
+            for r in runs.values()
+        ]
         rows.append(Row(label, "0", cells))
-    metrics = (("top1", "top-1 accuracy", ".4f"), ("topk", f"top-{base.forget.k} accuracy", ".4f"),
-               ("loss", "loss (nats)", ".4f"), ("perplexity", "perplexity", ".2f"))
+    metrics = (
+        ("top1", "top-1 accuracy", ".4f"),
+        ("topk", f"top-{base.forget.k} accuracy", ".4f"),
+        ("loss", "loss (nats)", ".4f"),
+        ("perplexity", "perplexity", ".2f"),
+    )
     for dataset in ("forget", "retain"):
         rows.append(Row(group=f"{dataset} set", detail=f"{getattr(base, dataset).n_tokens:,} evaluation tokens"))
         for metric, label, fmt in metrics:
             b = getattr(getattr(base, dataset), metric)
             if getattr(base, dataset).all_tokens is not None:
                 label += f" (without the {main.config.skip_common} most common tokens)"
-            rows.append(Row(label, f"{b:{fmt}}", [_cell([getattr(getattr(r.final, dataset), metric) for r in g], fmt, b)
-                                                   for g in groups.values()]))
+            rows.append(
+                Row(
+                    label,
+                    f"{b:{fmt}}",
+                    [_cell([getattr(getattr(r.final, dataset), metric) for r in g], fmt, b) for g in groups.values()],
+                )
+            )
         for metric, label, fmt in metrics[:2] if getattr(base, dataset).all_tokens is not None else ():
             b = getattr(getattr(base, dataset).all_tokens, metric)
-            rows.append(Row(f"{label} (all tokens)", f"{b:{fmt}}", [
-                _cell([getattr(getattr(r.final, dataset).all_tokens, metric) for r in g], fmt, b) for g in groups.values()]))
-    explain = ["Values in brackets are relative to the unpruned model. The random run prunes the same number of "
-               "units per layer and step as the selective run, chosen uniformly at random."]
+            rows.append(
+                Row(
+                    f"{label} (all tokens)",
+                    f"{b:{fmt}}",
+                    [
+                        _cell([getattr(getattr(r.final, dataset).all_tokens, metric) for r in g], fmt, b)
+                        for g in groups.values()
+                    ],
+                )
+            )
+    explain = [
+        "Values in brackets are relative to the unpruned model. The random run prunes the same number of "
+        "units per layer and step as the selective run, chosen uniformly at random."
+    ]
     for name, group in groups.items():
         if len(group) > 1:
-            explain.append(f"The {name} column gives each number over {len(group)} seeds "
-                           f"({', '.join(str(r.seed) for r in group)}): their mean, with their min–max range in "
-                           "brackets; the headline row lists every seed's value, and the figures draw the seeds as a band.")
+            explain.append(
+                f"The {name} column gives each number over {len(group)} seeds "
+                f"({', '.join(str(r.seed) for r in group)}): their mean, with their min–max range in "
+                "brackets; the headline row lists every seed's value, and the figures draw the seeds as a band."
+            )
     return {"names": [group_label(name, group) for name, group in groups.items()], "rows": rows, "explain": explain}
 
 
@@ -138,12 +170,19 @@ def _plain(value: Any) -> str:
 
 def _texts_used(texts: dict[str, Any]) -> str:
     """One line on which texts gave the statistics and which the evaluation."""
+
     def ranges(spans: list[dict[str, Any]]) -> str:
-        return "; ".join(f"{s['tokens']:,} tokens from texts {s['texts'][0]}–{s['texts'][1] - 1} of {s['source']}"
-                         for s in spans) or "unknown"
+        return (
+            "; ".join(
+                f"{s['tokens']:,} tokens from texts {s['texts'][0]}–{s['texts'][1] - 1} of {s['source']}" for s in spans
+            )
+            or "unknown"
+        )
+
     shared = texts.get("shared_texts")
-    return (f"statistics: {ranges(texts.get('statistics', []))}. evaluation: {ranges(texts.get('evaluation', []))}. "
-            + ("texts shared: unknown" if shared is None else f"texts shared: {shared}"))
+    return f"statistics: {ranges(texts.get('statistics', []))}. evaluation: {ranges(texts.get('evaluation', []))}. " + (
+        "texts shared: unknown" if shared is None else f"texts shared: {shared}"
+    )
 
 
 def settings(run: PruneRun, groups: dict[str, list[PruneRun]]) -> dict[str, dict[str, str]]:
@@ -162,24 +201,47 @@ def settings(run: PruneRun, groups: dict[str, list[PruneRun]]) -> dict[str, dict
         facts[f"{key} texts"] = _texts_used(texts)
     facts["units"] = f"{d.n_layers} layers × {d.d_mlp} MLP neurons; {d.n_heads} heads × {d.d_head} attention neurons"
     facts["unlearn_lens version"] = run.version
-    facts.update({f"run time ({name}{f' seed {r.seed}' * (len(g) > 1)})": f"{r.seconds:.0f} s"
-                  for name, g in groups.items() for r in g})
-    return {"run": {k: _plain(v) for k, v in facts.items()},
-            "config": {k: _plain(v) for k, v in run.config.to_dict().items()}}
+    facts.update(
+        {
+            f"run time ({name}{f' seed {r.seed}' * (len(g) > 1)})": f"{r.seconds:.0f} s"
+            for name, g in groups.items()
+            for r in g
+        }
+    )
+    return {
+        "run": {k: _plain(v) for k, v in facts.items()},
+        "config": {k: _plain(v) for k, v in run.config.to_dict().items()},
+    }
 
 
 def steps_table(name: str, run: PruneRun) -> dict[str, Any]:
     """Every step of one run: ``{"name": name, "header": [...], "rows": [[Cell, ...], ...]}``."""
     d, k = run.dims, run.base.forget.k
-    header = ["step", "MLP pruned", "attn pruned", "forget top-1", f"forget top-{k}", "forget loss", "retain top-1",
-              f"retain top-{k}", "retain loss", "seconds"]
+    header = [
+        "step",
+        "MLP pruned",
+        "attn pruned",
+        "forget top-1",
+        f"forget top-{k}",
+        "forget loss",
+        "retain top-1",
+        f"retain top-{k}",
+        "retain loss",
+        "seconds",
+    ]
     rows = []
     for s in run.history:
         metrics = [getattr(getattr(s, ds), m) for ds in ("forget", "retain") for m in ("top1", "topk", "loss")]
-        rows.append([Cell(str(s.step)), Cell(f"{s.n_mlp / d.n_mlp:.1%}"), Cell(f"{s.n_attn / d.n_attn:.1%}"),
-                     *[Cell(f"{v:.4f}", value=v) for v in metrics], Cell(f"{s.seconds:.1f}", cls="secs")])
+        rows.append(
+            [
+                Cell(str(s.step)),
+                Cell(f"{s.n_mlp / d.n_mlp:.1%}"),
+                Cell(f"{s.n_attn / d.n_attn:.1%}"),
+                *[Cell(f"{v:.4f}", value=v) for v in metrics],
+                Cell(f"{s.seconds:.1f}", cls="secs"),
+            ]
+        )
     return {"name": name, "header": header, "rows": rows}
-
 
 
 def summary_table(run: Any, level: float = 0.5) -> str:
@@ -202,6 +264,7 @@ def summary_table(run: Any, level: float = 0.5) -> str:
         def value(r: Any) -> float:
             result = getattr(r.final, dataset)
             return getattr(result.all_tokens if all_tokens else result, metric)
+
         return [rel([value(r) for r in g], ref) for g in groups.values()]
 
     firsts = [g[0] for g in groups.values()]  # the seeds of a group prune the same counts
@@ -225,8 +288,9 @@ def summary_table(run: Any, level: float = 0.5) -> str:
         texts = [f"{v:.1%}" if v is not None else f"not reached ({last:.0%})" for v, last in values]
         headline.append(", ".join(texts))
     rows.append([f"retain top1 at forget top1 = {level:.0%}", "-", *headline])
-    rows.append(["separability area (to last step)", "-",
-                 *[_area([r.separability_area() for r in g]) for g in groups.values()]])
+    rows.append(
+        ["separability area (to last step)", "-", *[_area([r.separability_area() for r in g]) for g in groups.values()]]
+    )
     return aligned(rows, n_left=1)
 
 
@@ -238,8 +302,9 @@ def _area(values: list[float]) -> str:
 def aligned(rows: list[list[str]], n_left: int) -> str:
     """Rows as text columns (the first ``n_left`` left-aligned, the rest right-aligned), a rule under the first."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i < n_left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i < n_left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
@@ -248,6 +313,13 @@ def sweep_table(result: Any) -> str:
     rows = [["ablation", "scoring", f"retain at forget {result.level:.0%}", "area", "steps"]]
     for r in result.table():
         value = r["retain_at_forget"]
-        rows.append([r["ablation"], r["scoring"], f"{value:.1%}" if value is not None else
-                     f"not reached ({r['forget_rel']:.0%})", f"{r['separability_area']:.3f}", str(r["steps"])])
+        rows.append(
+            [
+                r["ablation"],
+                r["scoring"],
+                f"{value:.1%}" if value is not None else f"not reached ({r['forget_rel']:.0%})",
+                f"{r['separability_area']:.3f}",
+                str(r["steps"]),
+            ]
+        )
     return aligned(rows, n_left=2)

@@ -57,8 +57,14 @@ logger = logging.getLogger(__name__)
 LOG10_FLOOR = -6.0
 """Ratio scores are clipped at 10**LOG10_FLOOR before taking log10."""
 
-_IMPORTANCE_NAME = {"abs": "mean |x|", "freq": "P(x>0)", "rms": "RMS", "std": "std", "sqrt": "mean √|x|",
-                    "wanda": "RMS·‖w_out‖"}
+_IMPORTANCE_NAME = {
+    "abs": "mean |x|",
+    "freq": "P(x>0)",
+    "rms": "RMS",
+    "std": "std",
+    "sqrt": "mean √|x|",
+    "wanda": "RMS·‖w_out‖",
+}
 _KIND_NAME = {"mlp": "MLP neurons", "attn": "attention neurons"}
 _KIND_TITLE = {"mlp": "MLP neurons", "attn": "Attention neurons"}
 _DATASET_COLOURS = {"forget": "#c0392b", "retain": "#2471a3"}
@@ -120,8 +126,11 @@ def _head_values(scores: Scores, agg: str) -> tuple[Float[torch.Tensor, "layer h
     raw = head_scores(scores.attn.detach().to("cpu", torch.float64), agg)
     method = scores.attn_method
     if method in RATIO_METHODS:
-        return (raw.nan_to_num(nan=0.0).clamp(min=10.0**LOG10_FLOOR).log10(),
-                f"log10 head score ({agg} of its neurons' scores)", True)
+        return (
+            raw.nan_to_num(nan=0.0).clamp(min=10.0**LOG10_FLOOR).log10(),
+            f"log10 head score ({agg} of its neurons' scores)",
+            True,
+        )
     label = "random" if method == "rand" else "|Δ mean|" if method == "mean" else method
     return raw, f"head score: {agg} of neuron scores ({label}, not a ratio)", False
 
@@ -138,7 +147,9 @@ def _mask_block(masks: Masks, kind: str) -> torch.Tensor:
     return block.detach().cpu().bool()
 
 
-def specialisation_map(scores: Scores, masks: Masks | None = None, kind: str = "mlp", *, title: str | None = None) -> go.Figure:
+def specialisation_map(
+    scores: Scores, masks: Masks | None = None, kind: str = "mlp", *, title: str | None = None
+) -> go.Figure:
     """Heatmap of every unit's score: layers by units, sorted within each layer.
 
     Units are sorted by descending score within each layer, so each row reads as a
@@ -163,29 +174,42 @@ def specialisation_map(scores: Scores, masks: Masks | None = None, kind: str = "
     z = values.gather(1, order)
     unit_label = "neuron" if kind == "mlp" else "head·d_head + d"
     fig = go.Figure()
-    fig.add_trace(go.Heatmap(
-        z=_numpy(z), x=list(range(n_units)), y=list(range(n_layers)), customdata=order.numpy(),
-        colorbar={"title": {"text": _short_label(scores.method_of(kind)), "side": "right"}}, name="score",
-        hovertemplate=f"layer %{{y}}<br>rank %{{x}}<br>{unit_label} %{{customdata}}<br>value %{{z:.3g}}<extra></extra>",
-        **_colour_kwargs(z, is_log),
-    ))
+    fig.add_trace(
+        go.Heatmap(
+            z=_numpy(z),
+            x=list(range(n_units)),
+            y=list(range(n_layers)),
+            customdata=order.numpy(),
+            colorbar={"title": {"text": _short_label(scores.method_of(kind)), "side": "right"}},
+            name="score",
+            hovertemplate=f"layer %{{y}}<br>rank %{{x}}<br>{unit_label} %{{customdata}}<br>value %{{z:.3g}}<extra></extra>",
+            **_colour_kwargs(z, is_log),
+        )
+    )
     if masks is not None:
         block = _mask_block(masks, kind)
         if tuple(block.shape) != (n_layers, n_units):
             raise UnlearnLensError(f"masks {tuple(block.shape)} do not fit scores {(n_layers, n_units)} ({kind})")
         pruned_sorted = block.gather(1, order)
         layers, ranks = pruned_sorted.nonzero(as_tuple=True)
-        fig.add_trace(go.Scatter(
-            x=ranks.tolist(), y=layers.tolist(), mode="markers", customdata=order[layers, ranks].tolist(),
-            name=f"pruned ({len(ranks)})",
-            marker={"symbol": "line-ns-open", "size": 9, "color": "black", "line": {"width": 1.5}},
-            hovertemplate=f"pruned<br>layer %{{y}}<br>rank %{{x}}<br>{unit_label} %{{customdata}}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=ranks.tolist(),
+                y=layers.tolist(),
+                mode="markers",
+                customdata=order[layers, ranks].tolist(),
+                name=f"pruned ({len(ranks)})",
+                marker={"symbol": "line-ns-open", "size": 9, "color": "black", "line": {"width": 1.5}},
+                hovertemplate=f"pruned<br>layer %{{y}}<br>rank %{{x}}<br>{unit_label} %{{customdata}}<extra></extra>",
+            )
+        )
     unit_name = "MLP neuron" if kind == "mlp" else "attention neuron"
     fig.update_layout(
         template=_TEMPLATE,
-        title={"text": title or f"Specialisation map of {_KIND_NAME[kind]} (sorted within each layer)",
-               "subtitle": {"text": f"colour: {label}"}},
+        title={
+            "text": title or f"Specialisation map of {_KIND_NAME[kind]} (sorted within each layer)",
+            "subtitle": {"text": f"colour: {label}"},
+        },
         xaxis={"title": {"text": f"{unit_name} rank within layer (highest score first)"}},
         yaxis={"title": {"text": "layer"}, "autorange": "reversed", "dtick": 1 if n_layers <= 24 else None},
         height=max(320, 150 + 28 * n_layers),
@@ -217,29 +241,59 @@ def head_map(scores: Scores, masks: Masks | None = None, agg: str = "mean", *, t
     fig = make_subplots(rows=1, cols=n_panels, subplot_titles=titles, horizontal_spacing=0.2)
     small = n_layers * n_heads <= 400
     text_kw = {"texttemplate": "%{z:.2f}", "textfont": {"size": 10}} if small else {}
-    fig.add_trace(go.Heatmap(
-        z=_numpy(values), x=list(range(n_heads)), y=list(range(n_layers)), name="head score",
-        colorbar={"title": {"text": _short_label(scores.attn_method), "side": "right"}, "x": 0.42 if n_panels == 2 else 1.02, "thickness": 14,
-                  "len": 0.9},
-        hovertemplate="layer %{y}, head %{x}<br>value %{z:.3g}<extra></extra>", **_colour_kwargs(values, is_log),
-        **text_kw,
-    ), row=1, col=1)
+    fig.add_trace(
+        go.Heatmap(
+            z=_numpy(values),
+            x=list(range(n_heads)),
+            y=list(range(n_layers)),
+            name="head score",
+            colorbar={
+                "title": {"text": _short_label(scores.attn_method), "side": "right"},
+                "x": 0.42 if n_panels == 2 else 1.02,
+                "thickness": 14,
+                "len": 0.9,
+            },
+            hovertemplate="layer %{y}, head %{x}<br>value %{z:.3g}<extra></extra>",
+            **_colour_kwargs(values, is_log),
+            **text_kw,
+        ),
+        row=1,
+        col=1,
+    )
     if masks is not None:
         share = masks.attn.detach().cpu().float().mean(-1)
         if tuple(share.shape) != (n_layers, n_heads):
             raise UnlearnLensError(f"masks {tuple(masks.attn.shape)} do not fit scores {tuple(scores.attn.shape)}")
-        fig.add_trace(go.Heatmap(
-            z=_numpy(share), x=list(range(n_heads)), y=list(range(n_layers)), name="share pruned",
-            zmin=0.0, zmax=1.0, colorscale="Greys", colorbar={"title": {"text": "share pruned", "side": "right"},
-                                                              "x": 1.02, "len": 0.9, "tickformat": ".0%"},
-            hovertemplate="layer %{y}, head %{x}<br>pruned %{z:.1%}<extra></extra>",
-            **({"texttemplate": "%{z:.0%}", "textfont": {"size": 10}} if small else {}),
-        ), row=1, col=2)
+        fig.add_trace(
+            go.Heatmap(
+                z=_numpy(share),
+                x=list(range(n_heads)),
+                y=list(range(n_layers)),
+                name="share pruned",
+                zmin=0.0,
+                zmax=1.0,
+                colorscale="Greys",
+                colorbar={
+                    "title": {"text": "share pruned", "side": "right"},
+                    "x": 1.02,
+                    "len": 0.9,
+                    "tickformat": ".0%",
+                },
+                hovertemplate="layer %{y}, head %{x}<br>pruned %{z:.1%}<extra></extra>",
+                **({"texttemplate": "%{z:.0%}", "textfont": {"size": 10}} if small else {}),
+            ),
+            row=1,
+            col=2,
+        )
     for col in range(1, n_panels + 1):
         fig.update_xaxes(title_text="head", dtick=1 if n_heads <= 32 else None, row=1, col=col)
         fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1 if n_layers <= 32 else None, row=1, col=col)
-    fig.update_layout(template=_TEMPLATE, title={"text": title or "Attention heads", "subtitle": {"text": label}},
-                      height=max(360, 180 + 30 * n_layers), margin={"t": 110})
+    fig.update_layout(
+        template=_TEMPLATE,
+        title={"text": title or "Attention heads", "subtitle": {"text": label}},
+        height=max(360, 180 + 30 * n_layers),
+        margin={"t": 110},
+    )
     return fig
 
 
@@ -258,17 +312,30 @@ def score_distributions(scores: Scores, kind: str = "mlp", *, title: str | None 
     values, label, is_log = score_values(scores, kind)
     fig = go.Figure()
     for layer in range(values.shape[0]):
-        fig.add_trace(go.Box(
-            y=_numpy(values[layer]), name=f"layer {layer}", boxpoints="outliers", marker={"size": 3, "color": "#2471a3"},
-            line={"width": 1, "color": "#2471a3"}, fillcolor="rgba(36,113,163,0.25)", showlegend=False,
-        ))
+        fig.add_trace(
+            go.Box(
+                y=_numpy(values[layer]),
+                name=f"layer {layer}",
+                boxpoints="outliers",
+                marker={"size": 3, "color": "#2471a3"},
+                line={"width": 1, "color": "#2471a3"},
+                fillcolor="rgba(36,113,163,0.25)",
+                showlegend=False,
+            )
+        )
     if is_log:
-        fig.add_hline(y=0.0, line={"dash": "dot", "color": "grey"}, annotation_text="equal importance",
-                      annotation_position="top left")
+        fig.add_hline(
+            y=0.0,
+            line={"dash": "dot", "color": "grey"},
+            annotation_text="equal importance",
+            annotation_position="top left",
+        )
     fig.update_layout(
         template=_TEMPLATE,
         title={"text": title or f"Score distribution of {_KIND_NAME[kind]} per layer ('{scores.method_of(kind)}')"},
-        xaxis={"title": {"text": "layer"}}, yaxis={"title": {"text": label}}, height=420,
+        xaxis={"title": {"text": "layer"}},
+        yaxis={"title": {"text": label}},
+        height=420,
     )
     return fig
 
@@ -319,25 +386,53 @@ def pruning_effects(runs: RunsLike, *, title: str | None = None) -> go.Figure:
                 ys, lo, hi = band([[getattr(getattr(s, dataset), metric) for s in r.history] for r in group])
                 what = f"mean of seeds {', '.join(map(str, seeds))}<br>" if len(group) > 1 else ""
                 for bound, values in (("min", lo), ("max", hi)) if len(group) > 1 else ():
-                    fig.add_trace(go.Scatter(
-                        x=xs, y=values, mode="lines", name=f"{label} · {dataset} {bound}",
-                        legendgroup=f"{name}-{dataset}", showlegend=False, line={"width": 0, "color": colour},
-                        fill="tonexty" if bound == "max" else None, fillcolor=_rgba(colour, 0.18),
-                        hoverinfo="skip", meta={"band": bound, "seeds": seeds}), row=1, col=col)
-                fig.add_trace(go.Scatter(
-                    x=xs, y=ys, customdata=steps, mode="lines+markers", name=f"{label} · {dataset}",
-                    legendgroup=f"{name}-{dataset}", showlegend=col == 1,
-                    line={"color": colour, "dash": _RUN_DASHES[i % len(_RUN_DASHES)]}, marker={"size": 6, "symbol": "circle" if i == 0 else "diamond"},
-                    meta={"band": "mean", "seeds": seeds} if len(group) > 1 else None,
-                    hovertemplate=(f"{label}, {dataset}<br>step %{{customdata}}<br>pruned %{{x:.2%}}<br>"
-                                   f"{what}{metric_label} %{{y:.4f}}<extra></extra>"),
-                ), row=1, col=col)
+                    fig.add_trace(
+                        go.Scatter(
+                            x=xs,
+                            y=values,
+                            mode="lines",
+                            name=f"{label} · {dataset} {bound}",
+                            legendgroup=f"{name}-{dataset}",
+                            showlegend=False,
+                            line={"width": 0, "color": colour},
+                            fill="tonexty" if bound == "max" else None,
+                            fillcolor=_rgba(colour, 0.18),
+                            hoverinfo="skip",
+                            meta={"band": bound, "seeds": seeds},
+                        ),
+                        row=1,
+                        col=col,
+                    )
+                fig.add_trace(
+                    go.Scatter(
+                        x=xs,
+                        y=ys,
+                        customdata=steps,
+                        mode="lines+markers",
+                        name=f"{label} · {dataset}",
+                        legendgroup=f"{name}-{dataset}",
+                        showlegend=col == 1,
+                        line={"color": colour, "dash": _RUN_DASHES[i % len(_RUN_DASHES)]},
+                        marker={"size": 6, "symbol": "circle" if i == 0 else "diamond"},
+                        meta={"band": "mean", "seeds": seeds} if len(group) > 1 else None,
+                        hovertemplate=(
+                            f"{label}, {dataset}<br>step %{{customdata}}<br>pruned %{{x:.2%}}<br>"
+                            f"{what}{metric_label} %{{y:.4f}}<extra></extra>"
+                        ),
+                    ),
+                    row=1,
+                    col=col,
+                )
     x_label = "share of MLP + attention neurons pruned" if combined else "share of MLP neurons pruned"
     fig.update_xaxes(title_text=x_label, tickformat=".0%")
     for col, y_label in enumerate(("accuracy", "accuracy", "loss"), start=1):
         fig.update_yaxes(title_text=y_label, row=1, col=col)
-    fig.update_layout(template=_TEMPLATE, title={"text": title or "Forget and retain performance while pruning"},
-                      height=420, legend={"orientation": "h", "y": -0.22})
+    fig.update_layout(
+        template=_TEMPLATE,
+        title={"text": title or "Forget and retain performance while pruning"},
+        height=420,
+        legend={"orientation": "h", "y": -0.22},
+    )
     return fig
 
 
@@ -382,10 +477,22 @@ def separability_trajectory(
     groups = run_groups(runs)
     metric_label = "top-1" if metric == "top1" else f"top-{next(iter(groups.values()))[0].base.forget.k}"
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="equal damage (y = x)",
-                             line={"color": "grey", "dash": "dot", "width": 1}, hoverinfo="skip"))
-    fig.add_vline(x=level, line={"color": "grey", "dash": "dash", "width": 1},
-                  annotation_text=f"forget {metric_label} = {level:.0%}", annotation_position="top left")
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 1],
+            y=[0, 1],
+            mode="lines",
+            name="equal damage (y = x)",
+            line={"color": "grey", "dash": "dot", "width": 1},
+            hoverinfo="skip",
+        )
+    )
+    fig.add_vline(
+        x=level,
+        line={"color": "grey", "dash": "dash", "width": 1},
+        annotation_text=f"forget {metric_label} = {level:.0%}",
+        annotation_position="top left",
+    )
     top = 1.05
     for i, (name, group) in enumerate(groups.items()):
         colour, label, several = _RUN_COLOURS[i % len(_RUN_COLOURS)], group_label(name, group), len(group) > 1
@@ -397,58 +504,122 @@ def separability_trajectory(
             top = max(top, *xs, *ys)
             tag, seed = (f"{name} seed {r.seed}", {"seed": r.seed}) if several else (name, {})
             # The polygon path -> (0, 0) -> (1, 0) has exactly the trapezoid area of separability_area.
-            fig.add_trace(go.Scatter(
-                x=[*xs, 0.0, 1.0], y=[*ys, 0.0, 0.0], mode="lines", fill="toself",
-                fillcolor=_rgba(colour, 0.15 / len(group)), line={"width": 0, "color": colour}, legendgroup=name,
-                hoverinfo="skip", showlegend=r is group[0], meta={"separability_area": area, **seed},
-                name=(f"{label}: area {min(areas):.3f}–{max(areas):.3f} (each closed from its last step to (0, 0))"
-                      if several else f"{name}: area {area:.3f} (closed from step {r.final.step} to (0, 0))"),
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=[*xs, 0.0, 1.0],
+                    y=[*ys, 0.0, 0.0],
+                    mode="lines",
+                    fill="toself",
+                    fillcolor=_rgba(colour, 0.15 / len(group)),
+                    line={"width": 0, "color": colour},
+                    legendgroup=name,
+                    hoverinfo="skip",
+                    showlegend=r is group[0],
+                    meta={"separability_area": area, **seed},
+                    name=(
+                        f"{label}: area {min(areas):.3f}–{max(areas):.3f} (each closed from its last step to (0, 0))"
+                        if several
+                        else f"{name}: area {area:.3f} (closed from step {r.final.step} to (0, 0))"
+                    ),
+                )
+            )
             steps = [0] + [s.step for s in r.history[1:]]
-            fig.add_trace(go.Scatter(
-                x=xs, y=ys, mode="lines+markers" if several else "lines+markers+text", text=[str(s) for s in steps],
-                textposition="top right", textfont={"size": 9, "color": colour}, name=f"{tag} steps",
-                legendgroup=name, showlegend=False, line={"color": colour, "width": 1 if several else 2},
-                marker={"size": 4 if several else 7, "color": colour}, customdata=steps,
-                hovertemplate=(f"{tag} step %{{customdata}}<br>forget {metric_label} %{{x:.3f}} of unpruned<br>"
-                               f"retain {metric_label} %{{y:.3f}} of unpruned<extra></extra>"),
-            ))
-            fig.add_trace(go.Scatter(
-                x=[xs[-1], 0.0], y=[ys[-1], 0.0], mode="lines", name=f"{tag} closure", legendgroup=name,
-                showlegend=False, line={"color": colour, "dash": "dot", "width": 1}, hoverinfo="skip",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers" if several else "lines+markers+text",
+                    text=[str(s) for s in steps],
+                    textposition="top right",
+                    textfont={"size": 9, "color": colour},
+                    name=f"{tag} steps",
+                    legendgroup=name,
+                    showlegend=False,
+                    line={"color": colour, "width": 1 if several else 2},
+                    marker={"size": 4 if several else 7, "color": colour},
+                    customdata=steps,
+                    hovertemplate=(
+                        f"{tag} step %{{customdata}}<br>forget {metric_label} %{{x:.3f}} of unpruned<br>"
+                        f"retain {metric_label} %{{y:.3f}} of unpruned<extra></extra>"
+                    ),
+                )
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=[xs[-1], 0.0],
+                    y=[ys[-1], 0.0],
+                    mode="lines",
+                    name=f"{tag} closure",
+                    legendgroup=name,
+                    showlegend=False,
+                    line={"color": colour, "dash": "dot", "width": 1},
+                    hoverinfo="skip",
+                )
+            )
             if headline is not None:
                 point = f"retain {headline:.1%} at forget {level:.0%}"
-                fig.add_trace(go.Scatter(
-                    x=[level], y=[headline], mode="markers", name=f"{tag}: {point}", legendgroup=name,
-                    marker={"symbol": "star", "size": 11 if several else 15, "color": colour,
-                            "line": {"width": 1, "color": "black"}},
-                    meta={"retain_at_forget": headline, "level": level, **seed},
-                    hovertemplate=f"{html.escape(tag)}: {point} (interpolated between steps)<extra></extra>",
-                ))
+                fig.add_trace(
+                    go.Scatter(
+                        x=[level],
+                        y=[headline],
+                        mode="markers",
+                        name=f"{tag}: {point}",
+                        legendgroup=name,
+                        marker={
+                            "symbol": "star",
+                            "size": 11 if several else 15,
+                            "color": colour,
+                            "line": {"width": 1, "color": "black"},
+                        },
+                        meta={"retain_at_forget": headline, "level": level, **seed},
+                        hovertemplate=f"{html.escape(tag)}: {point} (interpolated between steps)<extra></extra>",
+                    )
+                )
             points.append(f"{headline:.1%}" if headline is not None else f"not reached (last step: {xs[-1]:.0%})")
         if several:
             point_text = f"retain {metric_label} at forget {level:.0%}: {', '.join(points)}"
             area_text = f"area {spread_text(areas, '.3f')}, mean (min–max) of the seeds"
         else:  # one run: its headline and path are the loop's last
-            point_text = (f"retain {metric_label} = {headline:.1%} at forget {level:.0%}" if headline is not None
-                          else f"forget never reached {level:.0%} (last step: {xs[-1]:.0%})")
+            point_text = (
+                f"retain {metric_label} = {headline:.1%} at forget {level:.0%}"
+                if headline is not None
+                else f"forget never reached {level:.0%} (last step: {xs[-1]:.0%})"
+            )
             area_text = f"area {areas[0]:.3f}"
         fig.add_annotation(
-            x=0.98, y=0.04 + 0.11 * i, xref="x domain", yref="y domain", xanchor="right", yanchor="bottom",
-            showarrow=False, font={"color": colour, "size": 13}, bgcolor="rgba(255,255,255,0.8)",
-            text=(f"<b>{html.escape(label)}</b>: {point_text}<br><span style='font-size:11px'>{area_text}, closed "
-                  "from the last step (depends on where the run stopped)</span>"),
+            x=0.98,
+            y=0.04 + 0.11 * i,
+            xref="x domain",
+            yref="y domain",
+            xanchor="right",
+            yanchor="bottom",
+            showarrow=False,
+            font={"color": colour, "size": 13},
+            bgcolor="rgba(255,255,255,0.8)",
+            text=(
+                f"<b>{html.escape(label)}</b>: {point_text}<br><span style='font-size:11px'>{area_text}, closed "
+                "from the last step (depends on where the run stopped)</span>"
+            ),
         )
     fig.update_layout(
         template=_TEMPLATE,
-        title={"text": title or f"Separability: retain vs forget {metric_label} (relative to unpruned)",
-               "subtitle": {"text": f"star: retain where forget first falls to {level:.0%}; shaded: the path "
-                                    "closed by a straight line from its last step to (0, 0)"}},
+        title={
+            "text": title or f"Separability: retain vs forget {metric_label} (relative to unpruned)",
+            "subtitle": {
+                "text": f"star: retain where forget first falls to {level:.0%}; shaded: the path "
+                "closed by a straight line from its last step to (0, 0)"
+            },
+        },
         xaxis={"title": {"text": f"forget {metric_label} / unpruned"}, "range": [0, top], "constrain": "domain"},
-        yaxis={"title": {"text": f"retain {metric_label} / unpruned"}, "range": [0, top], "scaleanchor": "x",
-               "scaleratio": 1, "constrain": "domain"},
-        height=600, legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.14},
+        yaxis={
+            "title": {"text": f"retain {metric_label} / unpruned"},
+            "range": [0, top],
+            "scaleanchor": "x",
+            "scaleratio": 1,
+            "constrain": "domain",
+        },
+        height=600,
+        legend={"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.14},
     )
     return fig
 
@@ -474,19 +645,29 @@ def pruned_per_layer(run: PruneRun, kind: str = "mlp", *, title: str | None = No
     colours = _step_colours(n_steps)
     for i, step in enumerate(run.history[1:]):
         counts = step.new_mlp if kind == "mlp" else step.new_attn
-        fig.add_trace(go.Bar(
-            x=layers, y=list(counts), name=f"step {step.step}", marker={"color": colours[i]},
-            customdata=[c / per_layer for c in counts],
-            hovertemplate=f"step {step.step}<br>layer %{{x}}: %{{y}} pruned (%{{customdata:.1%}} of layer)<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Bar(
+                x=layers,
+                y=list(counts),
+                name=f"step {step.step}",
+                marker={"color": colours[i]},
+                customdata=[c / per_layer for c in counts],
+                hovertemplate=f"step {step.step}<br>layer %{{x}}: %{{y}} pruned (%{{customdata:.1%}} of layer)<extra></extra>",
+            )
+        )
     total = sum(run.final.mlp_counts if kind == "mlp" else run.final.attn_counts)
     tallest = max(run.final.mlp_counts if kind == "mlp" else run.final.attn_counts, default=0)
     fig.update_layout(
-        template=_TEMPLATE, barmode="stack",
-        title={"text": title or f"{_KIND_TITLE[kind]} pruned per layer ({run.strategy} run: {total} of "
-                                f"{per_layer * d.n_layers}, {total / (per_layer * d.n_layers):.1%})"},
+        template=_TEMPLATE,
+        barmode="stack",
+        title={
+            "text": title
+            or f"{_KIND_TITLE[kind]} pruned per layer ({run.strategy} run: {total} of "
+            f"{per_layer * d.n_layers}, {total / (per_layer * d.n_layers):.1%})"
+        },
         xaxis={"title": {"text": "layer"}, "dtick": 1 if d.n_layers <= 48 else None},
-        yaxis={"title": {"text": f"{_KIND_NAME[kind]} pruned"}, "dtick": 1 if tallest <= 8 else None}, height=400,
+        yaxis={"title": {"text": f"{_KIND_NAME[kind]} pruned"}, "dtick": 1 if tallest <= 8 else None},
+        height=400,
     )
     return fig
 
