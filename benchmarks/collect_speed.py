@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -136,15 +137,8 @@ def main() -> None:
             ul.collect_stats(model, tokens, max_tokens=None, batch_size=args.batch_size, progress=False, fused=True)
 
         runs = {"forward": bare, "to_last_hook": to_last_hook, "collect": collect, "collect_fused": collect_fused}
-        for fn in runs.values():  # warm-up
-            fn()
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(args.repeats):
-            for name, fn in runs.items():
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-    fwd, part, col, fused = (statistics.median(times[name]) for name in runs)
+        times = time_runs(runs, args.repeats)
+    fwd, part, col, fused = (times[name] for name in runs)
     print(
         f"model: GPT-2 4 layers, d_model 256, d_mlp 1024, 8 heads; {tokens.n_tokens:,} tokens, "
         f"batch {args.batch_size} x 128, {args.threads} threads, {args.repeats} repeats (medians)"
@@ -158,7 +152,24 @@ def main() -> None:
         f"collect_stats(fused=True) {fused:7.3f} s: ratio to forward {fused / fwd:.3f}, to the last hook "
         f"{fused / part:.3f}   (the CUDA default, here compiled for the CPU)"
     )
+    print_peak_memory(args.threads, args.batch_size)
 
+
+def time_runs(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median seconds of each run: all warmed up once, then timed alternately ``repeats`` times."""
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(times[name]) for name in runs}
+
+
+def print_peak_memory(threads: int, batch_size: int) -> None:
+    """The peak resident memory of collecting over 10k and over 100k tokens, each in a fresh process."""
     peaks = {}
     for n in (10_000, 100_000):
         out = subprocess.run(
@@ -168,9 +179,9 @@ def main() -> None:
                 "--memory-child",
                 str(n),
                 "--threads",
-                str(args.threads),
+                str(threads),
                 "--batch-size",
-                str(args.batch_size),
+                str(batch_size),
             ],
             capture_output=True,
             text=True,

@@ -93,6 +93,11 @@ def measure(model, tokens, batch_size: int, repeats: int, device: str) -> dict[s
         "collect_fused": collect_fused,
         "evaluate": evaluate,
     }
+    return _time_runs(runs, repeats, device)
+
+
+def _time_runs(runs: dict[str, Callable[[], None]], repeats: int, device: str) -> dict[str, dict[str, float | None]]:
+    """Warm each run up (recording its peak memory on CUDA), then time them alternately; medians."""
     peaks: dict[str, float | None] = {}
     for name, fn in runs.items():  # warm-up, and the peak memory of each
         if device.startswith("cuda"):

@@ -76,6 +76,20 @@ _INLINE = [
 ]
 
 
+def _directive(match: re.Match[str], indent: int) -> tuple[str | None, int | None, bool]:
+    """What a directive line leaves: its prose (or None), the indent deeper than which its body is dropped
+    (or None), and whether header lines follow it (an object description's signatures and options)."""
+    name = match.group(2).split(":")[-1]
+    if name in _NON_PROSE_DIRECTIVES:
+        return None, indent, False
+    if name in _PROSE_DIRECTIVES:
+        argument = match.group(3)
+        if name.startswith(("version", "deprecated")):
+            argument = re.sub(r"^[\d.]+(\s+[\d.]+)?\s*", "", argument)
+        return " " * indent + argument, None, False
+    return None, None, True  # an object description: its signature lines and options are code
+
+
 def rst_prose(text: str) -> str:
     """The English prose of a reStructuredText document, cut as :func:`split_source` cuts docstrings.
 
@@ -107,16 +121,9 @@ def rst_prose(text: str) -> str:
             in_header = False
         directive = _DIRECTIVE.match(line)
         if directive:
-            name = directive.group(2).split(":")[-1]
-            if name in _NON_PROSE_DIRECTIVES:
-                skip_indent = indent
-            elif name in _PROSE_DIRECTIVES:
-                argument = directive.group(3)
-                if name.startswith(("version", "deprecated")):
-                    argument = re.sub(r"^[\d.]+(\s+[\d.]+)?\s*", "", argument)
-                kept.append(" " * indent + argument)
-            else:  # an object description: its signature lines and options are code
-                in_header = True
+            prose, skip_indent, in_header = _directive(directive, indent)
+            if prose is not None:
+                kept.append(prose)
             continue
         if _EXPLICIT.match(line):
             skip_indent = indent

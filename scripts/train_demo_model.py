@@ -243,6 +243,38 @@ def command_line(args: dict) -> str:
     return " ".join(words)
 
 
+def init_model(args: argparse.Namespace, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
+    """The saved model of ``--init``, its shape recorded in ``args`` as the shape trained."""
+    model = GPT2LMHeadModel.from_pretrained(args.init)
+    c = model.config
+    if c.n_positions != args.seq_len:
+        raise SystemExit(f"--init model has context {c.n_positions}, not --seq-len {args.seq_len}")
+    args.layers, args.d_model, args.d_mlp, args.heads = c.n_layer, c.n_embd, c.n_inner, c.n_head
+    args.act, args.vocab = c.activation_function, len(tokenizer)
+    return model
+
+
+def new_model(args: argparse.Namespace, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
+    """A freshly initialised model of the shape in ``args``."""
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=args.seq_len,
+            n_embd=args.d_model,
+            n_layer=args.layers,
+            n_head=args.heads,
+            n_inner=args.d_mlp,
+            activation_function=args.act,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            tie_word_embeddings=True,
+        )
+    )
+
+
 def main() -> None:
     args = build_parser().parse_args()
 
@@ -280,36 +312,13 @@ def main() -> None:
     streams = {"code": token_stream(tokenizer, code_train), "prose": token_stream(tokenizer, prose_train)}
     heldout = {d: token_stream(tokenizer, demo_texts(d, "heldout")) for d in ("code", "prose")}
     print(
-        f"tokenizer: vocab {len(tokenizer)}; train tokens code {len(streams['code']):,} prose {len(streams['prose']):,};"
+        f"tokenizer: vocab {len(tokenizer)}; "
+        f"train tokens code {len(streams['code']):,} prose {len(streams['prose']):,};"
         f" held-out code {len(heldout['code']):,} prose {len(heldout['prose']):,} ({time.time() - t0:.0f}s)",
         flush=True,
     )
 
-    if init:  # the saved model, its shape recorded as the shape trained
-        model = GPT2LMHeadModel.from_pretrained(args.init)
-        c = model.config
-        if c.n_positions != args.seq_len:
-            raise SystemExit(f"--init model has context {c.n_positions}, not --seq-len {args.seq_len}")
-        args.layers, args.d_model, args.d_mlp, args.heads = c.n_layer, c.n_embd, c.n_inner, c.n_head
-        args.act, args.vocab = c.activation_function, len(tokenizer)
-    else:
-        model = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=len(tokenizer),
-                n_positions=args.seq_len,
-                n_embd=args.d_model,
-                n_layer=args.layers,
-                n_head=args.heads,
-                n_inner=args.d_mlp,
-                activation_function=args.act,
-                resid_pdrop=0.0,
-                embd_pdrop=0.0,
-                attn_pdrop=0.0,
-                bos_token_id=bos,
-                eos_token_id=tokenizer.eos_token_id,
-                tie_word_embeddings=True,
-            )
-        )
+    model = init_model(args, tokenizer) if init else new_model(args, tokenizer)
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -417,8 +426,9 @@ def model_card(info: dict) -> str:
         (
             "| more prose | the English prose of the reStructuredText pages under "
             + ", ".join(
-                f"{r['folder']} ({r['files']} pages, {r['prose_chars']:,} characters; {r['dropped_paragraphs']} paragraphs "
-                f"sharing a run of {SHARED_RUN} words with an evaluation text dropped)"
+                f"{r['folder']} ({r['files']} pages, {r['prose_chars']:,} characters; "
+                f"{r['dropped_paragraphs']} paragraphs sharing a run of {SHARED_RUN} words with an evaluation text "
+                "dropped)"
                 for r in docs
             )
             + (f": {a['prose_docs_about']}" if a.get("prose_docs_about") else "")
@@ -430,8 +440,9 @@ def model_card(info: dict) -> str:
     init = info.get("init")
     init_row = (
         (
-            f"| initialised from | a model of this shape trained on {init['train_tokens']:,} tokens ({init['steps']:,} steps, "
-            f"{init['train_seconds'] / 60:.1f} minutes), then trained further as below (`--init`) |\n"
+            f"| initialised from | a model of this shape trained on {init['train_tokens']:,} tokens "
+            f"({init['steps']:,} steps, {init['train_seconds'] / 60:.1f} minutes), "
+            "then trained further as below (`--init`) |\n"
         )
         if init
         else ""
@@ -441,6 +452,21 @@ def model_card(info: dict) -> str:
         reproduce = f"`{init['command']} --out BASE`, then {reproduce}"
     if docs:
         reproduce += ", with DOCS the reStructuredText sources named above"
+    architecture = (
+        f"GPT-2 (`GPT2LMHeadModel`), {a['layers']} layers, d_model {a['d_model']}, d_mlp {a['d_mlp']}, "
+        f"{a['heads']} heads, context {a['seq_len']}, tied embeddings"
+    )
+    data = (
+        "the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without "
+        f"comments and docstrings ({info['corpus_tokens']['code']:,} tokens), and the English prose of those "
+        f"docstrings and comments ({info['corpus_tokens']['prose']:,} tokens"
+        f"{' with the pages below' if docs else ''})"
+    )
+    batches = f"{a['batch']} rows of {a['seq_len']} tokens (BOS + a random window), half code and half prose"
+    training = (
+        f"{info['steps']:,} steps, {info['train_tokens']:,} tokens, AdamW (lr {a['lr']}, betas 0.9/0.95, "
+        f"weight decay 0.1), {a['warmup']} warm-up steps then cosine to 10 %, seed {a['seed']}"
+    )
     return f"""# unlearn_lens demo model
 
 A small GPT-2-architecture causal language model with **{a["act"].upper()} MLPs**, trained
@@ -450,12 +476,12 @@ neurons can be removed while prose survives, and nothing more.
 
 | | |
 |---|---|
-| architecture | GPT-2 (`GPT2LMHeadModel`), {a["layers"]} layers, d_model {a["d_model"]}, d_mlp {a["d_mlp"]}, {a["heads"]} heads, context {a["seq_len"]}, tied embeddings |
+| architecture | {architecture} |
 | parameters | {info["params"]:,} |
 | tokenizer | byte-level BPE (`tokenizers`), vocabulary {a["vocab"]}, `<|endoftext|>` as BOS/EOS |
-| data | the `train` split of the demo corpora (`unlearn_lens.demo`): Python standard library code without comments and docstrings ({info["corpus_tokens"]["code"]:,} tokens), and the English prose of those docstrings and comments ({info["corpus_tokens"]["prose"]:,} tokens{" with the pages below" if docs else ""}) |
-{extra_row}{docs_row}{init_row}| batches | {a["batch"]} rows of {a["seq_len"]} tokens (BOS + a random window), half code and half prose |
-| training | {info["steps"]:,} steps, {info["train_tokens"]:,} tokens, AdamW (lr {a["lr"]}, betas 0.9/0.95, weight decay 0.1), {a["warmup"]} warm-up steps then cosine to 10 %, seed {a["seed"]} |
+| data | {data} |
+{extra_row}{docs_row}{init_row}| batches | {batches} |
+| training | {training} |
 | time | {info["train_seconds"] / 60:.1f} minutes on {info["threads"]} CPU threads |
 
 Held-out ({h["code"]["n_tokens"]:,} code tokens, {h["prose"]["n_tokens"]:,} prose tokens from files never trained on):

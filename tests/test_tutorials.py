@@ -38,7 +38,10 @@ REMOVED = {
     r"\bstop_at_forget_top1\b": "PruneConfig(stop_at_forget=...)",
     r"\breference\s*=": "ul.random_baseline(model, forget, retain, run)",
     r"\bbaseline\s*=\s*[\"']random[\"']": "ul.random_baseline(model, forget, retain, run)",
-    r"ul\.(?:evaluate|collect_stats)\((?:[^()]|\([^()]*\))*\b(?:masks|ablation|means)\s*=": "nesting inside `with ul.pruned(model, masks, ...):`",
+    (
+        r"ul\.(?:evaluate|collect_stats)\((?:[^()]|\([^()]*\))*"
+        r"\b(?:masks|ablation|means)\s*="
+    ): "nesting inside `with ul.pruned(model, masks, ...):`",
     r"\.to_json\(": "run.save(run_dir)",
     r"--ff-frac\b|--steps\b|--stop-at\b(?!-)": "--mlp-frac, --n-steps, --stop-at-forget",
 }

@@ -202,7 +202,11 @@ def split_source(source: str) -> tuple[str, str]:
                 end = ecol if row == erow else len(lines[row - 1].rstrip("\r\n"))
                 cuts.setdefault(row, []).append((start, end))
     flush()
+    return _without_cuts(lines, cuts), "\n\n".join(paragraphs)
 
+
+def _without_cuts(lines: list[str], cuts: dict[int, list[tuple[int, int]]]) -> str:
+    """The source less the column ranges cut from each row (1-based); a line left blank by its cuts is dropped."""
     out: list[str] = []
     for row, line in enumerate(lines, start=1):
         line = line.rstrip("\r\n")
@@ -212,8 +216,7 @@ def split_source(source: str) -> tuple[str, str]:
             if not line.strip():
                 continue
         out.append(line.rstrip())
-    code = re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n")
-    return code, "\n\n".join(paragraphs)
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(out)).strip("\n")
 
 
 # reST directives whose body is code, markup or a list of links, never prose
