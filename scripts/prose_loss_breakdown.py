@@ -103,16 +103,7 @@ def main() -> None:
     cfg = run.config
     results = {"unpruned": hits(model, tokens, args.batch_size)}
     for name, r in [("selective", run)] + [(f"random seed {b.seed}", b) for b in run.random_runs()]:
-        with ul.pruned(
-            model,
-            r.masks,
-            mlp_ablation=cfg.ablations["mlp"],
-            attn_ablation=cfg.ablations["attn"],
-            means=run.means,
-            peaks=run.peaks,
-            sample=run.sample,
-            seed=cfg.seed,
-        ):
+        with ul.pruned(model, r.masks, r.ablation, seed=cfg.seed):
             results[name] = hits(model, tokens, args.batch_size)
 
     n = int(counted.sum())

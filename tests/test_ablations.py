@@ -16,6 +16,7 @@ from unlearn_lens.ablations import (
     _draw,
     collect_ablation_values,
 )
+from unlearn_lens.data import as_token_sets
 from unlearn_lens.models import attached, hook_name
 from unlearn_lens.stats import RunningStats
 
@@ -226,19 +227,77 @@ def test_loop_keeps_and_saves_the_ablation_values(gpt2, ablation, tmp_path):
     run = ul.selective_prune(gpt2, CODE, PROSE, config, progress=False)
     run.baseline = ul.random_baseline(gpt2, CODE, PROSE, run, progress=False)
     held = "peaks" if ablation == "peak" else "sample"
-    assert getattr(run, held) is not None and run.means is None
-    assert getattr(run.baseline, held) is getattr(run, held)  # the baseline ablates with the same values
+    assert getattr(run.ablation, held) is not None and run.ablation.means is None
+    # the baseline ablates with the same values
+    assert getattr(run.baseline.ablation, held) is getattr(run.ablation, held)
     again = ul.selective_prune(gpt2, CODE, PROSE, config, progress=False)
     assert [s.forget.top1 for s in again.history] == [s.forget.top1 for s in run.history]
     assert torch.equal(again.masks.mlp, run.masks.mlp)
     run.save(tmp_path / "run")
     back = ul.PruneRun.load(tmp_path / "run")
     name = "peaks.safetensors" if ablation == "peak" else "resample.safetensors"
-    assert (tmp_path / "run" / name).is_file() and getattr(back.baseline, held) is not None
+    assert (tmp_path / "run" / name).is_file() and getattr(back.baseline.ablation, held) is not None
     if ablation == "peak":
-        assert torch.equal(back.peaks.values("mlp"), run.peaks.values("mlp"))
+        assert torch.equal(back.ablation.peaks.values("mlp"), run.ablation.peaks.values("mlp"))
     else:
-        assert torch.equal(back.sample.attn, run.sample.attn) and back.sample.n == 50
+        assert torch.equal(back.ablation.sample.attn, run.ablation.sample.attn) and back.ablation.sample.n == 50
     # a baseline made from the run read back ablates exactly as the one made in memory
     replay = ul.random_baseline(gpt2, CODE, PROSE, back, progress=False)
     assert [s.retain.top1 for s in replay.history] == [s.retain.top1 for s in run.baseline.history]
+
+
+@pytest.mark.parametrize("ablation", ["mean", "peak", "resample"])
+def test_a_run_read_back_applies_again_with_its_one_ablation(gpt2, ablation, tmp_path):
+    """``ul.pruned(model, run.masks, run.ablation)`` on a run read from disk gives its last step's top-1 exactly."""
+    config = ul.PruneConfig(
+        mlp_frac=0.1,
+        attn_frac=0.05,
+        n_steps=2,
+        ablation=ablation,
+        collect_tokens=300,
+        eval_tokens=200,
+        seq_len=24,
+        peak_bins=16,
+        resample_tokens=50,
+    )
+    ul.selective_prune(gpt2, CODE, PROSE, config, progress=False).save(tmp_path / "run")
+    run = ul.PruneRun.load(tmp_path / "run")
+    assert isinstance(run.ablation, ul.Ablation) and run.ablation.methods == {"mlp": ablation, "attn": ablation}
+    held = {
+        name: as_token_sets(gpt2, texts, [config.collect_tokens, config.eval_tokens], seq_len=config.seq_len)[1]
+        for name, texts in (("forget", CODE), ("retain", PROSE))
+    }
+    with ul.pruned(gpt2, run.masks, run.ablation, seed=run.config.seed):
+        again = {
+            name: ul.evaluate(gpt2, tokens, max_tokens=None, batch_size=config.batch_size, progress=False)
+            for name, tokens in held.items()
+        }
+    assert (again["forget"].top1, again["retain"].top1) == (run.final.forget.top1, run.final.retain.top1)
+    assert run.masks.n_mlp > 0 and run.masks.n_attn > 0
+    # the short form builds the same ablation
+    if ablation == "mean":
+        short = ul.pruned(gpt2, run.masks, ablation="mean", means=run.ablation.means, seed=run.config.seed)
+        with short:
+            forget = ul.evaluate(gpt2, held["forget"], max_tokens=None, batch_size=config.batch_size, progress=False)
+        assert forget.top1 == run.final.forget.top1 and short.ablation.means is run.ablation.means
+
+
+def test_an_ablation_is_one_checked_value(gpt2):
+    dims = ul.ModelDims.of(gpt2)
+    stats = ul.collect_stats(gpt2, PROSE, max_tokens=200, progress=False)
+    masks = ul.Masks.empty(dims)
+    masks.mlp[0, :3] = True
+    both = ul.Ablation.of("mean", attn_ablation="zero", means=stats)
+    assert both.methods == {"mlp": "mean", "attn": "zero"} and both.needs() == ["means"]
+    assert ul.Ablation.of(both) is both
+    with pytest.raises(ul.UnlearnLensError, match="do not also pass"):
+        ul.pruned(gpt2, masks, both, means=stats)
+    with pytest.raises(ul.UnlearnLensError, match="unknown attn_ablation 'noise'"):
+        ul.Ablation(mlp="zero", attn="noise")
+    with pytest.raises(ul.UnlearnLensError, match="needs means="):
+        ul.pruned(gpt2, masks, ul.Ablation("mean", "zero"))
+    with pytest.raises(ul.UnlearnLensError, match="means must be"):
+        ul.Ablation("mean", "mean", means=masks)
+    # only the pruned kinds need their values: attention neurons read their means, none is pruned
+    with ul.pruned(gpt2, masks, ul.Ablation("zero", "mean")) as handle:
+        assert handle.ablation.methods["attn"] == "mean"

@@ -11,7 +11,7 @@ from conftest import CODE, PROSE
 import unlearn_lens as ul
 from unlearn_lens import viz
 from unlearn_lens.report.bands import band, run_groups, spread_text
-from unlearn_lens.report.tables import summary_table
+from unlearn_lens.report.tables import summary_table_text
 from unlearn_lens.scoring import random_masks
 
 CFG = dict(
@@ -44,7 +44,7 @@ def test_seeds_give_different_masks_with_the_same_counts(runs):
     masks = [b.masks for b in baselines]
     assert masks[0] != masks[1] and masks[1] != masks[2] and masks[0] != masks[2]
     for b in baselines:
-        assert b.config == run.config and b.means is run.means
+        assert b.config == run.config and b.ablation is run.ablation
         for sel, r in zip(run.history, b.history, strict=True):
             assert (r.new_mlp, r.new_attn, r.mlp_counts, r.attn_counts) == (
                 sel.new_mlp,
@@ -84,7 +84,7 @@ def test_several_baselines_round_trip(banded, tmp_path):
     for back, orig in zip(loaded.random_runs(), banded.random_runs(), strict=True):
         assert back.masks == orig.masks and back.strategy == "random"
         assert [s.retain for s in back.history] == [s.retain for s in orig.history]
-        assert back.means is loaded.means
+        assert back.ablation is loaded.ablation
     assert list(loaded.runs()) == ["selective", "random"] and loaded.runs()["random"] is loaded.baseline
 
 
@@ -172,7 +172,7 @@ def test_report_and_table_give_the_seeds(banded, tmp_path):
     assert "random (3 seeds)" in html and "over 3 seeds (3, 4, 5)" in html
     assert "seeds 3, 4, 5" in html and "min–max" in html
     assert all(f"random seed {s} run" in html for s in (3, 4, 5))  # the step tables
-    table = summary_table(banded)
+    table = summary_table_text(banded)
     header, _, *rows = table.splitlines()
     assert header.split()[-3:] == ["random", "(3", "seeds)"]
     (headline,) = [r for r in rows if r.startswith("retain top1 at forget")]

@@ -75,13 +75,13 @@ def test_checks_run_save_and_load(gpt2, run_dir):
         run,
         members={"forget": (CODE[:8], [t.upper() for t in CODE[:8]]), "retain": (PROSE[:8], "demo:prose")},
         n_texts=8,
-        steps=4,
+        n_steps=4,
         batch_size=2,
         eval_every=2,
         eval_tokens=200,
     )
     assert set(checks.relearn) == {"selective", "random", "unpruned"}
-    assert checks.relearn["selective"].steps == [0, 2, 4]
+    assert checks.relearn["selective"].eval_steps == [0, 2, 4]
     assert checks.relearn["selective"].forget[0].top1 == run.final.forget.top1  # step 0 is the pruned model
     assert checks.relearn["unpruned"].forget[0].top1 == run.base.forget.top1
     assert set(checks.membership) == {"forget", "retain"}

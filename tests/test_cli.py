@@ -61,9 +61,9 @@ def test_prune_writes_results(gpt2_dir, data_dir, tmp_path, capsys):
     assert results["version"] == ul.__version__ and results["run"]["config"]["mlp_frac"] == 0.1
     sel = results["run"]
     assert sel["info"]["forget"] == str(data_dir / "code.jsonl") and sel["info"]["forget_field"] == "content"
-    assert len(sel["steps"]) == 3 and results["baseline"]["steps"][1]["new_mlp"] == sel["steps"][1]["new_mlp"]
+    assert len(sel["history"]) == 3 and results["baseline"]["history"][1]["new_mlp"] == sel["history"][1]["new_mlp"]
     run = ul.PruneRun.load(out)
-    assert run.masks.n_mlp == sel["steps"][-1]["n_mlp"] == 2 * round(0.1 * 128)
+    assert run.masks.n_mlp == sel["history"][-1]["n_mlp"] == 2 * round(0.1 * 128)
     assert run.forget_stats.n_tokens == 300 and run.baseline.strategy == "random"
     assert not list(tmp_path.glob(".*")) and not list(out.glob(".*"))
 
@@ -88,15 +88,14 @@ def test_several_sources_per_side(gpt2_dir, data_dir, tmp_path, capsys):
     assert main(bad) == 2 and "separate texts" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
-def test_deprecated_flags_still_work(gpt2_dir, data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("old", ["--ff-frac", "--steps", "--stop-at"])
+def test_old_flag_spellings_are_refused(old, gpt2_dir, data_dir, tmp_path, capsys):
+    """The flags of 0.1 (``--ff-frac``, ``--steps``, ``--stop-at``) are gone: one name per setting."""
     args = _args(gpt2_dir, data_dir, tmp_path / "run", "--baseline", "none")
-    args[args.index("--mlp-frac")] = "--ff-frac"
-    args[args.index("--n-steps")] = "--steps"
-    assert main(args + ["--stop-at", "0.99"]) == 0
-    err = capsys.readouterr().err
-    assert "--ff-frac is deprecated; use --mlp-frac" in err and "--steps is deprecated; use --n-steps" in err
-    config = json.loads((tmp_path / "run" / "results.json").read_text())["run"]["config"]
-    assert (config["mlp_frac"], config["stop_at_forget"]) == (0.1, 0.99)
+    with pytest.raises(SystemExit) as exc:
+        main(args + [old, "0.5"])
+    assert exc.value.code == 2 and old in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_per_kind_flags(gpt2_dir, data_dir, tmp_path):
@@ -118,7 +117,7 @@ def test_per_kind_flags(gpt2_dir, data_dir, tmp_path):
     assert main(args) == 0
     run = ul.PruneRun.load(tmp_path / "run")
     assert run.config.ablations == {"mlp": "mean", "attn": "zero"}
-    assert (run.scores.mlp_method, run.scores.attn_method) == ("freq", "abs")
+    assert (run.scores.mlp_scoring, run.scores.attn_scoring) == ("freq", "abs")
 
 
 def test_existing_output_directory_is_refused_before_any_work(gpt2_dir, data_dir, tmp_path, capsys):
@@ -164,7 +163,7 @@ def test_separate_text_fields(gpt2_dir, data_dir, tmp_path, capsys):
     assert main(args + ["--retain-field", "body"]) == 0
     info = json.loads((out / "results.json").read_text())["run"]["info"]
     assert (info["forget_field"], info["retain_field"]) == ("content", "body")
-    assert json.loads((out / "results.json").read_text())["run"]["steps"][0]["retain"]["n_tokens"] == 300
+    assert json.loads((out / "results.json").read_text())["run"]["history"][0]["retain"]["n_tokens"] == 300
     # the report reads each dataset back with its own column for the neuron cards
     page = ul.write_report(out, load_model_from_results=True, n_cards=1, card_tokens=200, device="cpu").read_text(
         encoding="utf-8"
@@ -258,8 +257,8 @@ def test_resume_after_an_interruption_gives_the_same_run(
     assert not (tmp_path / "cut.partial").exists()
     full, cut = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("full", "cut"))
     for key in ("run", "baseline"):
-        assert [(s["forget"], s["retain"], s["mlp_counts"]) for s in cut[key]["steps"]] == [
-            (s["forget"], s["retain"], s["mlp_counts"]) for s in full[key]["steps"]
+        assert [(s["forget"], s["retain"], s["mlp_counts"]) for s in cut[key]["history"]] == [
+            (s["forget"], s["retain"], s["mlp_counts"]) for s in full[key]["history"]
         ]
     assert (tmp_path / "cut" / "masks.safetensors").read_bytes() == (
         tmp_path / "full" / "masks.safetensors"

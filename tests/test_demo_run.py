@@ -45,7 +45,7 @@ def demo_run(tmp_path_factory):
 
 def test_unpruned_demo_model_is_good_at_both_domains(demo_run):
     _, results = demo_run
-    base = results["run"]["steps"][0]
+    base = results["run"]["history"][0]
     assert base["forget"]["top1"] > 0.30  # code
     assert base["retain"]["top1"] > 0.20  # prose
     assert base["forget"]["n_tokens"] == base["retain"]["n_tokens"] == 20_000
@@ -63,8 +63,8 @@ def test_selective_pruning_halves_code_and_keeps_most_prose(demo_run):
 def test_random_baseline_does_much_worse(demo_run):
     _, results = demo_run
     sel, rnd = results["run"], results["baseline"]
-    assert [s["mlp_counts"] for s in rnd["steps"]] == [s["mlp_counts"] for s in sel["steps"]]
-    assert [s["attn_counts"] for s in rnd["steps"]] == [s["attn_counts"] for s in sel["steps"]]
+    assert [s["mlp_counts"] for s in rnd["history"]] == [s["mlp_counts"] for s in sel["history"]]
+    assert [s["attn_counts"] for s in rnd["history"]] == [s["attn_counts"] for s in sel["history"]]
     assert rnd["config"] == sel["config"]
     assert rnd["summary"]["forget_rel"]["top1"] > 0.80  # same units per layer touch code far less (README: 85 %)
     assert rnd["summary"]["retain_at_forget"]["value"] is None  # never reaches half of code accuracy
@@ -87,8 +87,8 @@ def test_every_random_seed_stays_far_from_selective(demo_run):
 def test_outputs_are_complete(demo_run):
     out, results = demo_run
     run = ul.PruneRun.load(out)
-    assert run.masks.n_mlp == round(results["run"]["summary"]["frac_mlp"] * run.dims.n_mlp)
-    assert run.baseline is not None and run.means is not None
+    assert run.masks.n_mlp == round(results["run"]["summary"]["mlp_frac"] * run.dims.n_mlp)
+    assert run.baseline is not None and run.ablation.means is not None
     html = (out / "report.html").read_text()
     assert "retain top-1 at forget top-1" in html.lower() and html.count("plotly-graph-div") >= 6
 
@@ -104,7 +104,7 @@ def test_default_masks_carry_over_to_sources_outside_training(demo_run):
             model.tokenizer, ul.load_texts(f"demo:{domain}:outside"), seq_len=128, max_tokens=40_000
         )
         base = ul.evaluate(model, tokens, max_tokens=None, batch_size=16, progress=False)
-        with ul.pruned(model, run.masks, ablation="mean", means=run.means):
+        with ul.pruned(model, run.masks, run.ablation):
             pruned = ul.evaluate(model, tokens, max_tokens=None, batch_size=16, progress=False)
         rel[domain] = pruned.top1 / base.top1
     print(f"outside sources, top-1 relative to unpruned: {rel}")
@@ -118,7 +118,7 @@ def test_prose_loss_breakdown_explains_the_prose_cost(demo_run):
     script = Path(__file__).parents[1] / "scripts" / "prose_loss_breakdown.py"
     text = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, check=True).stdout
     totals = dict(re.findall(r"top-1\s+(unpruned|selective): ([0-9.]+)", text))
-    steps = results["run"]["steps"]
+    steps = results["run"]["history"]
     assert float(totals["unpruned"]) == pytest.approx(steps[0]["retain"]["top1"], abs=2e-4)
     assert float(totals["selective"]) == pytest.approx(steps[-1]["retain"]["top1"], abs=2e-4)
     rows = {

@@ -90,7 +90,7 @@ def test_torchrun_two_processes_match_one(gpt2_dir, tmp_path):
             assert x.n_tokens == y.n_tokens
             assert (x.top1, x.topk) == pytest.approx((y.top1, y.topk), abs=1e-6)
             assert x.loss == pytest.approx(y.loss, rel=1e-6)
-    assert torch.allclose(one.means.mlp.mean, two.means.mlp.mean, rtol=1e-6, atol=1e-9)
+    assert torch.allclose(one.ablation.means.mlp.mean, two.ablation.means.mlp.mean, rtol=1e-6, atol=1e-9)
     assert torch.allclose(one.scores.mlp, two.scores.mlp, rtol=1e-6, atol=1e-9)
     dist = two.info["distributed"]
     assert dist["world_size"] == 2 and "distributed" not in one.info

@@ -152,7 +152,7 @@ def test_masks_change_scores_and_leave_model_unpruned(gpt2, ablation):
     masks = _masks(gpt2)
     means = ul.collect_stats(gpt2, PROSE, max_tokens=300, progress=False) if ablation == "mean" else None
     before = text_scores(gpt2, members)
-    result = membership_check(gpt2, members, nonmembers, masks=masks, ablation=ablation, means=means)
+    result = membership_check(gpt2, members, nonmembers, masks=masks, ablation=ul.Ablation.of(ablation, means=means))
     assert our_hooks(gpt2) == 0
     assert result.pruned is not None and set(result.pruned) == set(SCORES)
     assert result.settings["n_mlp_pruned"] == masks.n_mlp > 0

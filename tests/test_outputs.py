@@ -105,7 +105,7 @@ def test_a_run_without_steps_is_a_clear_error(small_run, tmp_path, capsys):
 
     out = small_run.save(tmp_path / "run")
     data = json.loads((out / "results.json").read_text())
-    data["run"]["steps"] = []
+    data["run"]["history"] = []
     (out / "results.json").write_text(json.dumps(data))
     with pytest.raises(ul.UnlearnLensError, match="has no steps"):
         ul.PruneRun.load(out)

@@ -131,7 +131,7 @@ def test_random_baseline_copies_per_layer_counts_and_config(demo_run):
             r.attn_counts,
         )
     assert rnd.masks != demo_run.masks
-    assert rnd.config == demo_run.config and rnd.means is demo_run.means
+    assert rnd.config == demo_run.config and rnd.ablation is demo_run.ablation
     assert rnd.base.forget == demo_run.base.forget and rnd.base.retain == demo_run.base.retain
 
 
@@ -151,7 +151,7 @@ def test_baseline_follows_a_reference_with_another_config(gpt2):
     )
     ref = ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False)
     rnd = ul.random_baseline(gpt2, CODE, PROSE, ref, progress=False)
-    assert rnd.config == cfg and rnd.means is ref.means
+    assert rnd.config == cfg and rnd.ablation is ref.ablation
     assert rnd.base.forget.n_tokens == ref.base.forget.n_tokens == 180
     assert [s.new_attn for s in rnd.history] == [s.new_attn for s in ref.history]
     with pytest.raises(ul.UnlearnLensError, match="must be a selective run"):
@@ -253,8 +253,8 @@ def test_scoring_per_unit_kind_in_the_loop(gpt2):
         attn_scoring="mean",
     )
     run = ul.selective_prune(gpt2, CODE, PROSE, cfg, progress=False)
-    assert (run.scores.mlp_method, run.scores.attn_method) == ("freq", "mean")
-    by_hand = ul.score(run.forget_stats, run.retain_stats, mlp_method="freq", attn_method="mean", seed=1)
+    assert (run.scores.mlp_scoring, run.scores.attn_scoring) == ("freq", "mean")
+    by_hand = ul.score(run.forget_stats, run.retain_stats, mlp_scoring="freq", attn_scoring="mean", seed=1)
     assert torch.equal(run.scores.attn, by_hand.attn) and torch.equal(run.scores.mlp, by_hand.mlp)
 
 
@@ -278,13 +278,16 @@ def test_run_directory_round_trip(demo_run, tmp_path):
         ]
     )
     data = json.loads((out / "results.json").read_text())
-    assert data["format"] == 2 and data["run"]["strategy"] == "selective" and data["baseline"]["strategy"] == "random"
+    assert data["format"] == 3 and data["run"]["strategy"] == "selective" and data["baseline"]["strategy"] == "random"
     assert data["run"]["summary"]["retain_at_forget"]["value"] == demo_run.retain_at_forget(0.5)
     back = ul.PruneRun.load(out)
     assert back.config == demo_run.config and back.masks == demo_run.masks
     assert [s.forget for s in back.history] == [s.forget for s in demo_run.history]
     assert back.baseline.masks == demo_run.baseline.masks and back.baseline.strategy == "random"
-    assert torch.equal(back.scores.mlp, demo_run.scores.mlp) and back.means.n_tokens == demo_run.means.n_tokens
+    assert (
+        torch.equal(back.scores.mlp, demo_run.scores.mlp)
+        and back.ablation.means.n_tokens == demo_run.ablation.means.n_tokens
+    )
     with pytest.raises(ul.UnlearnLensError, match="already exists"):
         demo_run.save(out)
     (out / "results.json").write_text("{not json")
@@ -377,7 +380,9 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(gpt2, tmp_path, monkeypa
     assert [s.forget for s in resumed.history] == [s.forget for s in full.history]
     assert [s.retain for s in resumed.history] == [s.retain for s in full.history]
     assert resumed.masks == full.masks and resumed.info == {**full.info, "k": "v"}
-    assert torch.equal(resumed.scores.mlp, full.scores.mlp) and torch.equal(resumed.means.mlp.mean, full.means.mlp.mean)
+    assert torch.equal(resumed.scores.mlp, full.scores.mlp) and torch.equal(
+        resumed.ablation.means.mlp.mean, full.ablation.means.mlp.mean
+    )
     # a finished checkpoint is returned as it is
     again = ul.selective_prune(gpt2, checkpoint=tmp_path / "ckpt", progress=False)
     assert again.masks == full.masks and len(again.history) == len(full.history)

@@ -26,7 +26,8 @@ SEQ = 32
 HELD_CODE = [
     "def scale(items, k):\n    return [k * v for v in items]\n",
     "total = 0\nfor line in open(path):\n    total += len(line)\nprint(total)\n",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n    def push(self, x):\n        self.items.append(x)\n",
+    "class Stack:\n    def __init__(self):\n        self.items = []\n"
+    "    def push(self, x):\n        self.items.append(x)\n",
     "if value is None:\n    value = default\nelse:\n    value = int(value)\n",
     "def mean(xs):\n    return sum(xs) / len(xs) if xs else 0.0\n",
     "import sys\nargs = sys.argv[1:]\nfor a in args:\n    print(a.upper())\n",
@@ -56,18 +57,18 @@ def held(gpt2) -> tuple[ul.TokenSet, ul.TokenSet]:
 
 
 def _kw(**overrides):
-    return {"seq_len": SEQ, "batch_size": 4, "steps": 4, "eval_every": 2, "lr": 3e-3, "progress": False} | overrides
+    return {"seq_len": SEQ, "batch_size": 4, "n_steps": 4, "eval_every": 2, "lr": 3e-3, "progress": False} | overrides
 
 
 def test_users_model_is_unchanged_and_hookless(gpt2, means, held):
     before = {k: v.clone() for k, v in gpt2.state_dict().items()}
-    curve = relearn(gpt2, _masks(gpt2), CODE, *held, ablation="mean", means=means, **_kw())
+    curve = relearn(gpt2, _masks(gpt2), CODE, *held, ablation=ul.Ablation.of("mean", means=means), **_kw())
     assert our_hooks(gpt2) == 0
     after = gpt2.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.grad is None for p in gpt2.parameters())
-    assert curve.steps == [0, 2, 4] and len(curve.forget) == len(curve.retain) == 3 and len(curve.train_loss) == 4
+    assert curve.eval_steps == [0, 2, 4] and len(curve.forget) == len(curve.retain) == 3 and len(curve.train_loss) == 4
     assert curve.forget_top1 != [curve.forget_top1[0]] * 3  # the copy did learn
     assert (curve.n_mlp, curve.n_attn) == (6, 10) and curve.train_tokens > 0
 
@@ -91,7 +92,7 @@ def test_pruned_units_stay_ablated_while_training(gpt2, means):
     start = weights()
     seen = {}
     with ul.pruned(model, masks, mlp_ablation="mean", attn_ablation="zero", means=means):
-        losses = finetune_(model, tokens, steps=6, lr=1e-2, batch_size=4)
+        losses = finetune_(model, tokens, n_steps=6, lr=1e-2, batch_size=4)
 
         def recorder(name):
             return lambda x, hook: seen.__setitem__(name, x.detach().clone())
@@ -114,11 +115,13 @@ def test_pruned_units_stay_ablated_while_training(gpt2, means):
 
 def test_step_zero_is_the_pruned_model_and_a_vanishing_lr_stays_flat(gpt2, means, held):
     masks = _masks(gpt2)
-    curve = relearn(gpt2, masks, CODE, *held, ablation="mean", means=means, **_kw(lr=1e-30, eval_every=1, steps=2))
+    curve = relearn(
+        gpt2, masks, CODE, *held, ablation=ul.Ablation.of("mean", means=means), **_kw(lr=1e-30, eval_every=1, n_steps=2)
+    )
     with ul.pruned(gpt2, masks, ablation="mean", means=means):
         expected = [ul.evaluate(gpt2, t, max_tokens=None, batch_size=4, progress=False) for t in held]
     unpruned = ul.evaluate(gpt2, held[0], max_tokens=None, batch_size=4, progress=False)
-    assert curve.steps == [0, 1, 2]
+    assert curve.eval_steps == [0, 1, 2]
     assert curve.forget == [expected[0]] * 3 and curve.retain == [expected[1]] * 3
     assert curve.forget[0] != unpruned  # the copy really was pruned
 
@@ -127,14 +130,18 @@ def test_training_lowers_the_loss(gpt2):
     model = copy.deepcopy(gpt2)
     tokens = ul.tokenize_texts(gpt2.tokenizer, CODE, seq_len=SEQ)
     before = ul.evaluate(model, tokens, max_tokens=None, progress=False).loss
-    finetune_(model, tokens, steps=10, lr=1e-2, batch_size=4)
+    finetune_(model, tokens, n_steps=10, lr=1e-2, batch_size=4)
     after = ul.evaluate(model, tokens, max_tokens=None, progress=False).loss
     assert after < before - 1.0
 
 
 def test_unpruned_model_relearns_held_out_code(gpt2, held, capsys):
     curve = relearn(
-        gpt2, ul.Masks.empty(ul.ModelDims.of(gpt2)), CODE, held[0], **_kw(steps=8, eval_every=4, lr=1e-2, progress=True)
+        gpt2,
+        ul.Masks.empty(ul.ModelDims.of(gpt2)),
+        CODE,
+        held[0],
+        **_kw(n_steps=8, eval_every=4, lr=1e-2, progress=True),
     )
     assert "relearn" in capsys.readouterr().err  # the progress bar
     assert curve.retain == [] and curve.retain_top1 == []
@@ -154,14 +161,14 @@ def test_same_seed_same_curve(gpt2, held):
 def test_evaluation_rows_seen_in_training_are_reported(gpt2, caplog):
     masks = ul.Masks.empty(ul.ModelDims.of(gpt2))
     with caplog.at_level(logging.WARNING, logger="unlearn_lens.checks.relearn"):
-        relearn(gpt2, masks, CODE, CODE, **_kw(steps=1))
+        relearn(gpt2, masks, CODE, CODE, **_kw(n_steps=1))
     assert "also occur among the training rows" in caplog.text
 
 
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ({"steps": 0}, "steps must be at least 1"),
+        ({"n_steps": 0}, "n_steps must be at least 1"),
         ({"lr": 0.0}, "lr must be a positive"),
         ({"lr": -1e-3}, "lr must be a positive"),
         ({"batch_size": 0}, "batch_size must be at least 1"),
@@ -212,12 +219,12 @@ def test_comparison_of_a_run_its_baseline_and_the_unpruned_model(gpt2, held):
     run.baseline = ul.random_baseline(gpt2, CODE, PROSE, run, progress=False)
     _, forget_eval = ul.token_budgets(gpt2.tokenizer, CODE, [cfg.collect_tokens, cfg.eval_tokens], seq_len=SEQ)
     _, retain_eval = ul.token_budgets(gpt2.tokenizer, PROSE, [cfg.collect_tokens, cfg.eval_tokens], seq_len=SEQ)
-    curves = relearn_comparison(gpt2, run, HELD_CODE, forget_eval, retain_eval, steps=2, eval_every=2, batch_size=4)
+    curves = relearn_comparison(gpt2, run, HELD_CODE, forget_eval, retain_eval, n_steps=2, eval_every=2, batch_size=4)
     assert list(curves) == ["selective", "random", "unpruned"]
     for curve, step in zip(curves.values(), (run.final, run.baseline.final, run.base)):
         assert curve.forget[0] == step.forget and curve.retain[0] == step.retain  # step 0 is the run's own number
         assert (curve.n_mlp, curve.n_attn) == (step.n_mlp, step.n_attn)
-        assert curve.config.ablations == cfg.ablations
+        assert curve.ablation == cfg.ablations
     with pytest.raises(ul.UnlearnLensError, match="come from the run"):
         relearn_comparison(gpt2, run, HELD_CODE, forget_eval, ablation="zero")
 

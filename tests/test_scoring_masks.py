@@ -23,10 +23,10 @@ def stats_pair(gpt2):
 )
 def test_ratio_methods(stats_pair, method, attr):
     forget, retain = stats_pair
-    s = ul.score(forget, retain, method=method)
+    s = ul.score(forget, retain, scoring=method)
     torch.testing.assert_close(s.mlp, getattr(forget.mlp, attr) / (getattr(retain.mlp, attr) + 1e-3))
     torch.testing.assert_close(s.attn, getattr(forget.attn, attr) / (getattr(retain.attn, attr) + 1e-4))
-    s2 = ul.score(forget, retain, method=method, mlp_eps=0.5, attn_eps=0.25)
+    s2 = ul.score(forget, retain, scoring=method, mlp_eps=0.5, attn_eps=0.25)
     torch.testing.assert_close(s2.mlp, getattr(forget.mlp, attr) / (getattr(retain.mlp, attr) + 0.5))
     torch.testing.assert_close(s2.attn, getattr(forget.attn, attr) / (getattr(retain.attn, attr) + 0.25))
 
@@ -43,15 +43,15 @@ def test_wanda_weighs_rms_by_the_output_weights(gpt2, stats_pair):
         torch.testing.assert_close(norms["mlp"][layer], block.mlp.c_proj.weight.double().norm(dim=1))
         by_hand = block.attn.c_proj.weight.double().norm(dim=1).reshape(dims.n_heads, dims.d_head)
         torch.testing.assert_close(norms["attn"][layer], by_hand)
-    s = ul.score(forget, retain, method="wanda", output_norms=norms)
+    s = ul.score(forget, retain, scoring="wanda", output_norms=norms)
     torch.testing.assert_close(s.mlp, forget.mlp.rms * norms["mlp"] / (retain.mlp.rms * norms["mlp"] + 1e-3))
     torch.testing.assert_close(s.attn, forget.attn.rms * norms["attn"] / (retain.attn.rms * norms["attn"] + 1e-4))
     # the norm acts through eps: a unit whose output weights shrink scores lower, all else equal
     small = {"mlp": norms["mlp"] * 1e-3, "attn": norms["attn"]}
-    shrunk = ul.score(forget, retain, method="wanda", output_norms=small)
+    shrunk = ul.score(forget, retain, scoring="wanda", output_norms=small)
     assert bool((shrunk.mlp <= s.mlp + 1e-12).all()) and bool((shrunk.mlp < s.mlp).any())
     with pytest.raises(ul.UnlearnLensError, match="needs the norms of the units' output weights"):
-        ul.score(forget, retain, method="wanda")
+        ul.score(forget, retain, scoring="wanda")
     run = ul.selective_prune(
         gpt2,
         CODE,
@@ -59,14 +59,14 @@ def test_wanda_weighs_rms_by_the_output_weights(gpt2, stats_pair):
         ul.PruneConfig(mlp_frac=0.1, n_steps=1, collect_tokens=200, eval_tokens=100, seq_len=32, scoring="wanda"),
         progress=False,
     )
-    assert run.initial_scores.mlp_method == "wanda" and run.masks.n_mlp == round(0.1 * dims.n_mlp)
+    assert run.initial_scores.mlp_scoring == "wanda" and run.masks.n_mlp == round(0.1 * dims.n_mlp)
 
 
 def test_mean_and_rand(stats_pair):
     forget, retain = stats_pair
-    s = ul.score(forget, retain, method="mean")
+    s = ul.score(forget, retain, scoring="mean")
     torch.testing.assert_close(s.mlp, (forget.mlp.mean - retain.mlp.mean).abs())
-    a, b, c = (ul.score(forget, retain, method="rand", seed=k) for k in (1, 1, 2))
+    a, b, c = (ul.score(forget, retain, scoring="rand", seed=k) for k in (1, 1, 2))
     assert torch.equal(a.mlp, b.mlp) and not torch.equal(a.mlp, c.mlp)
     assert abs(float(a.mlp.mean())) < 0.3 and 0.7 < float(a.mlp.std()) < 1.3
 
@@ -74,7 +74,7 @@ def test_mean_and_rand(stats_pair):
 def test_bad_method_and_mismatched_stats(stats_pair, native_gated):
     forget, retain = stats_pair
     with pytest.raises(ul.UnlearnLensError, match="unknown scoring method 'magic'"):
-        ul.score(forget, retain, method="magic")
+        ul.score(forget, retain, scoring="magic")
     other = ul.collect_stats(native_gated, PROSE, max_tokens=100, progress=False)
     with pytest.raises(ul.UnlearnLensError, match="different models"):
         ul.score(forget, other)
@@ -175,23 +175,23 @@ def test_random_masks_like_keeps_whole_heads():
 
 def test_scoring_per_unit_kind(stats_pair):
     forget, retain = stats_pair
-    s = ul.score(forget, retain, mlp_method="freq", attn_method="mean")
-    assert (s.mlp_method, s.attn_method) == ("freq", "mean")
+    s = ul.score(forget, retain, mlp_scoring="freq", attn_scoring="mean")
+    assert (s.mlp_scoring, s.attn_scoring) == ("freq", "mean")
     torch.testing.assert_close(s.mlp, forget.mlp.freq / (retain.mlp.freq + 1e-3))
     torch.testing.assert_close(s.attn, (forget.attn.mean - retain.attn.mean).abs())
-    shared = ul.score(forget, retain, method="rms", attn_method="abs")
-    torch.testing.assert_close(shared.mlp, ul.score(forget, retain, method="rms").mlp)
-    torch.testing.assert_close(shared.attn, ul.score(forget, retain, method="abs").attn)
+    shared = ul.score(forget, retain, scoring="rms", attn_scoring="abs")
+    torch.testing.assert_close(shared.mlp, ul.score(forget, retain, scoring="rms").mlp)
+    torch.testing.assert_close(shared.attn, ul.score(forget, retain, scoring="abs").attn)
     with pytest.raises(ul.UnlearnLensError, match="unknown mlp_scoring method 'magic'"):
-        ul.score(forget, retain, mlp_method="magic")
+        ul.score(forget, retain, mlp_scoring="magic")
 
 
 def test_scores_file_round_trip(stats_pair, tmp_path):
-    s = ul.score(*stats_pair, mlp_method="std", attn_method="sqrt")
+    s = ul.score(*stats_pair, mlp_scoring="std", attn_scoring="sqrt")
     s.save(tmp_path / "s.safetensors")
     back = ul.Scores.load(tmp_path / "s.safetensors")
     assert torch.equal(back.mlp, s.mlp) and torch.equal(back.attn, s.attn)
-    assert (back.mlp_method, back.attn_method, back.config) == ("std", "sqrt", s.config)
+    assert (back.mlp_scoring, back.attn_scoring, back.config) == ("std", "sqrt", s.config)
 
 
 def test_mask_files(gpt2, native_gated, tmp_path):

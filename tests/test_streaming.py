@@ -107,7 +107,7 @@ def test_endless_hub_streams_finish_with_bounded_reads(gpt2_dir, tmp_path, hub):
     assert texts["evaluation"][0]["texts"][1] <= info["forget_texts_read"]
     # the same command gives the same run
     assert main(_args(gpt2_dir, tmp_path / "b")) == 0
-    steps = [json.loads((tmp_path / d / "results.json").read_text())["run"]["steps"] for d in ("a", "b")]
+    steps = [json.loads((tmp_path / d / "results.json").read_text())["run"]["history"] for d in ("a", "b")]
     assert [s["forget"] for s in steps[0]] == [s["forget"] for s in steps[1]]
 
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import CODE, PROSE
 
 import unlearn_lens as ul
-from unlearn_lens.checks.sweep import Sweep, sweep, sweep_figure, write_sweep_report
+from unlearn_lens.checks.sweep import Sweep, sweep
+from unlearn_lens.report.sweep import sweep_figure, write_sweep_report
 
 CONFIG = ul.PruneConfig(
     mlp_frac=0.1,
@@ -67,7 +68,7 @@ def test_table_rows_are_the_runs_numbers(small_sweep):
         assert row["separability_area"] == c.run.separability_area()
         assert row["forget_rel"] == c.run.relative_path()[0][-1]
         assert row["random_retain_at_forget"] == c.run.baseline.retain_at_forget(0.5)
-        assert row["frac_mlp"] == c.run.final.n_mlp / c.run.dims.n_mlp > 0
+        assert row["mlp_frac"] == c.run.final.n_mlp / c.run.dims.n_mlp > 0
 
 
 def test_directory_round_trip_and_page(small_sweep, tmp_path):
@@ -133,6 +134,6 @@ def test_cli_sweep(gpt2_dir, tmp_path, capsys):
     assert "mean" in printed and "resample" in printed and "report.html" in printed
     saved = Sweep.load(out)
     assert [c.name for c in saved.cells] == ["mean-freq", "resample-freq"]
-    assert saved.cells[1].run.sample.n == 40 and saved.info["forget"].endswith("code.jsonl")
+    assert saved.cells[1].run.ablation.sample.n == 40 and saved.info["forget"].endswith("code.jsonl")
     assert main(args) == 2  # the directory exists now
     assert "exists" in capsys.readouterr().err

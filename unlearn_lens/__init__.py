@@ -18,9 +18,12 @@ Typical use::
 
 The stages compose by nesting, the TransformerLens way::
 
-    with ul.pruned(model, masks, ablation="mean", means=retain_stats):
+    with ul.pruned(model, run.masks, run.ablation):
         stats = ul.collect_stats(model, forget)
         result = ul.evaluate(model, retain)
+
+A run's ablation is one value, ``run.ablation`` (an :class:`Ablation`); by hand,
+``ul.pruned(model, masks, ablation="mean", means=retain_stats)`` builds the same.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from __future__ import annotations
 from unlearn_lens._version import __version__
 
 # models and data
-from unlearn_lens.models import ModelDims, load_model
+from unlearn_lens.models import UNIT_KINDS, ModelDims, hook_name, load_model
 from unlearn_lens.data import TokenSet, token_budgets, tokenize_texts
 from unlearn_lens.sources import load_texts
 
@@ -37,7 +40,8 @@ from unlearn_lens.stats import ActivationStats, collect_stats
 from unlearn_lens.masks import Masks
 from unlearn_lens.scoring import Scores, random_masks, score, select
 
-# pruning and evaluation
+# ablation, pruning and evaluation
+from unlearn_lens.ablations import Ablation, ActivationHistogram, ActivationSample, collect_ablation_values
 from unlearn_lens.pruning import prune_weights_, pruned, save_pruned
 from unlearn_lens.evaluate import EvalResult, evaluate
 
@@ -53,7 +57,9 @@ from unlearn_lens.errors import UnlearnLensError
 __all__ = [
     "__version__",
     # models and data
+    "UNIT_KINDS",
     "ModelDims",
+    "hook_name",
     "load_model",
     "TokenSet",
     "load_texts",
@@ -67,7 +73,11 @@ __all__ = [
     "random_masks",
     "score",
     "select",
-    # pruning and evaluation
+    # ablation, pruning and evaluation
+    "Ablation",
+    "ActivationHistogram",
+    "ActivationSample",
+    "collect_ablation_values",
     "prune_weights_",
     "pruned",
     "save_pruned",

@@ -43,10 +43,18 @@ from unlearn_lens._io import read_safetensors, write_safetensors
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.distributed import gather, shard, sum_across, world
 from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.models import UNIT_KINDS, ModelDims, model_dims, model_name
+from unlearn_lens.models import UNIT_KINDS, ModelDims, model_dims, model_name, per_kind
 from unlearn_lens.stats import ActivationStats, RunningStats, stream_units
 
-__all__ = ["ABLATIONS", "ActivationHistogram", "ActivationSample", "HistogramBlock", "collect_ablation_values"]
+__all__ = [
+    "ABLATIONS",
+    "ABLATION_FILES",
+    "Ablation",
+    "ActivationHistogram",
+    "ActivationSample",
+    "HistogramBlock",
+    "collect_ablation_values",
+]
 
 ABLATIONS = ("zero", "mean", "peak", "resample")
 """Ablations: 0, the retain mean, the retain mode (peak), a random retain token's value (resample)."""
@@ -255,6 +263,45 @@ def _draw(n_tokens: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_tokens, generator=gen)[: min(n, n_tokens)].sort().values
 
 
+def _check_request(model: Any, dims: ModelDims, stats: ActivationStats, bins: int | None, sample_tokens: int) -> None:
+    """Refuse statistics of another model, or a call that asks for nothing (or for a negative sample)."""
+    if stats.dims != dims:
+        raise UnlearnLensError(
+            f"statistics for a model with {stats.dims.to_dict()} do not fit {model_name(model)!r} ({dims.to_dict()})"
+        )
+    if bins is None and sample_tokens <= 0:
+        raise UnlearnLensError("collect_ablation_values needs bins (peak) or sample_tokens > 0 (resample)")
+    if sample_tokens < 0:
+        raise UnlearnLensError(f"sample_tokens must be >= 0, got {sample_tokens}")
+
+
+def _sample_slots(
+    tokens: TokenSet, dims: ModelDims, sample_tokens: int, seed: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """This rank's share of the resample pool: the counted positions it keeps, and zeroed buffers for them.
+
+    Returns:
+        ``(take, pool)``: increasing positions among this rank's counted tokens, and
+        ``{"mlp": [n layer d_mlp], "attn": [n layer head d_head]}`` float32 (empty without a sample).
+    """
+    if sample_tokens <= 0:
+        return torch.empty(0, dtype=torch.long), {}
+    rank, size = world()
+    share = -(-sample_tokens // size)
+    n_mine = shard(tokens).n_tokens
+    if n_mine < share:
+        raise UnlearnLensError(
+            f"resample ablation asks for {sample_tokens:,} retain tokens but only "
+            f"{n_mine * size:,} are available; lower the sample size"
+        )
+    take = _draw(n_mine, share, seed + rank)
+    pool = {
+        kind: torch.zeros(len(take), *shape, dtype=torch.float32)
+        for kind, shape in (("mlp", dims.mlp_shape), ("attn", dims.attn_shape))
+    }
+    return take, pool
+
+
 @torch.no_grad()
 def collect_ablation_values(
     model: Any,
@@ -289,34 +336,13 @@ def collect_ablation_values(
         UnlearnLensError: ``stats`` are for another model, or nothing is asked for.
     """
     dims = model_dims(model)
-    if stats.dims != dims:
-        raise UnlearnLensError(
-            f"statistics for a model with {stats.dims.to_dict()} do not fit {model_name(model)!r} ({dims.to_dict()})"
-        )
-    if bins is None and sample_tokens <= 0:
-        raise UnlearnLensError("collect_ablation_values needs bins (peak) or sample_tokens > 0 (resample)")
-    if sample_tokens < 0:
-        raise UnlearnLensError(f"sample_tokens must be >= 0, got {sample_tokens}")
+    _check_request(model, dims, stats, bins, sample_tokens)
     tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
-    rank, size = world()
+    size = world()[1]
     hist = None
     if bins is not None:
         hist = ActivationHistogram(HistogramBlock.around(stats.mlp, bins), HistogramBlock.around(stats.attn, bins))
-    take = torch.empty(0, dtype=torch.long)
-    pool: dict[str, torch.Tensor] = {}
-    if sample_tokens > 0:
-        share = -(-sample_tokens // size)
-        n_mine = shard(tokens).n_tokens
-        if n_mine < share:
-            raise UnlearnLensError(
-                f"resample ablation asks for {sample_tokens:,} retain tokens but only "
-                f"{n_mine * size:,} are available; lower the sample size"
-            )
-        take = _draw(n_mine, share, seed + rank)
-        pool = {
-            kind: torch.zeros(len(take), *shape, dtype=torch.float32)
-            for kind, shape in (("mlp", dims.mlp_shape), ("attn", dims.attn_shape))
-        }
+    take, pool = _sample_slots(tokens, dims, sample_tokens, seed)
     seen = {"mlp": [0] * dims.n_layers, "attn": [0] * dims.n_layers}
 
     def update(kind: str, layer: int, rows: torch.Tensor, workspace: Any) -> None:
@@ -352,3 +378,156 @@ def collect_ablation_values(
             pool = {kind: torch.cat(gather(value.to(stats.mlp.count.device))).cpu() for kind, value in pool.items()}
         sample = ActivationSample(pool["mlp"], pool["attn"], {**meta, "seed": seed, "n": int(pool["mlp"].shape[0])})
     return hist, sample
+
+
+ABLATION_FILES = {"means": "means.safetensors", "peaks": "peaks.safetensors", "sample": "resample.safetensors"}
+"""The file of each retain value of an :class:`Ablation` in a run directory."""
+
+_VALUES = {  # method -> (field of Ablation, its type, what to pass)
+    "mean": ("means", ActivationStats, "retain ActivationStats"),
+    "peak": ("peaks", ActivationHistogram, "a retain ActivationHistogram from collect_ablation_values"),
+    "resample": ("sample", ActivationSample, "a retain ActivationSample from collect_ablation_values"),
+}
+_LOADERS = {"means": ActivationStats.load, "peaks": ActivationHistogram.load, "sample": ActivationSample.load}
+
+
+@dataclass(frozen=True, eq=False)
+class Ablation:
+    """What pruned units are replaced by: a method per unit kind, and the retain values those methods need.
+
+    One value carries the whole ablation of a run: :func:`unlearn_lens.pruned`,
+    :func:`unlearn_lens.prune_weights_`, relearning and membership take it as one argument,
+    and :class:`~unlearn_lens.results.PruneRun` owns, saves and loads it
+    (``run.ablation``), so a saved run is applied again with
+    ``ul.pruned(model, run.masks, run.ablation)``.
+
+    Attributes:
+        mlp, attn: the method of each unit kind: ``"zero"``, ``"mean"``, ``"peak"`` or ``"resample"``.
+        means: retain statistics (``"mean"``: each unit reads its retain mean).
+        peaks: retain histograms (``"peak"``: each unit reads the mode of its retain distribution).
+        sample: retain activations at random tokens (``"resample"``: each unit reads its value at one
+            of them, drawn per position).
+    """
+
+    mlp: str = "zero"
+    attn: str = "zero"
+    means: ActivationStats | None = field(default=None, repr=False)
+    peaks: ActivationHistogram | None = field(default=None, repr=False)
+    sample: ActivationSample | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for kind in UNIT_KINDS:
+            if getattr(self, kind) not in ABLATIONS:
+                raise UnlearnLensError(
+                    f"unknown {kind}_ablation {getattr(self, kind)!r}; choose one of {', '.join(ABLATIONS)}"
+                )
+        for name, cls, what in _VALUES.values():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, cls):
+                raise UnlearnLensError(f"{name} must be {what}, got a {type(value).__name__}")
+
+    @classmethod
+    def of(
+        cls,
+        ablation: str | Ablation = "zero",
+        *,
+        mlp_ablation: str | None = None,
+        attn_ablation: str | None = None,
+        means: ActivationStats | None = None,
+        peaks: ActivationHistogram | None = None,
+        sample: ActivationSample | None = None,
+    ) -> Ablation:
+        """The ablation that loose arguments describe (the short form of :func:`unlearn_lens.pruned`).
+
+        Args:
+            ablation: the method of both unit kinds, or an :class:`Ablation` (returned as it is;
+                the other arguments must then be left out).
+            mlp_ablation, attn_ablation: per-kind methods (None: ``ablation``).
+            means, peaks, sample: the retain values the methods need.
+
+        Raises:
+            UnlearnLensError: an unknown method, or an :class:`Ablation` together with loose arguments.
+        """
+        loose = {"mlp_ablation": mlp_ablation, "attn_ablation": attn_ablation, "means": means}
+        loose.update(peaks=peaks, sample=sample)
+        if isinstance(ablation, Ablation):
+            given = sorted(name for name, value in loose.items() if value is not None)
+            if given:
+                raise UnlearnLensError(f"an Ablation carries its own methods and values; do not also pass {given}")
+            return ablation
+        if not isinstance(ablation, str):
+            raise UnlearnLensError(f"ablation must be a method name or an Ablation, got {type(ablation).__name__}")
+        methods = per_kind(ablation, mlp_ablation, attn_ablation, what="ablation", choices=ABLATIONS)
+        return cls(methods["mlp"], methods["attn"], means=means, peaks=peaks, sample=sample)
+
+    @property
+    def methods(self) -> dict[str, str]:
+        """The method of each unit kind: ``{"mlp": ..., "attn": ...}``."""
+        return {"mlp": self.mlp, "attn": self.attn}
+
+    def needs(self, kinds: tuple[str, ...] = UNIT_KINDS) -> list[str]:
+        """The retain values (``"means"``, ``"peaks"``, ``"sample"``) that the methods of ``kinds`` read."""
+        wanted = {self.methods[kind] for kind in kinds}
+        return [name for method, (name, _, _) in _VALUES.items() if method in wanted]
+
+    def with_values(
+        self,
+        means: ActivationStats | None = None,
+        peaks: ActivationHistogram | None = None,
+        sample: ActivationSample | None = None,
+    ) -> Ablation:
+        """The same methods with these retain values (those the methods do not read are dropped)."""
+        values = {"means": means, "peaks": peaks, "sample": sample}
+        needed = self.needs()
+        return Ablation(self.mlp, self.attn, **{k: v if k in needed else None for k, v in values.items()})
+
+    def check(self, dims: ModelDims, kinds: tuple[str, ...] = UNIT_KINDS, model: str = "") -> None:
+        """Check that the values the methods of ``kinds`` read are here and fit a model of ``dims``.
+
+        Raises:
+            UnlearnLensError: a value is missing or was made for another model.
+        """
+        for method, (name, _, what) in _VALUES.items():
+            if not any(self.methods[kind] == method for kind in kinds):
+                continue
+            value = getattr(self, name)
+            if value is None:
+                raise UnlearnLensError(f"ablation {method!r} needs {name}= ({what}), got none")
+            if value.dims != dims:
+                raise UnlearnLensError(
+                    f"{name} come from a model with {value.dims.to_dict()}, not {model or 'this model'} "
+                    f"({dims.to_dict()})"
+                )
+
+    def constant(self, kind: str) -> torch.Tensor | None:
+        """Every unit's replacement value under a constant method (None for zero and resample).
+
+        Returns:
+            ``[layer d_mlp]`` or ``[layer head d_head]``: the retain means (mean) or modes (peak).
+        """
+        method = self.methods[kind]
+        if method == "mean" and self.means is not None:
+            return getattr(self.means, kind).mean
+        if method == "peak" and self.peaks is not None:
+            return self.peaks.values(kind)
+        return None
+
+    def to_dict(self) -> dict[str, str]:
+        """The methods (the retain values are tensors, saved apart by :meth:`save`)."""
+        return dict(self.methods)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the retain values it holds into ``directory`` (see :data:`ABLATION_FILES`)."""
+        for name, file in ABLATION_FILES.items():
+            value = getattr(self, name)
+            if value is not None:
+                value.save(os.path.join(directory, file))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, methods: dict[str, str]) -> Ablation:
+        """The ablation with ``methods`` (``{"mlp": ..., "attn": ...}``) and the retain values in ``directory``."""
+        values = {}
+        for name, file in ABLATION_FILES.items():
+            path = os.path.join(directory, file)
+            values[name] = _LOADERS[name](path) if os.path.isfile(path) else None
+        return cls(methods["mlp"], methods["attn"], **values)

@@ -23,9 +23,9 @@ from typing import Any
 
 from unlearn_lens._io import check_output_dir
 from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.report.tables import summary_table, sweep_table
+from unlearn_lens.report.tables import summary_table_text, sweep_table
 
-__all__ = ["DEMO_SETTINGS", "main", "summary_table"]
+__all__ = ["DEMO_SETTINGS", "main", "summary_table_text"]
 
 logger = logging.getLogger("unlearn_lens")
 
@@ -46,7 +46,6 @@ DEMO_SETTINGS: dict[str, Any] = {
 DEMO_BASELINE_SEEDS = 3
 
 # Older flag spellings, still accepted: alias -> field.
-_DEPRECATED_FLAGS = {"--ff-frac": "mlp_frac", "--steps": "n_steps", "--stop-at": "stop_at_forget"}
 
 _HELP = {
     "mlp_frac": "fraction of all MLP neurons pruned per step (default 0.02; demo 0.06)",
@@ -126,7 +125,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     choices = {"scoring": SCORING_METHODS, "ablation": ABLATIONS, "head_agg": HEAD_AGGREGATIONS}
     for f in fields(PruneConfig):
-        names = [_flag(f.name), *(alias for alias, field in _DEPRECATED_FLAGS.items() if field == f.name)]
+        names = [_flag(f.name)]
         kind = f.name.split("_", 1)[-1] if f.name.startswith(("mlp_", "attn_")) else f.name
         if f.type in ("bool",):
             p.add_argument(*names, dest=f.name, action="store_true", default=None, help=_HELP[f.name])
@@ -164,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="unlearn-lens",
+        allow_abbrev=False,
         description="Machine unlearning by selective pruning on TransformerLens models.",
     )
     parser.add_argument("--version", action="version", version=f"unlearn_lens {__version__}")
@@ -171,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "prune",
+        allow_abbrev=False,  # a flag is spelt in full: no old spelling is taken as a prefix
         help="score and prune forget-specific units step by step, evaluate, write results",
         description="Iterative selective pruning and its random baseline. With no arguments: the bundled demo "
         "model, forget = demo:code, retain = demo:prose, offline.",
@@ -200,6 +201,7 @@ def _parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser(
         "sweep",
+        allow_abbrev=False,  # a flag is spelt in full: no old spelling is taken as a prefix
         help="the selective loop for every ablation x scoring method, on the same tokens; one table and figure",
         description="Run selective pruning once per cell of a grid of ablations and scoring methods, every cell "
         "on the same statistics and evaluation tokens, and write one directory: sweep.json (the comparison "
@@ -233,6 +235,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser(
         "check",
+        allow_abbrev=False,  # a flag is spelt in full: no old spelling is taken as a prefix
         help="does the capability come back? relearning and membership checks of a finished run",
         description="Fine-tune copies of the model (selective masks, random masks, none) on forget text the run "
         "never used and follow forget top-1; score membership (LOSS, zlib, Min-K %%) of the model's training "
@@ -271,6 +274,7 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "report",
+        allow_abbrev=False,  # a flag is spelt in full: no old spelling is taken as a prefix
         help="write RUN_DIR/report.html (figures, summary, neuron cards) from a finished prune run",
         description="Rebuild the self-contained HTML report of a run directory written by `unlearn-lens prune`. "
         "Neuron cards need the model: by default the one named in results.json is loaded; if it cannot be "
@@ -306,13 +310,6 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         if value is not None:
             settings[f.name] = value
     return PruneConfig(**settings)
-
-
-def _warn_deprecated(argv: list[str]) -> None:
-    for arg in argv:
-        name = arg.split("=", 1)[0]
-        if name in _DEPRECATED_FLAGS:
-            print(f"unlearn-lens: {name} is deprecated; use {_flag(_DEPRECATED_FLAGS[name])}", file=sys.stderr)
 
 
 class _Progress:
@@ -444,7 +441,7 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
     run.save(out, overwrite=args.overwrite)
     progress_state.saved = out
     shutil.rmtree(ckpt, ignore_errors=True)
-    print(summary_table(run))
+    print(summary_table_text(run))
     print(f"results: {out / 'results.json'}  ({time.time() - t0:.0f}s)")
     if not args.no_report:
         from unlearn_lens.report.html import write_report
@@ -458,8 +455,9 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from unlearn_lens.checks.sweep import sweep, write_sweep_report
+    from unlearn_lens.checks.sweep import sweep
     from unlearn_lens.models import load_model
+    from unlearn_lens.report.sweep import write_sweep_report
 
     out = (
         Path(args.out)
@@ -523,7 +521,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         n_texts=args.n_texts,
         others=others or None,
         init_control=args.overlap_init,
-        steps=args.relearn_steps,
+        n_steps=args.relearn_steps,
         lr=args.relearn_lr,
         batch_size=args.relearn_batch_size,
         progress=not args.quiet,
@@ -572,7 +570,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``unlearn-lens``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    _warn_deprecated(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     state = _Progress()
     in_main_thread = threading.current_thread() is threading.main_thread()

@@ -17,11 +17,60 @@ from unlearn_lens.models import per_kind
 from unlearn_lens.pruning import ABLATIONS
 from unlearn_lens.scoring import HEAD_AGGREGATIONS, SCORING_METHODS
 
-__all__ = ["PruneConfig", "is_int"]
+__all__ = ["PruneConfig", "check_fraction", "check_ints", "check_seq_len", "is_int"]
 
 
 def is_int(value: Any) -> bool:
+    """Whether ``value`` is an integer (and not a bool)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_ints(config: Any, least: dict[str, int | None]) -> None:
+    """Check that each named field of ``config`` is an integer of at least ``least[name]`` (None: any).
+
+    Raises:
+        UnlearnLensError: naming the first field that is not.
+    """
+    for name, bound in least.items():
+        value = getattr(config, name)
+        if not is_int(value):
+            raise UnlearnLensError(f"{name} must be an integer, got {value!r}")
+        if bound is not None and value < bound:
+            raise UnlearnLensError(f"{name} must be at least {bound}, got {value!r}")
+
+
+def check_seq_len(value: Any) -> None:
+    """Check a row length: None (the model's context) or an integer of at least 2.
+
+    Raises:
+        UnlearnLensError: any other value.
+    """
+    if value is not None and (not is_int(value) or value < 2):
+        raise UnlearnLensError(f"seq_len must be an integer of at least 2, got {value!r}")
+
+
+def check_fraction(name: str, value: Any, what: str = "a fraction in [0, 1]") -> None:
+    """Check that ``value`` is a real number in [0, 1] (not a bool).
+
+    Raises:
+        UnlearnLensError: naming ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
+        raise UnlearnLensError(f"{name} must be {what}, got {value!r}")
+
+
+_AT_LEAST = {
+    "n_steps": 1,
+    "collect_tokens": 1,
+    "eval_tokens": 1,
+    "batch_size": 1,
+    "topk": 1,
+    "skip_common": 0,
+    "seed": None,
+    "peak_bins": 1,
+    "resample_tokens": 1,
+}
+"""The integer fields of :class:`PruneConfig` and their least values (None: any integer)."""
 
 
 @dataclass
@@ -84,39 +133,17 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         for name in ("mlp_frac", "attn_frac"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
-                raise UnlearnLensError(f"{name} must be a fraction in [0, 1], got {value!r}")
+            check_fraction(name, getattr(self, name))
         if self.mlp_frac == 0 and self.attn_frac == 0:
             raise UnlearnLensError("mlp_frac and attn_frac are both 0: nothing would be pruned")
-        for name, least in (
-            ("n_steps", 1),
-            ("collect_tokens", 1),
-            ("eval_tokens", 1),
-            ("batch_size", 1),
-            ("topk", 1),
-            ("skip_common", 0),
-            ("seed", None),
-            ("peak_bins", 1),
-            ("resample_tokens", 1),
-        ):
-            value = getattr(self, name)
-            if not is_int(value):
-                raise UnlearnLensError(f"{name} must be an integer, got {value!r}")
-            if least is not None and value < least:
-                raise UnlearnLensError(f"{name} must be at least {least}, got {value!r}")
-        if self.seq_len is not None and (not is_int(self.seq_len) or self.seq_len < 2):
-            raise UnlearnLensError(f"seq_len must be an integer of at least 2, got {self.seq_len!r}")
+        check_ints(self, _AT_LEAST)
+        check_seq_len(self.seq_len)
         self.scorings  # noqa: B018 - validates the scoring methods
         self.ablations  # noqa: B018 - validates the ablations
         if self.head_agg not in HEAD_AGGREGATIONS:
             raise UnlearnLensError(f"head_agg must be 'mean' or 'median', got {self.head_agg!r}")
-        if self.stop_at_forget is not None and (
-            isinstance(self.stop_at_forget, bool)
-            or not isinstance(self.stop_at_forget, numbers.Real)
-            or not 0.0 <= self.stop_at_forget <= 1.0
-        ):
-            raise UnlearnLensError(f"stop_at_forget must be in [0, 1], got {self.stop_at_forget!r}")
+        if self.stop_at_forget is not None:
+            check_fraction("stop_at_forget", self.stop_at_forget, "in [0, 1]")
         for name in ("mlp_eps", "attn_eps"):
             if not isinstance(getattr(self, name), numbers.Real) or getattr(self, name) < 0:
                 raise UnlearnLensError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")

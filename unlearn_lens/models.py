@@ -36,6 +36,7 @@ __all__ = [
     "attached",
     "attn_hook_name",
     "check_hooks",
+    "check_kind",
     "exclusive",
     "hook_name",
     "load_model",
@@ -88,10 +89,20 @@ def per_kind(shared: str, mlp: str | None, attn: str | None, *, what: str, choic
     return out
 
 
-def hook_name(kind: str, layer: int) -> str:
-    """Hook of the units of one kind (``"mlp"`` or ``"attn"``) in ``layer``."""
+def check_kind(kind: str) -> str:
+    """``kind`` itself if it is a unit kind (``"mlp"`` or ``"attn"``).
+
+    Raises:
+        UnlearnLensError: any other value.
+    """
     if kind not in UNIT_KINDS:
         raise UnlearnLensError(f"unit kind must be 'mlp' or 'attn', got {kind!r}")
+    return kind
+
+
+def hook_name(kind: str, layer: int) -> str:
+    """Hook of the units of one kind (``"mlp"`` or ``"attn"``) in ``layer``."""
+    check_kind(kind)
     return mlp_hook_name(layer) if kind == "mlp" else attn_hook_name(layer)
 
 
@@ -222,6 +233,28 @@ def _resolve_dtype(dtype: Any) -> torch.dtype | None:
     return names[str(dtype)]
 
 
+def _model_source(model: str | os.PathLike) -> tuple[str, Path]:
+    """``(source, path)``: what :func:`load_model` loads for ``model`` (a resolved local directory or a Hub id),
+    and the path that ``model`` names.
+
+    Raises:
+        UnlearnLensError: a local path that is not a Hugging Face model directory.
+    """
+    source = str(model)
+    if source == "demo":
+        source = str(demo_model_dir())
+    path = Path(source).expanduser()
+    # Hub ids are "name" or "org/name"; anything else that does not exist is a missing path.
+    looks_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+    if looks_local and not path.is_dir():
+        raise UnlearnLensError(f"model directory {source!r} does not exist")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UnlearnLensError(f"model directory {source!r} has no config.json (not a Hugging Face model)")
+        source = str(path.resolve())
+    return source, path
+
+
 def load_model(
     model: Any,
     *,
@@ -265,18 +298,7 @@ def load_model(
         raise UnlearnLensError("give device or device_map, not both (a device map places every layer itself)")
     if device is None and device_map is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    source = str(model)
-    if source == "demo":
-        source = str(demo_model_dir())
-    path = Path(source).expanduser()
-    # Hub ids are "name" or "org/name"; anything else that does not exist is a missing path.
-    looks_local = path.exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
-    if looks_local and not path.is_dir():
-        raise UnlearnLensError(f"model directory {source!r} does not exist")
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UnlearnLensError(f"model directory {source!r} has no config.json (not a Hugging Face model)")
-        source = str(path.resolve())
+    source, path = _model_source(model)
 
     from transformer_lens.model_bridge import TransformerBridge
 

@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearn_lens._io import read_json, read_safetensors, write_json, write_safetensors
-from unlearn_lens.ablations import collect_ablation_values
+from unlearn_lens.ablations import Ablation, collect_ablation_values
 from unlearn_lens.config import is_int
 from unlearn_lens.data import TokenSet, as_token_sets
 from unlearn_lens.distributed import is_main, shard, world
@@ -134,45 +134,35 @@ def _evaluate_both(model: Any, data: _Data, cfg: PruneConfig, progress: bool) ->
     )
 
 
-Values = dict[str, Any]
-"""What pruned units are replaced by: ``{"means": ..., "peaks": ..., "sample": ...}`` (see :func:`pruned`)."""
-
-
-def _values_of(run: PruneRun) -> Values:
-    return {"means": run.means, "peaks": run.peaks, "sample": run.sample}
-
-
-def _ablation_values(
-    model: Any, retain_stats: ActivationStats, data: _Data, cfg: PruneConfig, progress: bool
-) -> Values:
-    """The unpruned model's retain means, modes and sample, those the config's ablations need."""
-    out: Values = {"means": retain_stats if cfg.needs_means else None, "peaks": None, "sample": None}
-    if cfg.needs_peaks or cfg.needs_sample:
-        out["peaks"], out["sample"] = collect_ablation_values(
+def _ablation(model: Any, retain_stats: ActivationStats, data: _Data, cfg: PruneConfig, progress: bool) -> Ablation:
+    """The run's ablation: its config's methods with the unpruned model's retain values they need."""
+    ablation = Ablation(**cfg.ablations)
+    needs = ablation.needs()
+    peaks = sample = None
+    if "peaks" in needs or "sample" in needs:
+        peaks, sample = collect_ablation_values(
             model,
             data.retain_collect,
             retain_stats,
-            bins=cfg.peak_bins if cfg.needs_peaks else None,
-            sample_tokens=min(cfg.resample_tokens, data.retain_collect.n_tokens) if cfg.needs_sample else 0,
+            bins=cfg.peak_bins if "peaks" in needs else None,
+            sample_tokens=min(cfg.resample_tokens, data.retain_collect.n_tokens) if "sample" in needs else 0,
             seed=cfg.seed,
             max_tokens=None,
             batch_size=cfg.batch_size,
             progress=progress,
         )
-    return out
+    return ablation.with_values(means=retain_stats, peaks=peaks, sample=sample)
 
 
-def _pruned(model: Any, masks: Masks, values: Values, cfg: PruneConfig) -> Any:
+def _pruned(model: Any, masks: Masks, ablation: Ablation, cfg: PruneConfig) -> Any:
     """The run's pruning so far, as hooks (nothing is pruned before the first step)."""
-    return pruned(
-        model, masks, mlp_ablation=cfg.ablations["mlp"], attn_ablation=cfg.ablations["attn"], seed=cfg.seed, **values
-    )
+    return pruned(model, masks, ablation, seed=cfg.seed)
 
 
 def _prune_and_evaluate(
-    model: Any, masks: Masks, values: Values, data: _Data, cfg: PruneConfig, progress: bool
+    model: Any, masks: Masks, ablation: Ablation, data: _Data, cfg: PruneConfig, progress: bool
 ) -> tuple[EvalResult, EvalResult]:
-    with _pruned(model, masks, values, cfg):
+    with _pruned(model, masks, ablation, cfg):
         return _evaluate_both(model, data, cfg, progress)
 
 
@@ -183,9 +173,9 @@ def _collect(model: Any, tokens: TokenSet, name: str, cfg: PruneConfig, progress
 
 
 def _collect_both(
-    model: Any, masks: Masks, values: Values, data: _Data, cfg: PruneConfig, progress: bool
+    model: Any, masks: Masks, ablation: Ablation, data: _Data, cfg: PruneConfig, progress: bool
 ) -> tuple[ActivationStats, ActivationStats]:
-    with _pruned(model, masks, values, cfg):
+    with _pruned(model, masks, ablation, cfg):
         return (
             _collect(model, data.forget_collect, "forget", cfg, progress),
             _collect(model, data.retain_collect, "retain", cfg, progress),
@@ -436,15 +426,14 @@ def selective_prune(
     while not finished:
         step = len(rec.history)
         t_step = time.time()
-        forget_stats, retain_stats = _collect_both(model, rec.masks, _values_of(run), data, cfg, progress)
+        forget_stats, retain_stats = _collect_both(model, rec.masks, run.ablation, data, cfg, progress)
         if step == 1:  # the unpruned model's retain means, modes or sample, kept for every later step
-            values = _ablation_values(model, retain_stats, data, cfg, progress)
-            run.means, run.peaks, run.sample = values["means"], values["peaks"], values["sample"]
+            run.ablation = _ablation(model, retain_stats, data, cfg, progress)
         scores = score(
             forget_stats,
             retain_stats,
-            mlp_method=cfg.scorings["mlp"],
-            attn_method=cfg.scorings["attn"],
+            mlp_scoring=cfg.scorings["mlp"],
+            attn_scoring=cfg.scorings["attn"],
             mlp_eps=cfg.mlp_eps,
             attn_eps=cfg.attn_eps,
             seed=cfg.seed + step,
@@ -466,7 +455,7 @@ def selective_prune(
             finished = True
         else:
             rec.masks = rec.masks | chosen
-            forget, retain = _prune_and_evaluate(model, rec.masks, _values_of(run), data, cfg, progress)
+            forget, retain = _prune_and_evaluate(model, rec.masks, run.ablation, data, cfg, progress)
             rel_f = rec.add(chosen, forget, retain, t_step)
             stopped = cfg.stop_at_forget is not None and rel_f <= cfg.stop_at_forget
             finished = stopped or step >= cfg.n_steps
@@ -536,22 +525,16 @@ def random_baseline(
             "the unpruned model scores differently than in the reference run: are the model and "
             "texts the ones it was made on?"
         )
-    values = _values_of(reference)
-    if (
-        (cfg.needs_means and values["means"] is None)
-        or (cfg.needs_peaks and values["peaks"] is None)
-        or (cfg.needs_sample and values["sample"] is None)
-    ):
-        values = _ablation_values(
-            model, _collect(model, data.retain_collect, "retain", cfg, progress), data, cfg, progress
-        )
+    ablation = reference.ablation
+    if any(getattr(ablation, name) is None for name in ablation.needs()):
+        ablation = _ablation(model, _collect(model, data.retain_collect, "retain", cfg, progress), data, cfg, progress)
     for ref in reference.history[1:]:
         t_step = time.time()
         chosen = random_masks(
             ref.new_mlp, ref.new_attn, exclude=rec.masks, seed=seed * 1000 + ref.step, heads=cfg.heads
         )
         rec.masks = rec.masks | chosen
-        forget, retain = _prune_and_evaluate(model, rec.masks, values, data, cfg, progress)
+        forget, retain = _prune_and_evaluate(model, rec.masks, ablation, data, cfg, progress)
         rec.add(chosen, forget, retain, t_step)
     seconds = rec.close()
     return PruneRun(
@@ -564,5 +547,5 @@ def random_baseline(
         model=model_name(model),
         info={**reference.info, "baseline_seed": int(seed)},
         seconds=seconds,
-        **values,
+        ablation=ablation,
     )

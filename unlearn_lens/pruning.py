@@ -5,7 +5,9 @@ retain set (``"mean"``, means from an :class:`ActivationStats`), by the mode of 
 retain distribution (``"peak"``, from an :class:`~unlearn_lens.ablations.ActivationHistogram`)
 or, at every token, by its value at a random retain token (``"resample"``, from an
 :class:`~unlearn_lens.ablations.ActivationSample`; see :mod:`unlearn_lens.ablations`).
-MLP and attention neurons may be ablated differently (``mlp_ablation``, ``attn_ablation``).
+MLP and attention neurons may be ablated differently. One
+:class:`~unlearn_lens.ablations.Ablation` carries the methods and the retain values
+(a run's is ``run.ablation``).
 
 Reversible form (weights untouched): :func:`pruned` adds the hooks at once and
 returns a :class:`Pruning` handle. Use it as a context manager (the hooks go on
@@ -38,7 +40,7 @@ from typing import Any
 
 import torch
 
-from unlearn_lens.ablations import ABLATIONS, ActivationHistogram, ActivationSample
+from unlearn_lens.ablations import ABLATIONS, Ablation, ActivationHistogram, ActivationSample
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import (
@@ -47,7 +49,6 @@ from unlearn_lens.models import (
     hook_name,
     model_dims,
     model_name,
-    per_kind,
     remove_hook,
     underlying_model,
 )
@@ -70,26 +71,8 @@ BIAS_SWITCHES = {"mlp": "mlp_bias", "attn": "attention_bias"}
 """Config switches that give a Hugging Face architecture its output-projection biases."""
 
 
-_SOURCES = {
-    "mean": ("means", ActivationStats, "retain ActivationStats"),
-    "peak": ("peaks", ActivationHistogram, "a retain ActivationHistogram from collect_ablation_values"),
-    "resample": ("sample", ActivationSample, "a retain ActivationSample from collect_ablation_values"),
-}
-
-
-def _resolve(
-    model: Any,
-    masks: Masks,
-    ablation: str,
-    mlp_ablation: str | None,
-    attn_ablation: str | None,
-    sources: dict[str, Any],
-) -> dict[str, str]:
-    """Check the arguments of a pruning call; return the ablation of each unit kind.
-
-    ``sources`` holds the ``means``, ``peaks`` and ``sample`` arguments.
-    """
-    ablations = per_kind(ablation, mlp_ablation, attn_ablation, what="ablation", choices=ABLATIONS)
+def _resolve(model: Any, masks: Masks, ablation: Ablation) -> None:
+    """Check that ``masks`` and the values ``ablation`` reads for the pruned unit kinds fit ``model``."""
     if not isinstance(masks, Masks):
         raise UnlearnLensError(f"masks must be a Masks, got {type(masks).__name__}")
     dims = model_dims(model)
@@ -97,27 +80,8 @@ def _resolve(
         raise UnlearnLensError(
             f"masks for a model with {masks.dims.to_dict()} do not fit {model_name(model)!r} ({dims.to_dict()})"
         )
-    for name, (arg, cls, what) in _SOURCES.items():
-        if not any(ablations[kind] == name and bool(getattr(masks, kind).any()) for kind in UNIT_KINDS):
-            continue
-        value = sources.get(arg)
-        if not isinstance(value, cls):
-            got = "none" if value is None else f"a {type(value).__name__}"
-            raise UnlearnLensError(f"ablation {name!r} needs {arg}= ({what}), got {got}")
-        if value.dims != dims:
-            raise UnlearnLensError(
-                f"{arg} come from a model with {value.dims.to_dict()}, not {model_name(model)!r} ({dims.to_dict()})"
-            )
-    return ablations
-
-
-def _constant(kind: str, ablation: str, sources: dict[str, Any]) -> torch.Tensor | None:
-    """Every unit's replacement value under a constant ablation (None for zero)."""
-    if ablation == "mean":
-        return getattr(sources["means"], kind).mean
-    if ablation == "peak":
-        return sources["peaks"].values(kind)
-    return None
+    pruned_kinds = tuple(kind for kind in UNIT_KINDS if bool(getattr(masks, kind).any()))
+    ablation.check(dims, pruned_kinds, model=repr(model_name(model)))
 
 
 def _replace_hook(mask: torch.Tensor, values: torch.Tensor | None) -> Any:
@@ -152,9 +116,7 @@ def _resample_hook(mask: torch.Tensor, pool: torch.Tensor, generator: torch.Gene
     return fn
 
 
-def _pruning_hooks(
-    masks: Masks, ablations: dict[str, str], sources: dict[str, Any], seed: int
-) -> list[tuple[str, Any]]:
+def _pruning_hooks(masks: Masks, ablation: Ablation, seed: int) -> list[tuple[str, Any]]:
     """The ``(hook_name, forward_hook)`` pairs that apply ``masks``; layers with nothing pruned get none."""
     hooks: list[tuple[str, Any]] = []
     generator = torch.Generator().manual_seed(seed)
@@ -163,18 +125,13 @@ def _pruning_hooks(
             mask = getattr(masks, kind)[layer]
             if not bool(mask.any()):
                 continue
-            if ablations[kind] == "resample":
-                hooks.append(
-                    (
-                        hook_name(kind, layer),
-                        _resample_hook(mask, getattr(sources["sample"], kind)[:, layer], generator),
-                    )
-                )
+            if ablation.methods[kind] == "resample":
+                pool = getattr(ablation.sample, kind)[:, layer]
+                hooks.append((hook_name(kind, layer), _resample_hook(mask, pool, generator)))
                 continue
-            values = _constant(kind, ablations[kind], sources)
-            hooks.append(
-                (hook_name(kind, layer), _replace_hook(mask, None if values is None else values[layer].float()))
-            )
+            values = ablation.constant(kind)
+            replacement = None if values is None else values[layer].float()
+            hooks.append((hook_name(kind, layer), _replace_hook(mask, replacement)))
     return hooks
 
 
@@ -184,16 +141,20 @@ class Pruning:
     The hooks are in place from the moment :func:`pruned` returns until
     :meth:`remove` (or the end of a ``with`` block). :meth:`make_permanent` swaps them
     for the equivalent weight edit.
+
+    Attributes:
+        model: the model the hooks are on.
+        masks: the pruned units.
+        ablation: what they read.
     """
 
-    def __init__(self, model: Any, masks: Masks, ablations: dict[str, str], sources: dict[str, Any], seed: int = 0):
+    def __init__(self, model: Any, masks: Masks, ablation: Ablation, seed: int = 0):
         self.model = model
         self.masks = masks
-        self.ablations = ablations
-        self.sources = sources
+        self.ablation = ablation
         self._tokens: list[Any] = []
         try:
-            for name, fn in _pruning_hooks(masks, ablations, sources, seed):
+            for name, fn in _pruning_hooks(masks, ablation, seed):
                 self._tokens.append(add_hook(model, name, fn))
         except BaseException:
             self.remove()
@@ -216,13 +177,7 @@ class Pruning:
             The model, edited in place.
         """
         self.remove()
-        return prune_weights_(
-            self.model,
-            self.masks,
-            mlp_ablation=self.ablations["mlp"],
-            attn_ablation=self.ablations["attn"],
-            **self.sources,
-        )
+        return prune_weights_(self.model, self.masks, self.ablation)
 
     def __enter__(self) -> Pruning:
         return self
@@ -234,15 +189,15 @@ class Pruning:
         state = "active" if self.active else "removed"
         return (
             f"Pruning({model_name(self.model)!r}, {self.masks.n_mlp} MLP + {self.masks.n_attn} attention "
-            f"neurons, ablation {self.ablations}, {state})"
+            f"neurons, ablation {self.ablation.methods}, {state})"
         )
 
 
 def pruned(
     model: Any,
     masks: Masks,
+    ablation: Ablation | str = "zero",
     *,
-    ablation: str = "zero",
     mlp_ablation: str | None = None,
     attn_ablation: str | None = None,
     means: ActivationStats | None = None,
@@ -254,30 +209,37 @@ def pruned(
 
     Statistics and evaluation compose with it by nesting::
 
-        with ul.pruned(model, masks, ablation="mean", means=retain_stats):
+        with ul.pruned(model, run.masks, run.ablation):
             stats = ul.collect_stats(model, forget)
             result = ul.evaluate(model, retain)
+
+    The ablation is one :class:`~unlearn_lens.ablations.Ablation` (a run's is
+    ``run.ablation``); the short form ``ul.pruned(model, masks, ablation="mean",
+    means=retain_stats)`` builds the same object from loose arguments
+    (:meth:`Ablation.of <unlearn_lens.ablations.Ablation.of>`).
 
     Args:
         model: a TransformerLens model.
         masks: units to prune.
-        ablation: ``"zero"``, ``"mean"``, ``"peak"`` or ``"resample"``, for both unit kinds
-            unless overridden.
-        mlp_ablation: the ablation of MLP neurons (default ``ablation``).
-        attn_ablation: the ablation of attention neurons (default ``ablation``).
-        means: retain statistics, required for ``"mean"``.
-        peaks: retain histograms, required for ``"peak"`` (see
+        ablation: an :class:`~unlearn_lens.ablations.Ablation`, or the method of both unit
+            kinds: ``"zero"``, ``"mean"``, ``"peak"`` or ``"resample"``.
+        mlp_ablation, attn_ablation: short form only: the method of MLP / attention neurons
+            (default ``ablation``).
+        means: short form only: retain statistics, required for ``"mean"``.
+        peaks: short form only: retain histograms, required for ``"peak"`` (see
             :func:`~unlearn_lens.ablations.collect_ablation_values`).
-        sample: retain activation sample, required for ``"resample"``.
+        sample: short form only: retain activation sample, required for ``"resample"``.
         seed: seed of the resample draws (each handle draws the same sequence).
 
     Returns:
         A :class:`Pruning` handle; the hooks are already in place. If adding them
         fails part-way, those already added are removed before the error propagates.
     """
-    sources = {"means": means, "peaks": peaks, "sample": sample}
-    ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, sources)
-    return Pruning(model, masks, ablations, sources, seed)
+    ablation = Ablation.of(
+        ablation, mlp_ablation=mlp_ablation, attn_ablation=attn_ablation, means=means, peaks=peaks, sample=sample
+    )
+    _resolve(model, masks, ablation)
+    return Pruning(model, masks, ablation, seed)
 
 
 def _in_rows(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -381,12 +343,29 @@ def _add_zero_biases(model: Any, kind: str) -> None:
     logger.info("model %s: %s turned on; zero biases added", model_name(model), switch)
 
 
+def _check_editable(model: Any, masks: Masks, ablation: Ablation) -> None:
+    """Refuse a weight edit that cannot reproduce the hooks: resample ablation, or offloaded projections."""
+    for kind in UNIT_KINDS:
+        if ablation.methods[kind] == "resample" and bool(getattr(masks, kind).any()):
+            raise UnlearnLensError(
+                "resample ablation draws a new value at every token, which no weight edit can "
+                "reproduce: it exists only as hooks (ul.pruned)"
+            )
+    for layer in range(masks.dims.n_layers):
+        for kind, (rows, _) in _projections(model, layer).items():
+            if rows.device.type == "meta":
+                raise UnlearnLensError(
+                    f"the {kind} output projection of layer {layer} is offloaded (a device map with disk or CPU "
+                    "offload keeps it elsewhere), so it cannot be edited in place; prune with hooks (ul.pruned)"
+                )
+
+
 @torch.no_grad()
 def prune_weights_(
     model: Any,
     masks: Masks,
+    ablation: Ablation | str = "zero",
     *,
-    ablation: str = "zero",
     mlp_ablation: str | None = None,
     attn_ablation: str | None = None,
     means: ActivationStats | None = None,
@@ -402,9 +381,10 @@ def prune_weights_(
     when its config can switch them on (``mlp_bias`` / ``attention_bias``, as Llama's).
 
     Args:
-        model, masks, ablation, mlp_ablation, attn_ablation, means, peaks: as :func:`pruned`.
-        sample: accepted for symmetry with :func:`pruned`; resample ablation cannot be
-            folded into weights and is refused.
+        model, masks: as :func:`pruned`.
+        ablation, mlp_ablation, attn_ablation, means, peaks, sample: as :func:`pruned` (an
+            :class:`~unlearn_lens.ablations.Ablation`, or its short form); resample ablation
+            cannot be folded into weights and is refused.
 
     Returns:
         The model (edited in place).
@@ -413,21 +393,12 @@ def prune_weights_(
         UnlearnLensError: bad masks/means, resample ablation, or mean or peak ablation on a
             projection without a bias whose architecture has no switch for one.
     """
-    sources = {"means": means, "peaks": peaks, "sample": sample}
-    ablations = _resolve(model, masks, ablation, mlp_ablation, attn_ablation, sources)
-    for kind in UNIT_KINDS:
-        if ablations[kind] == "resample" and bool(getattr(masks, kind).any()):
-            raise UnlearnLensError(
-                "resample ablation draws a new value at every token, which no weight edit can "
-                "reproduce: it exists only as hooks (ul.pruned)"
-            )
-    for layer in range(masks.dims.n_layers):
-        for kind, (rows, _) in _projections(model, layer).items():
-            if rows.device.type == "meta":
-                raise UnlearnLensError(
-                    f"the {kind} output projection of layer {layer} is offloaded (a device map with disk or CPU "
-                    "offload keeps it elsewhere), so it cannot be edited in place; prune with hooks (ul.pruned)"
-                )
+    ablation = Ablation.of(
+        ablation, mlp_ablation=mlp_ablation, attn_ablation=attn_ablation, means=means, peaks=peaks, sample=sample
+    )
+    _resolve(model, masks, ablation)
+    _check_editable(model, masks, ablation)
+    ablations = ablation.methods
     for kind in UNIT_KINDS:
         needs_bias = ablations[kind] in ("mean", "peak") and bool(getattr(masks, kind).any())
         if needs_bias and any(_projections(model, layer)[kind][1] is None for layer in range(masks.dims.n_layers)):
@@ -440,7 +411,7 @@ def prune_weights_(
                 continue
             rows, bias = projections[kind]
             mask = mask.to(rows.device)
-            values = _constant(kind, ablations[kind], sources)
+            values = ablation.constant(kind)
             if values is not None:
                 if bias is None:
                     raise UnlearnLensError(

@@ -14,6 +14,7 @@ the last step to (0, 0).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 
 from unlearn_lens._io import atomic_dir, read_json, read_safetensors, write_json, write_safetensors
 from unlearn_lens._version import __version__
-from unlearn_lens.ablations import ActivationHistogram, ActivationSample
+from unlearn_lens.ablations import Ablation
 from unlearn_lens.config import PruneConfig
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult
@@ -34,6 +35,7 @@ from unlearn_lens.scoring import Scores
 from unlearn_lens.stats import ActivationStats
 
 __all__ = [
+    "READABLE_FORMATS",
     "RESULTS_FORMAT",
     "STRATEGIES",
     "PruneConfig",
@@ -44,8 +46,13 @@ __all__ = [
     "separability_area",
 ]
 
-RESULTS_FORMAT = 2
+logger = logging.getLogger(__name__)
+
+RESULTS_FORMAT = 3
 """Version of the run directory layout written by :meth:`PruneRun.save`."""
+
+READABLE_FORMATS = (2, 3)
+"""Versions :meth:`PruneRun.load` reads (format 2: unlearn_lens 0.2, read under today's names)."""
 
 STRATEGIES = ("selective", "random")
 
@@ -86,8 +93,8 @@ class StepRecord:
             "step": self.step,
             "n_mlp": self.n_mlp,
             "n_attn": self.n_attn,
-            "frac_mlp": self.n_mlp / dims.n_mlp,
-            "frac_attn": self.n_attn / dims.n_attn,
+            "mlp_frac": self.n_mlp / dims.n_mlp,
+            "attn_frac": self.n_attn / dims.n_attn,
             "new_mlp": self.new_mlp,
             "new_attn": self.new_attn,
             "mlp_counts": self.mlp_counts,
@@ -164,10 +171,7 @@ def separability_area(history: Sequence[StepRecord], metric: str = "top1") -> fl
 
 
 PRUNED_STEP_FILE = "pruned_step.safetensors"  # PruneRun.pruned_step
-_TENSOR_FILES = {  # attribute -> (file, loader)
-    "means": ("means.safetensors", ActivationStats.load),
-    "peaks": ("peaks.safetensors", ActivationHistogram.load),
-    "sample": ("resample.safetensors", ActivationSample.load),
+_TENSOR_FILES = {  # attribute -> (file, loader); the ablation's retain values are saved by Ablation.save
     "forget_stats": ("forget_stats.safetensors", ActivationStats.load),
     "retain_stats": ("retain_stats.safetensors", ActivationStats.load),
     "initial_scores": ("initial_scores.safetensors", Scores.load),
@@ -186,9 +190,9 @@ class PruneRun:
         dims: the model's unit shapes.
         strategy: ``"selective"`` or ``"random"`` (from :func:`random_baseline`).
         model: the model's name.
-        means: retain statistics of the unpruned model (mean ablation), or None.
-        peaks: retain histograms of the unpruned model (peak ablation), or None.
-        sample: retain activation sample of the unpruned model (resample ablation), or None.
+        ablation: what the pruned units read: the methods of ``config`` and the unpruned model's
+            retain values they need (means, modes or sample); apply the run again with
+            ``ul.pruned(model, run.masks, run.ablation)``. Default: the config's methods, no values.
         initial_scores: scores on the unpruned model (selective runs).
         scores: scores of the last step (selective runs).
         forget_stats, retain_stats: statistics of the last step (selective runs).
@@ -209,9 +213,7 @@ class PruneRun:
     dims: ModelDims
     strategy: str = "selective"
     model: str = ""
-    means: ActivationStats | None = None
-    peaks: ActivationHistogram | None = None
-    sample: ActivationSample | None = None
+    ablation: Ablation = None  # type: ignore[assignment] - set from the config in __post_init__
     initial_scores: Scores | None = None
     scores: Scores | None = None
     forget_stats: ActivationStats | None = None
@@ -222,6 +224,13 @@ class PruneRun:
     version: str = __version__
     seconds: float = 0.0
     pruned_step: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.ablation is None:
+            self.ablation = Ablation(**self.config.ablations)
+        if not isinstance(self.ablation, Ablation) or self.ablation.methods != self.config.ablations:
+            got = self.ablation.methods if isinstance(self.ablation, Ablation) else type(self.ablation).__name__
+            raise UnlearnLensError(f"the run's ablation {got} is not its config's {self.config.ablations}")
 
     @property
     def base(self) -> StepRecord:
@@ -268,9 +277,9 @@ class PruneRun:
         """Unpruned and final metrics, relative drops, pruned shares and the separation numbers."""
         return {
             "strategy": self.strategy,
-            "steps": len(self.history) - 1,
-            "frac_mlp": self.final.n_mlp / self.dims.n_mlp,
-            "frac_attn": self.final.n_attn / self.dims.n_attn,
+            "n_steps": len(self.history) - 1,
+            "mlp_frac": self.final.n_mlp / self.dims.n_mlp,
+            "attn_frac": self.final.n_attn / self.dims.n_attn,
             "forget_top1": [self.base.forget.top1, self.final.forget.top1],
             "retain_top1": [self.base.retain.top1, self.final.retain.top1],
             "forget_rel": self.final.forget.relative_to(self.base.forget),
@@ -290,18 +299,19 @@ class PruneRun:
             "info": self.info,
             "seconds": round(self.seconds, 3),
             "summary": self.summary(),
-            "steps": [s.to_dict(self.dims, self.base) for s in self.history],
+            "ablation": self.ablation.to_dict(),
+            "history": [s.to_dict(self.dims, self.base) for s in self.history],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], masks: Masks | None = None) -> PruneRun:
-        """Rebuild a run from :meth:`to_dict` (masks, scores and statistics are stored apart)."""
+        """Rebuild a run from :meth:`to_dict` (masks, scores, statistics and ablation values are stored apart)."""
         dims = ModelDims(**data["dims"])
-        if not data["steps"]:
+        if not data["history"]:
             raise UnlearnLensError("the run has no steps (not even the unpruned model)")
         return cls(
             config=PruneConfig.from_dict(data["config"]),
-            history=[StepRecord.from_dict(s) for s in data["steps"]],
+            history=[StepRecord.from_dict(s) for s in data["history"]],
             masks=masks if masks is not None else Masks.empty(dims),
             dims=dims,
             strategy=data["strategy"],
@@ -319,9 +329,11 @@ class PruneRun:
         ``results.json`` (config, history, summaries, data sources),
         ``masks.safetensors``, ``baseline_masks.safetensors`` (with a baseline),
         ``baseline_masks_seed<N>.safetensors`` for each further baseline (seed N),
-        ``pruned_step.safetensors`` (when known), and those of ``means``, ``peaks``, ``forget_stats``, ``retain_stats``,
-        ``initial_scores`` and ``scores`` that the run has, each as
-        ``<name>.safetensors`` (``sample`` as ``resample.safetensors``).
+        ``pruned_step.safetensors`` (when known), the ablation's retain values
+        (``means``, ``peaks`` and ``resample.safetensors``, see :meth:`Ablation.save
+        <unlearn_lens.ablations.Ablation.save>`), and those of ``forget_stats``,
+        ``retain_stats``, ``initial_scores`` and ``scores`` that the run has, each as
+        ``<name>.safetensors``.
 
         Args:
             path: the run directory to create.
@@ -345,6 +357,7 @@ class PruneRun:
             self.masks.save(tmp / "masks.safetensors", meta={"strategy": self.strategy, "model": self.model})
             for i, b in enumerate(self.random_runs()):
                 b.masks.save(tmp / _baseline_masks_file(b, i), meta={"strategy": b.strategy, "model": self.model})
+            self.ablation.save(tmp)
             for attr, (name, _) in _TENSOR_FILES.items():
                 value = getattr(self, attr)
                 if value is not None:
@@ -381,11 +394,18 @@ class PruneRun:
         if not results_path.is_file():
             raise UnlearnLensError(f"{str(path)!r} is not a run directory: it has no results.json")
         data = read_json(results_path)
-        if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT or not isinstance(data.get("run"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") not in READABLE_FORMATS
+            or not isinstance(data.get("run"), dict)
+        ):
             raise UnlearnLensError(
                 f"file {str(results_path)!r} is not a results file of this version of unlearn_lens "
                 f"(format {data.get('format') if isinstance(data, dict) else None!r}, expected {RESULTS_FORMAT})"
             )
+        if data["format"] == 2:
+            logger.info("%s: results format 2 (unlearn_lens 0.2), read under today's names", results_path)
+            data = _results_of_format_2(data)
         try:
             run = cls.from_dict(data["run"])
             baseline = cls.from_dict(data["baseline"]) if data.get("baseline") else None
@@ -409,9 +429,37 @@ class PruneRun:
             ]:
                 raise UnlearnLensError(f"file {str(path / PRUNED_STEP_FILE)!r} is corrupt or made for another model")
             run.pruned_step = (t["mlp"].int(), t["attn"].int())
+        run.ablation = Ablation.load(path, run.config.ablations)
         for b in run.random_runs():
-            b.means, b.peaks, b.sample = run.means, run.peaks, run.sample
+            b.ablation = run.ablation
         return run
+
+
+def _results_of_format_2(data: dict[str, Any]) -> dict[str, Any]:
+    """A format-2 ``results.json`` under the names of format 3.
+
+    Format 2 called a run's list of step records ``steps`` (format 3: ``history``), its
+    shares of pruned units ``frac_mlp`` / ``frac_attn`` (``mlp_frac`` / ``attn_frac``),
+    and the count of steps in its summary ``steps`` (``n_steps``); the rest is the same.
+    """
+    renamed = {"frac_mlp": "mlp_frac", "frac_attn": "attn_frac", "steps": "n_steps"}
+
+    def run_of(run: Any) -> Any:
+        if not isinstance(run, dict) or "steps" not in run:
+            return run
+        run = dict(run)
+        run["history"] = [
+            {renamed.get(k, k): v for k, v in step.items()} if isinstance(step, dict) else step
+            for step in run.pop("steps") or []
+        ]
+        if isinstance(run.get("summary"), dict):
+            run["summary"] = {renamed.get(k, k): v for k, v in run["summary"].items()}
+        return run
+
+    out = {**data, "format": RESULTS_FORMAT, "run": run_of(data["run"]), "baseline": run_of(data.get("baseline"))}
+    if isinstance(data.get("baselines"), list):
+        out["baselines"] = [run_of(b) for b in data["baselines"]]
+    return out
 
 
 def _baseline_masks_file(baseline: PruneRun, index: int) -> str:

@@ -18,8 +18,8 @@ for the forget set and not for the retain set.
 Unlike the reference implementation (which keeps the variance in its "std" field
 and uses sqrt(var^2 + mean^2) as "rms"), ``std`` and ``rms`` here are the textbook
 quantities. ``eps`` defaults to 1e-3 for MLP neurons and 1e-4 for attention neurons.
-MLP and attention neurons may be scored by different methods (``mlp_method``,
-``attn_method``), as in the paper's code.
+MLP and attention neurons may be scored by different methods (``mlp_scoring``,
+``attn_scoring``), as in the paper's code.
 
 ``wanda`` is weight-aware, in the spirit of Wanda (Sun et al. 2023, which scores a
 weight by its magnitude times the norm of its input activation): a unit's importance
@@ -109,20 +109,20 @@ class Scores:
     Attributes:
         mlp: ``[layer d_mlp]`` float64.
         attn: ``[layer head d_head]`` float64.
-        mlp_method: the scoring method of the MLP neurons.
-        attn_method: the scoring method of the attention neurons.
+        mlp_scoring: the scoring method of the MLP neurons.
+        attn_scoring: the scoring method of the attention neurons.
         config: the arguments that produced them.
     """
 
     mlp: Float[torch.Tensor, "layer d_mlp"]
     attn: Float[torch.Tensor, "layer head d_head"]
-    mlp_method: str = "abs"
-    attn_method: str = "abs"
+    mlp_scoring: str = "abs"
+    attn_scoring: str = "abs"
     config: dict[str, Any] = field(default_factory=dict)
 
-    def method_of(self, kind: str) -> str:
+    def scoring_of(self, kind: str) -> str:
         """The scoring method of one unit kind (``"mlp"`` or ``"attn"``)."""
-        return self.mlp_method if kind == "mlp" else self.attn_method
+        return self.mlp_scoring if kind == "mlp" else self.attn_scoring
 
     def of(self, kind: str) -> torch.Tensor:
         """The scores of one unit kind: ``mlp`` ``[layer d_mlp]`` or ``attn`` ``[layer head d_head]``."""
@@ -137,8 +137,8 @@ class Scores:
         tensors = {"mlp": self.mlp.cpu().contiguous(), "attn": self.attn.cpu().contiguous()}
         metadata = {
             "format": "unlearn_lens.Scores",
-            "mlp_method": self.mlp_method,
-            "attn_method": self.attn_method,
+            "mlp_scoring": self.mlp_scoring,
+            "attn_scoring": self.attn_scoring,
             "config": json.dumps(self.config),
         }
         write_safetensors(path, tensors, metadata)
@@ -156,8 +156,8 @@ class Scores:
         return cls(
             tensors["mlp"],
             tensors["attn"],
-            metadata.get("mlp_method", "?"),
-            metadata.get("attn_method", "?"),
+            metadata.get("mlp_scoring", metadata.get("mlp_method", "?")),  # "*_method": results format 2
+            metadata.get("attn_scoring", metadata.get("attn_method", "?")),
             json.loads(metadata.get("config", "{}")),
         )
 
@@ -185,9 +185,9 @@ def score(
     forget_stats: ActivationStats,
     retain_stats: ActivationStats,
     *,
-    method: str = "abs",
-    mlp_method: str | None = None,
-    attn_method: str | None = None,
+    scoring: str = "abs",
+    mlp_scoring: str | None = None,
+    attn_scoring: str | None = None,
     mlp_eps: float = 1e-3,
     attn_eps: float = 1e-4,
     seed: int = 0,
@@ -198,10 +198,10 @@ def score(
     Args:
         forget_stats: statistics on the forget dataset.
         retain_stats: statistics on the retain dataset (same model).
-        method: one of ``abs freq rms std sqrt mean rand`` (see the module docstring),
-            for both unit kinds unless overridden.
-        mlp_method: the method for MLP neurons (default ``method``).
-        attn_method: the method for attention neurons (default ``method``).
+        scoring: the scoring method, one of ``abs freq rms std sqrt wanda mean rand`` (see the
+            module docstring), for both unit kinds unless overridden.
+        mlp_scoring: the scoring method of MLP neurons (default ``scoring``).
+        attn_scoring: the scoring method of attention neurons (default ``scoring``).
         mlp_eps: denominator offset for MLP neurons.
         attn_eps: denominator offset for attention neurons.
         seed: seed of the ``rand`` control.
@@ -212,7 +212,7 @@ def score(
     Returns:
         :class:`Scores` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``.
     """
-    methods = per_kind(method, mlp_method, attn_method, what="scoring method", choices=SCORING_METHODS)
+    methods = per_kind(scoring, mlp_scoring, attn_scoring, what="scoring method", choices=SCORING_METHODS)
     for kind, chosen in methods.items():
         if chosen in WEIGHT_METHODS and (output_norms is None or kind not in output_norms):
             raise UnlearnLensError(
@@ -242,8 +242,8 @@ def score(
         for kind in UNIT_KINDS
     }
     config = {
-        "mlp_method": methods["mlp"],
-        "attn_method": methods["attn"],
+        "mlp_scoring": methods["mlp"],
+        "attn_scoring": methods["attn"],
         "mlp_eps": mlp_eps,
         "attn_eps": attn_eps,
         "seed": seed,

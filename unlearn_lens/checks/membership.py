@@ -46,13 +46,12 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from unlearn_lens._version import __version__
-from unlearn_lens.ablations import ActivationHistogram, ActivationSample
+from unlearn_lens.ablations import Ablation
 from unlearn_lens.data import _special_ids, default_seq_len
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import exclusive, model_device, model_name
 from unlearn_lens.pruning import pruned
-from unlearn_lens.stats import ActivationStats
 
 __all__ = ["MEMBER_SIDE", "SCORES", "MembershipResult", "TextScores", "auc", "membership_check", "text_scores"]
 
@@ -313,12 +312,7 @@ def membership_check(
     nonmembers: Iterable[str],
     *,
     masks: Masks | None = None,
-    ablation: str = "zero",
-    mlp_ablation: str | None = None,
-    attn_ablation: str | None = None,
-    means: ActivationStats | None = None,
-    peaks: ActivationHistogram | None = None,
-    sample: ActivationSample | None = None,
+    ablation: Ablation | str = "zero",
     seq_len: int | None = None,
     batch_size: int = 8,
     k: float = 0.2,
@@ -327,7 +321,7 @@ def membership_check(
     """How well each membership score separates training texts from unseen ones, before and after pruning.
 
     Scores every text with :func:`text_scores` on the model as given and, with
-    ``masks``, again inside ``pruned(model, masks, ablation=..., means=...)``, and
+    ``masks``, again inside ``pruned(model, masks, ablation)``, and
     takes the AUC of each score, members against non-members (:func:`auc`, oriented
     by :data:`MEMBER_SIDE`). The model is left as it was given.
 
@@ -335,9 +329,8 @@ def membership_check(
         model: a TransformerLens model.
         members: texts the model was trained on.
         nonmembers: texts it was not trained on (best: from the same distribution, and as many).
-        masks, ablation, mlp_ablation, attn_ablation, means, peaks, sample: as
-            :func:`unlearn_lens.pruned`;
-            without ``masks`` only the unpruned AUCs are measured.
+        masks, ablation: the units to prune and what they read, as for :func:`unlearn_lens.pruned`
+            (a run's ``run.masks, run.ablation``); without ``masks`` only the unpruned AUCs are measured.
         seq_len, batch_size, k, progress: as :func:`text_scores`.
 
     Returns:
@@ -359,18 +352,9 @@ def membership_check(
     }
     pruned_scores: tuple[TextScores, TextScores] | None = None
     if masks is not None:  # first, so that masks or means that do not fit fail before any scoring
-        with pruned(
-            model,
-            masks,
-            ablation=ablation,
-            mlp_ablation=mlp_ablation,
-            attn_ablation=attn_ablation,
-            means=means,
-            peaks=peaks,
-            sample=sample,
-        ) as handle:
+        with pruned(model, masks, ablation) as handle:
             pruned_scores = (text_scores(model, members, **options), text_scores(model, nonmembers, **options))
-        settings |= {"ablation": dict(handle.ablations), "n_mlp_pruned": masks.n_mlp, "n_attn_pruned": masks.n_attn}
+        settings |= {"ablation": handle.ablation.to_dict(), "n_mlp_pruned": masks.n_mlp, "n_attn_pruned": masks.n_attn}
     before = (text_scores(model, members, **options), text_scores(model, nonmembers, **options))
     settings["seq_len"] = before[0].seq_len
     return MembershipResult(

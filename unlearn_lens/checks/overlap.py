@@ -45,7 +45,7 @@ from jaxtyping import Bool, Float, Int
 from unlearn_lens.data import TokenSet
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
-from unlearn_lens.models import UNIT_KINDS, model_device, model_name, underlying_model
+from unlearn_lens.models import check_kind, model_device, model_name, underlying_model
 from unlearn_lens.pipeline import selective_prune
 from unlearn_lens.results import PruneConfig, PruneRun
 from unlearn_lens.scoring import random_masks_like
@@ -65,11 +65,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in UNIT_KINDS:
-        raise UnlearnLensError(f"unit kind must be 'mlp' or 'attn', got {kind!r}")
 
 
 def _as_masks(value: Any, name: str) -> Masks:
@@ -139,7 +134,7 @@ def jaccard(a: Masks | PruneRun, b: Masks | PruneRun, kind: str = "mlp") -> Over
     Raises:
         UnlearnLensError: not masks, masks of different model shapes, or an unknown kind.
     """
-    _check_kind(kind)
+    check_kind(kind)
     a, b = _as_masks(a, "a"), _as_masks(b, "b")
     if a.dims != b.dims:
         raise UnlearnLensError(f"masks of a {a.dims} model and of a {b.dims} model cannot be compared")
@@ -225,7 +220,7 @@ def overlap_matrix(masks: Mapping[str, Masks | PruneRun], kind: str = "mlp") -> 
     Raises:
         UnlearnLensError: fewer than two masks, masks of different model shapes, or an unknown kind.
     """
-    _check_kind(kind)
+    check_kind(kind)
     checked = _checked(masks)
     names = list(checked)
     flat = torch.stack([_flat(checked[name], kind) for name in names]).double()  # [n layer unit]

@@ -12,15 +12,16 @@ How :func:`relearn` fine-tunes:
   weights and gets no hooks;
 * the hooks of :func:`unlearn_lens.pruned` stay on the copy through training and
   evaluation, so a pruned unit reads its ablated value (0, or its retain mean) on
-  every pass (resample: a random retain token's value). The hook overwrites the activation, so no gradient flows back through
-  a pruned unit (its own input weights stay as they are). With zero ablation its
-  row of the output projection gets none either; with mean (peak) ablation mean * row
-  acts as a bias and is trained as one;
+  every pass (resample: a random retain token's value). The hook overwrites the
+  activation, so no gradient flows back through a pruned unit (its own input
+  weights stay as they are). With zero ablation its row of the output projection
+  gets none either; with mean (peak) ablation mean * row acts as a bias and is
+  trained as one;
 * every parameter is trained with AdamW (fixed learning rate, no weight decay) on
   next-token cross-entropy over the real tokens of packed rows, in the model's
   mode (eval for models from ``load_model``: no dropout). Rows are taken in a
   seeded random order, each once before any is reused; only the
-  ``steps * batch_size`` rows of the budget are read from the texts;
+  ``n_steps * batch_size`` rows of the budget are read from the texts;
 * forget (and retain) accuracy are measured with :func:`unlearn_lens.evaluate` on
   held-out tokens at step 0, every ``eval_every`` steps and after the last; a
   warning is logged if evaluation rows also occur among the training rows.
@@ -30,7 +31,7 @@ How :func:`relearn` fine-tunes:
 :func:`relearn_figure` draws the curves::
 
     from unlearn_lens.checks.relearn import relearn_comparison, relearn_figure
-    curves = relearn_comparison(model, run, train_code, held_code, held_prose, steps=20, lr=1e-4)
+    curves = relearn_comparison(model, run, train_code, held_code, held_prose, n_steps=20, lr=1e-4)
     relearn_figure(curves)
 """
 
@@ -51,15 +52,15 @@ from jaxtyping import Bool, Float, Int
 from tqdm.auto import tqdm
 
 from unlearn_lens._version import __version__
-from unlearn_lens.ablations import ActivationHistogram, ActivationSample
+from unlearn_lens.ablations import Ablation
+from unlearn_lens.config import check_ints, check_seq_len
 from unlearn_lens.data import TokenSet, as_token_set, default_seq_len
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult, evaluate
 from unlearn_lens.masks import Masks
-from unlearn_lens.models import exclusive, model_device, model_dims, model_name, per_kind
-from unlearn_lens.pruning import ABLATIONS, pruned
+from unlearn_lens.models import exclusive, model_device, model_dims, model_name
+from unlearn_lens.pruning import pruned
 from unlearn_lens.results import PruneRun
-from unlearn_lens.stats import ActivationStats
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -71,72 +72,47 @@ logger = logging.getLogger(__name__)
 Texts = Iterable[str] | TokenSet
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 @dataclass
 class RelearnConfig:
     """Settings of one relearning check (validated on creation).
 
+    The ablation of the pruned units is not a setting of the check: it is the run's
+    (an :class:`~unlearn_lens.ablations.Ablation`, passed to :func:`relearn` beside the masks).
+
     Attributes:
-        steps: optimisation steps.
+        n_steps: optimisation steps.
         lr: AdamW learning rate (fixed; no weight decay).
         batch_size: rows per optimisation step (and per evaluation forward pass).
         eval_every: evaluate after every this many steps (and after the last).
         seed: seed of the order of the training rows (and of any other randomness).
         seq_len: row length of texts (None: the model's context, at most 256).
         eval_tokens: evaluation tokens per dataset at most (None: all given).
-        ablation: ``"zero"``, ``"mean"``, ``"peak"`` or ``"resample"`` for both unit kinds.
-        mlp_ablation, attn_ablation: per-kind ablations (None: ``ablation``).
         topk: k of the top-k accuracy recorded beside top-1.
         skip_common: leave the N most common target tokens out of evaluation.
     """
 
-    steps: int = 20
+    n_steps: int = 20
     lr: float = 1e-4
     batch_size: int = 8
     eval_every: int = 5
     seed: int = 0
     seq_len: int | None = None
     eval_tokens: int | None = 10_000
-    ablation: str = "zero"
-    mlp_ablation: str | None = None
-    attn_ablation: str | None = None
     topk: int = 10
     skip_common: int = 0
 
     def __post_init__(self) -> None:
-        for name, least in (
-            ("steps", 1),
-            ("batch_size", 1),
-            ("eval_every", 1),
-            ("topk", 1),
-            ("skip_common", 0),
-            ("seed", None),
-        ):
-            value = getattr(self, name)
-            if not _is_int(value):
-                raise UnlearnLensError(f"{name} must be an integer, got {value!r}")
-            if least is not None and value < least:
-                raise UnlearnLensError(f"{name} must be at least {least}, got {value!r}")
+        check_ints(self, {"n_steps": 1, "batch_size": 1, "eval_every": 1, "topk": 1, "skip_common": 0, "seed": None})
         if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real) or not (0 < self.lr < math.inf):
             raise UnlearnLensError(f"lr must be a positive finite number, got {self.lr!r}")
-        if self.seq_len is not None and (not _is_int(self.seq_len) or self.seq_len < 2):
-            raise UnlearnLensError(f"seq_len must be an integer of at least 2, got {self.seq_len!r}")
-        if self.eval_tokens is not None and (not _is_int(self.eval_tokens) or self.eval_tokens < 1):
-            raise UnlearnLensError(f"eval_tokens must be a positive integer or None, got {self.eval_tokens!r}")
-        self.ablations  # noqa: B018 - validates the ablations
-
-    @property
-    def ablations(self) -> dict[str, str]:
-        """The ablation of each unit kind: ``{"mlp": ..., "attn": ...}``."""
-        return per_kind(self.ablation, self.mlp_ablation, self.attn_ablation, what="ablation", choices=ABLATIONS)
+        check_seq_len(self.seq_len)
+        if self.eval_tokens is not None:
+            check_ints(self, {"eval_tokens": 1})
 
     @property
     def eval_steps(self) -> list[int]:
         """The steps after which the model is evaluated: 0, every ``eval_every``, and the last."""
-        return sorted({*range(0, self.steps + 1, self.eval_every), self.steps})
+        return sorted({*range(0, self.n_steps + 1, self.eval_every), self.n_steps})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,10 +131,11 @@ class RelearnCurve:
 
     Attributes:
         config: the settings.
-        steps: the optimisation steps at which the model was evaluated (0 = before training).
-        forget: evaluation on held-out forget tokens at each of ``steps``.
+        eval_steps: the optimisation steps at which the model was evaluated (0 = before training).
+        forget: evaluation on held-out forget tokens at each of ``eval_steps``.
         retain: the same on retain tokens (empty without retain data).
-        train_loss: mean cross-entropy of each step's batch, before its update (``config.steps`` values).
+        train_loss: mean cross-entropy of each step's batch, before its update (``config.n_steps`` values).
+        ablation: the methods the pruned units were held at (``{"mlp": ..., "attn": ...}``).
         n_mlp, n_attn: units held pruned.
         train_tokens: distinct training tokens (rows are reused once they are all used).
         model: the model's name.
@@ -167,10 +144,11 @@ class RelearnCurve:
     """
 
     config: RelearnConfig
-    steps: list[int]
+    eval_steps: list[int]
     forget: list[EvalResult]
     retain: list[EvalResult] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
+    ablation: dict[str, str] = field(default_factory=lambda: {"mlp": "zero", "attn": "zero"})
     n_mlp: int = 0
     n_attn: int = 0
     train_tokens: int = 0
@@ -180,12 +158,12 @@ class RelearnCurve:
 
     @property
     def forget_top1(self) -> list[float]:
-        """Forget top-1 at each of :attr:`steps`."""
+        """Forget top-1 at each of :attr:`eval_steps`."""
         return [r.top1 for r in self.forget]
 
     @property
     def retain_top1(self) -> list[float]:
-        """Retain top-1 at each of :attr:`steps` (empty without retain data)."""
+        """Retain top-1 at each of :attr:`eval_steps` (empty without retain data)."""
         return [r.top1 for r in self.retain]
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +176,7 @@ class RelearnCurve:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RelearnCurve:
-        data = dict(data)
+        data = _curve_of_format_2(dict(data))
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise UnlearnLensError(f"unknown RelearnCurve fields: {sorted(unknown)}")
@@ -210,6 +188,22 @@ class RelearnCurve:
                 "retain": [EvalResult.from_dict(r) for r in data.get("retain", [])],
             }
         )
+
+
+def _curve_of_format_2(data: dict[str, Any]) -> dict[str, Any]:
+    """A curve as ``checks.json`` of results format 2 wrote it, under today's names (others unchanged).
+
+    Format 2 called the evaluated steps ``steps`` and kept the ablation in the config.
+    """
+    if "steps" not in data or "eval_steps" in data:
+        return data
+    data["eval_steps"] = data.pop("steps")
+    config = dict(data["config"])
+    config["n_steps"] = config.pop("steps")
+    shared = config.pop("ablation", "zero")
+    methods = {kind: config.pop(f"{kind}_ablation", None) or shared for kind in ("mlp", "attn")}
+    data["config"], data["ablation"] = config, methods
+    return data
 
 
 def _batch_loss(
@@ -233,7 +227,7 @@ def finetune_(
     model: Any,
     tokens: TokenSet,
     *,
-    steps: int,
+    n_steps: int,
     lr: float,
     batch_size: int = 8,
     seed: int = 0,
@@ -252,7 +246,7 @@ def finetune_(
     Args:
         model: a TransformerLens model (changed in place).
         tokens: training rows; padding and BOS targets never count.
-        steps: optimisation steps.
+        n_steps: optimisation steps.
         lr: learning rate.
         batch_size: rows per step.
         seed: seed of the row order (and of any randomness of the forward pass).
@@ -266,7 +260,7 @@ def finetune_(
     Raises:
         UnlearnLensError: bad settings, or no tokens to train on.
     """
-    RelearnConfig(steps=steps, lr=lr, batch_size=batch_size, seed=seed)  # validates
+    RelearnConfig(n_steps=n_steps, lr=lr, batch_size=batch_size, seed=seed)  # validates
     tokens = _trainable_rows(tokens, "the training data")
     device = model_device(model)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -279,7 +273,7 @@ def finetune_(
     fork = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork), torch.enable_grad(), exclusive(model, "fine-tuning"):
         torch.manual_seed(seed)
-        for step in tqdm(range(1, steps + 1), desc=desc, unit="step", disable=not progress, leave=False):
+        for step in tqdm(range(1, n_steps + 1), desc=desc, unit="step", disable=not progress, leave=False):
             while len(order) < batch_size:
                 order += torch.randperm(len(tokens), generator=generator).tolist()
             rows, order = order[:batch_size], order[batch_size:]
@@ -321,13 +315,8 @@ def relearn(
     forget_eval: Texts,
     retain_eval: Texts | None = None,
     *,
-    ablation: str = "zero",
-    mlp_ablation: str | None = None,
-    attn_ablation: str | None = None,
-    means: ActivationStats | None = None,
-    peaks: ActivationHistogram | None = None,
-    sample: ActivationSample | None = None,
-    steps: int = 20,
+    ablation: Ablation | str = "zero",
+    n_steps: int = 20,
     lr: float = 1e-4,
     batch_size: int = 8,
     eval_every: int = 5,
@@ -350,11 +339,12 @@ def relearn(
             outside ``with ul.pruned(...)``: the masks are applied to the copy).
         masks: the units to hold pruned (``Masks.empty(dims)``: the unpruned model).
         forget_train: forget texts (or a TokenSet) to fine-tune on; only the
-            ``steps * batch_size`` rows the budget needs are read.
+            ``n_steps * batch_size`` rows the budget needs are read.
         forget_eval: held-out forget texts (or a TokenSet) to evaluate on.
         retain_eval: held-out retain texts (or a TokenSet), or None.
-        ablation, mlp_ablation, attn_ablation, means, peaks, sample: as :func:`unlearn_lens.pruned`.
-        steps, lr, batch_size, eval_every, seed, seq_len, eval_tokens, topk,
+        ablation: what the pruned units read (a run's ``run.ablation``), or a method name
+            that needs no retain values (``"zero"``).
+        n_steps, lr, batch_size, eval_every, seed, seq_len, eval_tokens, topk,
             skip_common: see :class:`RelearnConfig`.
         progress: show a progress bar over the steps.
         desc: its label.
@@ -367,17 +357,15 @@ def relearn(
             model, or a model with hooks attached.
     """
     t_start = time.time()
+    ablation = Ablation.of(ablation)
     cfg = RelearnConfig(
-        steps=steps,
+        n_steps=n_steps,
         lr=lr,
         batch_size=batch_size,
         eval_every=eval_every,
         seed=seed,
         seq_len=seq_len,
         eval_tokens=eval_tokens,
-        ablation=ablation,
-        mlp_ablation=mlp_ablation,
-        attn_ablation=attn_ablation,
         topk=topk,
         skip_common=skip_common,
     )
@@ -395,7 +383,7 @@ def relearn(
         )
     width = cfg.seq_len or default_seq_len(model)
     train = _trainable_rows(
-        as_token_set(model, forget_train, seq_len=width, max_tokens=cfg.steps * cfg.batch_size * (width - 1)),
+        as_token_set(model, forget_train, seq_len=width, max_tokens=cfg.n_steps * cfg.batch_size * (width - 1)),
         "forget_train",
     )
     held = {"forget": as_token_set(model, forget_eval, seq_len=width, max_tokens=cfg.eval_tokens)}
@@ -415,7 +403,7 @@ def relearn(
 
     results: dict[str, list[EvalResult]] = {name: [] for name in held}
     work = _fresh_copy(model)
-    bar = tqdm(total=cfg.steps, desc=desc, unit="step", disable=not progress)
+    bar = tqdm(total=cfg.n_steps, desc=desc, unit="step", disable=not progress)
 
     def measure(step: int) -> None:
         for name, tokens in held.items():
@@ -440,28 +428,26 @@ def relearn(
 
     eval_steps = set(cfg.eval_steps)
     try:
-        with pruned(
-            work,
-            masks,
-            mlp_ablation=cfg.ablations["mlp"],
-            attn_ablation=cfg.ablations["attn"],
-            means=means,
-            peaks=peaks,
-            sample=sample,
-            seed=cfg.seed,
-        ):
+        with pruned(work, masks, ablation, seed=cfg.seed):
             measure(0)
             losses = finetune_(
-                work, train, steps=cfg.steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=cfg.seed, callback=after_step
+                work,
+                train,
+                n_steps=cfg.n_steps,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                callback=after_step,
             )
     finally:
         bar.close()
     return RelearnCurve(
         config=cfg,
-        steps=cfg.eval_steps,
+        eval_steps=cfg.eval_steps,
         forget=results["forget"],
         retain=results.get("retain", []),
         train_loss=losses,
+        ablation=ablation.to_dict(),
         n_mlp=masks.n_mlp,
         n_attn=masks.n_attn,
         train_tokens=train.n_tokens,
@@ -470,7 +456,7 @@ def relearn(
     )
 
 
-_FIXED = ("ablation", "mlp_ablation", "attn_ablation", "means", "peaks", "sample")
+_FIXED = ("ablation",)
 
 
 def relearn_comparison(
@@ -487,28 +473,28 @@ def relearn_comparison(
 
     Args:
         model: the model ``run`` was made on.
-        run: a :class:`~unlearn_lens.results.PruneRun`; its ablation, means, row length,
-            top-k and ``skip_common`` are used (the last three unless given).
+        run: a :class:`~unlearn_lens.results.PruneRun`; its ablation (``run.ablation``), row
+            length, top-k and ``skip_common`` are used (the last three unless given).
         forget_train: forget text to fine-tune on, used by neither the run's statistics
             nor its evaluation.
         forget_eval, retain_eval: held-out evaluation text (e.g. the run's own).
         progress: show a progress bar per curve.
-        **settings: other arguments of :func:`relearn` (``steps``, ``lr``, ``batch_size``,
-            ``eval_every``, ``seed``, ``eval_tokens``, ...).
+        **settings: other arguments of :func:`relearn` (``n_steps``, ``lr``, ``batch_size``,
+            ``n_steps``, ``eval_every``, ``seed``, ``eval_tokens``, ...).
 
     Returns:
         ``{"selective": ..., "random": ..., "unpruned": ...}`` (``"random"`` only when
         ``run.baseline`` is set; a random run given as ``run`` appears as ``"random"``).
 
     Raises:
-        UnlearnLensError: not a run, a run for another model, or ablation settings in
-            ``settings`` (they are the run's).
+        UnlearnLensError: not a run, a run for another model, or an ablation in
+            ``settings`` (it is the run's).
     """
     if not isinstance(run, PruneRun):
         raise UnlearnLensError(f"run must be a PruneRun, got {type(run).__name__}")
     fixed = sorted(set(settings) & set(_FIXED))
     if fixed:
-        raise UnlearnLensError(f"{', '.join(fixed)} come from the run's config and ablation values; do not pass them")
+        raise UnlearnLensError("the ablation and its values come from the run (run.ablation); do not pass them")
     dims = model_dims(model)
     if run.dims != dims:
         raise UnlearnLensError(
@@ -520,11 +506,7 @@ def relearn_comparison(
         "topk": cfg.topk,
         "skip_common": cfg.skip_common,
         **settings,
-        "mlp_ablation": cfg.ablations["mlp"],
-        "attn_ablation": cfg.ablations["attn"],
-        "means": run.means,
-        "peaks": run.peaks,
-        "sample": run.sample,
+        "ablation": run.ablation,
     }
     masks = {name: r.masks for name, r in run.runs().items()}
     masks["unpruned"] = Masks.empty(dims)
@@ -567,7 +549,7 @@ def relearn_figure(curves: Mapping[str, RelearnCurve] | RelearnCurve, *, title: 
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=curve.steps,
+                    x=curve.eval_steps,
                     y=values,
                     mode="lines+markers",
                     name=f"{name} · {dataset}",

@@ -121,14 +121,14 @@ class RunChecks:
             c = next(iter(self.relearn.values())).config
             out["explain"].append(
                 f"Relearning: copies of the model, pruned with the run's selective masks, with its random baseline's "
-                f"masks and not at all, are fine-tuned for {c.steps} AdamW steps (learning rate {c.lr:g}, "
+                f"masks and not at all, are fine-tuned for {c.n_steps} AdamW steps (learning rate {c.lr:g}, "
                 f"{c.batch_size} rows a step) on forget text the run never used, the pruned units held at their "
                 "ablated values. Forget top-1 (solid) and retain top-1 (dashed) on the run's own evaluation tokens "
                 "every few steps: a capability that comes back within a few steps was hidden rather than removed."
             )
             out["figures"].append(relearn_figure(self.relearn))
             rows = [
-                [name, f"{curve.forget_top1[0]:.4f}", f"{curve.forget_top1[-1]:.4f}", str(curve.steps[-1])]
+                [name, f"{curve.forget_top1[0]:.4f}", f"{curve.forget_top1[-1]:.4f}", str(curve.eval_steps[-1])]
                 for name, curve in self.relearn.items()
             ]
             out["tables"].append(
@@ -237,7 +237,7 @@ def run_checks(
     n_texts: int = 100,
     others: Mapping[str, PruneRun] | None = None,
     init_control: bool = False,
-    steps: int = 20,
+    n_steps: int = 20,
     lr: float = 1e-4,
     batch_size: int = 8,
     eval_every: int = 5,
@@ -250,7 +250,7 @@ def run_checks(
     Args:
         model: the model.
         run: the run (a selective run; its baseline, if any, is checked beside it).
-        relearn: run the relearning check: ``steps`` AdamW steps of ``batch_size`` rows on
+        relearn: run the relearning check: ``n_steps`` AdamW steps of ``batch_size`` rows on
             forget text after the run's budgets, evaluated on up to ``eval_tokens`` of the
             run's own evaluation tokens every ``eval_every`` steps.
         members: per domain, ``(members, nonmembers)``: training texts of the model and
@@ -263,7 +263,7 @@ def run_checks(
         init_control: also run this run and ``others`` again on a randomly initialised copy
             of the model (the runs' own settings and data, read again from their sources).
         seed: seed of that draw and of the fine-tuning's row order.
-        steps, lr, batch_size, eval_every, eval_tokens: relearning settings.
+        n_steps, lr, batch_size, eval_every, eval_tokens: relearning settings.
         progress: show progress bars.
 
     Returns:
@@ -275,7 +275,7 @@ def run_checks(
     out = RunChecks()
     if relearn:
         width = run.config.seq_len
-        need = steps * batch_size * ((width or 256) - 1)
+        need = n_steps * batch_size * ((width or 256) - 1)
         data = run_token_sets(run, model, [need])
         forget_collect, forget_eval, forget_train = data["forget"]
         if forget_train.n_tokens < need:
@@ -289,7 +289,7 @@ def run_checks(
             forget_train,
             forget_eval,
             data["retain"][1],
-            steps=steps,
+            n_steps=n_steps,
             lr=lr,
             batch_size=batch_size,
             eval_every=eval_every,
@@ -307,11 +307,7 @@ def run_checks(
                 _texts(inside, n_texts, f"{domain} member", seed),
                 _texts(outside, n_texts, f"{domain} non-member", seed + 1),
                 masks=run.masks,
-                mlp_ablation=cfg.ablations["mlp"],
-                attn_ablation=cfg.ablations["attn"],
-                means=run.means,
-                peaks=run.peaks,
-                sample=run.sample,
+                ablation=run.ablation,
                 seq_len=cfg.seq_len,
                 progress=progress,
             )
