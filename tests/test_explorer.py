@@ -20,7 +20,7 @@ from _viz_support import tiny
 import unlearn_lens as ul
 from unlearn_lens.models import ModelDims
 from unlearn_lens.report.cards import _capture, _resolve_unit
-from unlearn_lens.report.explorer import EXPLORER_CSS, explorer_data, explorer_html, top_activations, unit_order
+from unlearn_lens.report.explorer import explorer_css, explorer_data, explorer_html, top_activations, unit_order
 from unlearn_lens.report.html import write_report
 from unlearn_lens.results import PRUNED_STEP_FILE
 
@@ -205,7 +205,7 @@ def _embedded(page: str) -> dict:
 def test_report_has_the_explorer(report, data, t, tmp_path):
     page = report.read_text(encoding="utf-8")
     assert '<section id="explorer"><h2>Neuron explorer</h2>' in page and '<a href="#explorer">' in page
-    assert page.count("<style>") == 1 and page.index(EXPLORER_CSS) < page.index("</head>")
+    assert page.count("<style>") == 1 and page.index(explorer_css()) < page.index("</head>")
     assert _embedded(page) == data
     assert page.index('id="cards"') < page.index('id="explorer"')
     off = write_report(t.run, tmp_path / "off", model=t.model, forget_texts=t.code, n_cards=0, explorer=False)

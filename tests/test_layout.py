@@ -121,6 +121,16 @@ def test_viz_runs_no_model():
     assert not imports_of("report.viz") & {"stats", "pruning", "pipeline", "report.cards", "evaluate"}
 
 
+def test_no_javascript_or_css_in_python():
+    """HTML, CSS and JavaScript live in ``report/templates`` and ``report/static``, not in Python strings."""
+    markers = ("<style", "<script", "function(", "=> {", "document.", "font-family:", "border-radius:")
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found = [m for m in markers if m in node.value]
+                assert not found, f"{path.relative_to(PACKAGE)} line {node.lineno} holds {found}"
+
+
 API_SNAPSHOT = Path(__file__).parent / "public_api.json"
 
 

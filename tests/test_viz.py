@@ -282,7 +282,7 @@ def test_top_units_nonfinite_scores(t):
     mlp, attn = base.mlp.clone(), base.attn.clone()
     mlp[1, 3], mlp[0, 7], mlp[0, 2] = math.inf, math.nan, -math.inf
     attn[1, 2, 3], attn[0, 0, 1] = math.inf, math.nan
-    scores = Scores(mlp, attn, base.mlp_method, base.attn_method)
+    scores = Scores(mlp, attn, base.mlp_scoring, base.attn_scoring)
     n_mlp = mlp.numel()
 
     kept = top_units(scores, n_mlp, exclude_nonfinite=False)

@@ -12,11 +12,13 @@ ablation).
 
 :meth:`Sweep.save` writes one directory: ``sweep.json`` (the grid, the table) and one
 run directory per cell under ``cells/<ablation>-<scoring>/``, read back by
-:meth:`Sweep.load`. :func:`sweep_figure` draws the retain/forget path of every cell
-beside a heatmap of the headline; :func:`write_sweep_report` puts both and the table
-into one offline ``report.html``::
+:meth:`Sweep.load`. :func:`unlearn_lens.report.sweep.sweep_figure` draws the
+retain/forget path of every cell beside a heatmap of the headline;
+:func:`unlearn_lens.report.sweep.write_sweep_report` puts both and the table into one
+offline ``report.html``::
 
-    from unlearn_lens.checks.sweep import sweep, write_sweep_report
+    from unlearn_lens.checks.sweep import sweep
+    from unlearn_lens.report.sweep import write_sweep_report
     result = sweep(model, code, prose, ul.PruneConfig(mlp_frac=0.06, n_steps=8),
                    ablations=["zero", "mean", "peak"], scorings=["abs", "freq", "wanda"])
     result.save("sweep_dir")
@@ -26,18 +28,17 @@ into one offline ``report.html``::
 from __future__ import annotations
 
 import dataclasses
-import html
 import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from unlearn_lens._io import atomic_dir, read_json, write_json, write_text
+from unlearn_lens._io import atomic_dir, read_json, write_json
 from unlearn_lens._version import __version__
 from unlearn_lens.ablations import ABLATIONS
 from unlearn_lens.data import TokenSet, as_token_sets
@@ -46,14 +47,12 @@ from unlearn_lens.pipeline import random_baseline, selective_prune
 from unlearn_lens.results import PruneConfig, PruneRun
 from unlearn_lens.scoring import SCORING_METHODS
 
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
-
-__all__ = ["SWEEP_FORMAT", "Sweep", "SweepCell", "sweep", "sweep_figure", "write_sweep_report"]
+__all__ = ["SWEEP_FORMAT", "Sweep", "SweepCell", "sweep"]
 
 logger = logging.getLogger(__name__)
 
-SWEEP_FORMAT = 1
+SWEEP_FORMAT = 2
+"""Version of ``sweep.json``; 1 (unlearn_lens 0.2) is read too (its cells are results format 2)."""
 """Version of the sweep directory layout."""
 
 DEFAULT_SCORINGS = ("abs", "freq", "rms", "wanda")
@@ -78,9 +77,9 @@ class SweepCell:
         out = {
             "ablation": self.ablation,
             "scoring": self.scoring,
-            "steps": len(run.history) - 1,
-            "frac_mlp": run.final.n_mlp / run.dims.n_mlp,
-            "frac_attn": run.final.n_attn / run.dims.n_attn,
+            "n_steps": len(run.history) - 1,
+            "mlp_frac": run.final.n_mlp / run.dims.n_mlp,
+            "attn_frac": run.final.n_attn / run.dims.n_attn,
             "forget_rel": xs[-1],
             "retain_rel": ys[-1],
             "retain_at_forget": run.retain_at_forget(level),
@@ -167,7 +166,7 @@ class Sweep:
         if not (path / "sweep.json").is_file():
             raise UnlearnLensError(f"{str(path)!r} is not a sweep directory: it has no sweep.json")
         data = read_json(path / "sweep.json")
-        if not isinstance(data, dict) or data.get("format") != SWEEP_FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in (1, SWEEP_FORMAT):
             raise UnlearnLensError(f"file {str(path / 'sweep.json')!r} is not a sweep file of this version")
         try:
             cells = [
@@ -261,164 +260,3 @@ def sweep(
 
 
 # --- figure and page ---------------------------------------------------------------------------------------
-
-_COLOURS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
-_DASHES = ("solid", "dash", "dot", "dashdot")
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1%}"
-
-
-def sweep_figure(result: Sweep) -> go.Figure:
-    """Left: every cell's path (relative forget top-1 → relative retain top-1, step by step; colour = scoring,
-    dash = ablation). Right: the headline per cell (ablation × scoring heatmap; blank where forget never fell
-    to the level)."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    ablations, scorings = result.ablations, result.scorings
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        column_widths=[0.58, 0.42],
-        horizontal_spacing=0.12,
-        subplot_titles=(
-            "retain vs forget, every step",
-            f"retain top-1 where forget top-1 first falls to {result.level:.0%}",
-        ),
-    )
-    for c in result.cells:
-        xs, ys = c.run.relative_path()
-        fig.add_trace(
-            go.Scatter(
-                x=xs,
-                y=ys,
-                mode="lines+markers",
-                name=c.name,
-                legendgroup=c.scoring,
-                line={
-                    "color": _COLOURS[scorings.index(c.scoring) % len(_COLOURS)],
-                    "dash": _DASHES[ablations.index(c.ablation) % len(_DASHES)],
-                },
-                marker={"size": 5},
-                hovertemplate=(f"{html.escape(c.name)}<br>forget %{{x:.1%}}<br>retain %{{y:.1%}}<extra></extra>"),
-            ),
-            row=1,
-            col=1,
-        )
-    fig.add_vline(x=result.level, line={"color": "#999", "dash": "dot"}, row=1, col=1)
-    z = [[result.cell(a, s).run.retain_at_forget(result.level) for s in scorings] for a in ablations]
-    fig.add_trace(
-        go.Heatmap(
-            z=z,
-            x=scorings,
-            y=ablations,
-            colorscale="Viridis",
-            zmin=0,
-            zmax=1,
-            colorbar={"title": {"text": "retain"}},
-            text=[[_pct(v) for v in row] for row in z],
-            texttemplate="%{text}",
-            showscale=True,
-            hovertemplate="ablation %{y}<br>scoring %{x}<br>retain %{text}<extra></extra>",
-        ),
-        row=1,
-        col=2,
-    )
-    fig.update_xaxes(title_text="forget top-1 (relative)", autorange="reversed", tickformat=".0%", row=1, col=1)
-    fig.update_yaxes(title_text="retain top-1 (relative)", tickformat=".0%", row=1, col=1)
-    fig.update_xaxes(title_text="scoring", row=1, col=2)
-    fig.update_yaxes(title_text="ablation", autorange="reversed", row=1, col=2)
-    fig.update_layout(template="plotly_white", height=480, margin={"t": 60}, legend={"font": {"size": 10}})
-    return fig
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;color:#222}}
-table{{border-collapse:collapse;font-size:14px}}td,th{{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right}}
-th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){{text-align:left}}tr.best{{background:#e8f5e9}}
-.note{{color:#555;max-width:60em}}</style></head><body>
-<h1>{title}</h1>
-<p class="note">{intro}</p>
-{table}
-<p class="note">{legend}</p>
-{figure}
-</body></html>
-"""
-
-
-def write_sweep_report(result: Sweep | str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
-    """Write ``report.html`` for a sweep: the comparison table and :func:`sweep_figure`, offline.
-
-    Args:
-        result: a :class:`Sweep`, or a sweep directory (read with :meth:`Sweep.load`).
-        out_dir: where to write (default: the sweep directory; required for a sweep in memory).
-
-    Returns:
-        The path of the page.
-    """
-    if isinstance(result, (str, os.PathLike)):
-        out = Path(out_dir) if out_dir is not None else Path(result)
-        result = Sweep.load(result)
-    elif out_dir is None:
-        raise UnlearnLensError("write_sweep_report needs out_dir for a sweep in memory")
-    else:
-        out = Path(out_dir)
-    rows = result.table()
-    reached = [r["retain_at_forget"] for r in rows if r["retain_at_forget"] is not None]
-    best = max(reached) if reached else None
-    with_random = any("random_retain_at_forget" in r for r in rows)
-    head = [
-        "ablation",
-        "scoring",
-        f"retain at forget {result.level:.0%}",
-        "area",
-        "steps",
-        "MLP pruned",
-        "attn pruned",
-        "final forget",
-        "final retain",
-    ] + (["random: retain at forget"] if with_random else [])
-    lines = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    for r in rows:
-        cells = [
-            r["ablation"],
-            r["scoring"],
-            _pct(r["retain_at_forget"]),
-            f"{r['separability_area']:.3f}",
-            str(r["steps"]),
-            f"{r['frac_mlp']:.1%}",
-            f"{r['frac_attn']:.1%}",
-            _pct(r["forget_rel"]),
-            _pct(r["retain_rel"]),
-        ] + ([_pct(r.get("random_retain_at_forget"))] if with_random else [])
-        cls = ' class="best"' if best is not None and r["retain_at_forget"] == best else ""
-        lines.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    lines.append("</table>")
-    cfg = result.config
-    intro = (
-        f"Selective pruning of {html.escape(str(result.info.get('model', 'the model')))}: forget "
-        f"{html.escape(str(result.info.get('forget', '?')))}, retain {html.escape(str(result.info.get('retain', '?')))}. "
-        f"Every cell pruned {cfg.mlp_frac:g} of MLP and {cfg.attn_frac:g} of attention neurons per step for up to "
-        f"{cfg.n_steps} steps, with statistics from {cfg.collect_tokens:,} tokens and evaluation on "
-        f"{cfg.eval_tokens:,} other tokens of each dataset, the same tokens in every cell. "
-        f"The headline is retain top-1 (relative to the unpruned model) where forget top-1 first falls to "
-        f"{result.level:.0%}, interpolated between steps; — where it never fell that far. The best cell is shaded."
-    )
-    legend = (
-        "Left: each cell's path from the unpruned model (1, 1) step by step; further right and higher is "
-        "better. Colour: scoring method; dash: ablation. Right: the headline per cell."
-    )
-    page = _PAGE.format(
-        title="Sweep: ablations × scoring methods",
-        intro=intro,
-        table="\n".join(lines),
-        legend=legend,
-        figure=sweep_figure(result).to_html(include_plotlyjs=True, full_html=False),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "report.html"
-    write_text(path, page)
-    return path

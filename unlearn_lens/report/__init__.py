@@ -5,6 +5,9 @@
 * :mod:`~unlearn_lens.report.bands`: the random baseline's seeds as a band;
 * :mod:`~unlearn_lens.report.cards`: neuron cards (a unit's numbers and top contexts);
 * :mod:`~unlearn_lens.report.explorer`: every unit of a run, searchable, in the browser;
+* :mod:`~unlearn_lens.report.display`: the rules the cards and the explorer share (unit
+  labels, token texts, the colour ramp, the choice of distinct top contexts);
+* :mod:`~unlearn_lens.report.templating`: templates, static files and JSON for the page;
 * :mod:`~unlearn_lens.report.html`: :func:`write_report`, one self-contained ``report.html``.
 
 The HTML lives in ``templates/`` (Jinja2, autoescaped), the JavaScript and CSS in

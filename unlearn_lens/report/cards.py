@@ -7,58 +7,34 @@ ratio) and the contexts where it fires most strongly, each token coloured by the
 unit's activation. Unlike :mod:`unlearn_lens.report.viz`, this module runs the model.
 
 * :func:`unit_activations`: one unit's activation on every token of a dataset;
-* :func:`neuron_card` / :func:`neuron_cards`: the HTML cards (one forward pass per
-  dataset for any number of units).
+* :func:`neuron_cards` / :func:`neuron_card`: the HTML cards (one forward pass per
+  dataset for any number of units), rendered from ``templates/card.html.j2`` and styled by
+  :func:`card_css`. Labels, token texts, colours and the choice of contexts follow
+  :mod:`unlearn_lens.report.display`, as the neuron explorer's do.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from markupsafe import Markup
 
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
-from unlearn_lens.models import attached, hook_name, model_device, model_dims
+from unlearn_lens.models import attached, check_kind, model_device, model_dims
+from unlearn_lens.report.display import TokenDecoder, Unit, distinct_top, ramp_colour
+from unlearn_lens.report.templating import render, static_text
 from unlearn_lens.scoring import Scores
 from unlearn_lens.stats import ActivationStats
 
-__all__ = ["CARD_CSS", "neuron_card", "neuron_cards", "unit_activations"]
+__all__ = ["card_css", "neuron_card", "neuron_cards", "unit_activations"]
 
 Dataset = Sequence[str] | TokenSet
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in ("mlp", "attn"):
-        raise UnlearnLensError(f"kind must be 'mlp' or 'attn', got {kind!r}")
-
-
-CARD_CSS = """
-.ul-card{border:1px solid #d5d8dc;border-radius:8px;padding:14px 16px;margin:14px 0;background:#fff}
-.ul-card h3{margin:0 0 4px 0;font-size:1.05em}
-.ul-card .ul-sub{color:#5d6d7e;font-size:.85em;margin-bottom:10px}
-.ul-card .ul-sub code{font-size:1em}
-.ul-card table.ul-stats{border-collapse:collapse;font-size:.85em;margin:6px 0 10px 0}
-.ul-card table.ul-stats th,.ul-card table.ul-stats td{padding:3px 10px;border-bottom:1px solid #eaecee;text-align:right}
-.ul-card table.ul-stats th:first-child,.ul-card table.ul-stats td:first-child{text-align:left}
-.ul-card table.ul-stats thead th{border-bottom:2px solid #aab7b8}
-.ul-card h4{margin:10px 0 4px 0;font-size:.9em}
-.ul-card ol.ul-contexts{margin:0;padding-left:1.6em;font-size:.85em}
-.ul-card ol.ul-contexts li{margin:3px 0}
-.ul-card .ul-act{display:inline-block;min-width:4.5em;color:#5d6d7e;font-variant-numeric:tabular-nums}
-.ul-card .ul-ctx{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:pre-wrap;
-  background:#fbfcfc;border-radius:3px;padding:1px 3px}
-.ul-card .ul-tok{border-radius:2px}
-.ul-card .ul-max{outline:2px solid #17202a;font-weight:bold}
-.ul-card .ul-special{color:#95a5a6}
-.ul-card .ul-none{color:#95a5a6;font-style:italic}
-"""
-"""Style sheet of the neuron cards (included once per page)."""
 
 _STAT_ROWS = (
     ("tokens", "n"),
@@ -69,42 +45,23 @@ _STAT_ROWS = (
     ("freq (x > 0)", "freq"),
     ("max", "max"),
 )
+_NO_RATIO = ("n", "mean", "max")  # statistics whose forget / retain ratio means nothing
 
 
-@dataclass
-class _Unit:
-    kind: str
-    layer: int
-    index: int  # flat index: MLP neuron, or head * d_head + d
-    head: int | None = None
-    d: int | None = None
-
-    @property
-    def hook(self) -> str:
-        return hook_name(self.kind, self.layer)
-
-    @property
-    def label(self) -> str:
-        if self.kind == "mlp":
-            return f"MLP neuron L{self.layer}.N{self.index}"
-        return f"attention neuron L{self.layer}.H{self.head}.D{self.d}"
-
-    @property
-    def address(self) -> str:
-        if self.kind == "mlp":
-            return f"{self.hook}[..., {self.index}]"
-        return f"{self.hook}[..., {self.head}, {self.d}]"
+def card_css() -> Markup:
+    """The style sheet of the neuron cards (``report/static/card.css``), to include once per page."""
+    return static_text("card.css")
 
 
-def _resolve_unit(model: Any, kind: str, layer: int, unit: int | tuple[int, int]) -> _Unit:
-    _check_kind(kind)
+def _resolve_unit(model: Any, kind: str, layer: int, unit: int | tuple[int, int]) -> Unit:
+    check_kind(kind)
     dims = model_dims(model)
     if not 0 <= int(layer) < dims.n_layers:
         raise UnlearnLensError(f"layer {layer} is out of range: the model has {dims.n_layers} layers")
     if kind == "mlp":
         if isinstance(unit, tuple) or not 0 <= int(unit) < dims.d_mlp:
             raise UnlearnLensError(f"MLP unit {unit!r} is out of range: d_mlp is {dims.d_mlp}")
-        return _Unit("mlp", int(layer), int(unit))
+        return Unit("mlp", int(layer), int(unit))
     if isinstance(unit, tuple):
         head, d = (int(u) for u in unit)
     else:
@@ -113,11 +70,11 @@ def _resolve_unit(model: Any, kind: str, layer: int, unit: int | tuple[int, int]
         raise UnlearnLensError(
             f"attention unit {unit!r} is out of range: {dims.n_heads} heads of {dims.d_head} neurons"
         )
-    return _Unit("attn", int(layer), head * dims.d_head + d, head, d)
+    return Unit("attn", int(layer), head * dims.d_head + d, head, d)
 
 
 @torch.no_grad()
-def _capture(model: Any, tokens: TokenSet, units: Sequence[_Unit], batch_size: int) -> list[torch.Tensor]:
+def _capture(model: Any, tokens: TokenSet, units: Sequence[Unit], batch_size: int) -> list[torch.Tensor]:
     """Activations ``[rows pos]`` (float32, CPU) of each unit over all of ``tokens``, in one pass."""
     found: list[list[torch.Tensor]] = [[] for _ in units]
     hooks = []
@@ -190,7 +147,7 @@ def _stats_from_activations(acts: torch.Tensor, valid: torch.Tensor) -> dict[str
     }
 
 
-def _stats_from_object(stats: ActivationStats, u: _Unit) -> dict[str, float]:
+def _stats_from_object(stats: ActivationStats, u: Unit) -> dict[str, float]:
     block = stats.mlp if u.kind == "mlp" else stats.attn
     index = (u.layer, u.index) if u.kind == "mlp" else (u.layer, u.head, u.d)
     return {
@@ -212,71 +169,13 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-_VISIBLE = str.maketrans({"\n": "↵\n", "\t": "→", "\r": "␍"})
-
-
-class _Decoder:
-    """Token id -> display text, cached."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-        self.special = {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or [])}
-        self.cache: dict[int, str] = {}
-
-    def __call__(self, token: int) -> str:
-        if token not in self.cache:
-            text = self.tokenizer.decode([token]) if self.tokenizer is not None else f"<{token}>"
-            self.cache[token] = text
-        return self.cache[token]
-
-
 def _top_positions(acts: torch.Tensor, valid: torch.Tensor, n: int, gap: int) -> list[tuple[int, int]]:
-    """The ``n`` highest-activating valid positions, at most one per ``gap``-token stretch of a row."""
+    """``(row, pos)`` of the ``n`` highest valid activations, at most one per ``gap``-token stretch of a row."""
     flat = acts.masked_fill(~valid, -math.inf).reshape(-1)
     order = torch.argsort(flat, descending=True, stable=True)
-    width = acts.shape[1]
-    chosen: list[tuple[int, int]] = []
-    for idx in order.tolist():
-        if flat[idx] == -math.inf or len(chosen) >= n:
-            break
-        row, pos = divmod(idx, width)
-        if any(r == row and abs(p - pos) <= gap for r, p in chosen):
-            continue
-        chosen.append((row, pos))
-    return chosen
-
-
-def _token_span(text: str, token: int, act: float, scale: float, is_max: bool, special: bool) -> str:
-    a = max(-1.0, min(1.0, act / scale)) if scale > 0 else 0.0
-    colour = f"rgba(231,76,60,{abs(a):.2f})" if a >= 0 else f"rgba(52,152,219,{abs(a):.2f})"
-    classes = "ul-tok" + (" ul-max" if is_max else "") + (" ul-special" if special else "")
-    body = html.escape(text.translate(_VISIBLE)) or "∅"
-    return (
-        f'<span class="{classes}" style="background:{colour}" data-token="{token}" '
-        f'title="token {token}: {act:.4g}">{body}</span>'
-    )
-
-
-def _render_contexts(
-    tokens: TokenSet, acts: torch.Tensor, decode: _Decoder, n_contexts: int, before: int, after: int, scale: float
-) -> str:
-    chosen = _top_positions(acts, tokens.valid, n_contexts, gap=before)
-    if not chosen:
-        return '<p class="ul-none">no tokens</p>'
-    items = []
-    for row, pos in chosen:
-        start, stop = max(1, pos - before), min(tokens.tokens.shape[1], pos + after + 1)
-        spans = []
-        for p in range(start, stop):
-            if not bool(tokens.valid[row, p]):
-                continue
-            tok = int(tokens.tokens[row, p])
-            spans.append(_token_span(decode(tok), tok, float(acts[row, p]), scale, p == pos, tok in decode.special))
-        items.append(
-            f'<li><span class="ul-act">{float(acts[row, pos]):.3g}</span>'
-            f'<span class="ul-ctx">{"".join(spans)}</span></li>'
-        )
-    return f'<ol class="ul-contexts">{"".join(items)}</ol>'
+    positions, width = order.tolist(), acts.shape[1]
+    chosen = distinct_top(flat[order].tolist(), positions, n, gap, width)
+    return [divmod(positions[j], width) for j in chosen]
 
 
 def _datasets(texts: Any, forget_texts: Dataset | None, retain_texts: Dataset | None) -> dict[str, Dataset]:
@@ -292,6 +191,115 @@ def _datasets(texts: Any, forget_texts: Dataset | None, retain_texts: Dataset | 
     if not out:
         raise UnlearnLensError("neuron cards need texts: a dataset, {'forget': ..., 'retain': ...}, or forget_texts=")
     return out
+
+
+def _at(u: Unit, mlp: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    """The unit's entry of per-unit tensors ``[layer d_mlp]`` and ``[layer head d_head]``."""
+    if u.kind == "mlp":
+        return mlp[u.layer, u.index]
+    return attn[u.layer, u.head, u.d]
+
+
+@dataclass
+class _Scan:
+    """One dataset's token rows and each unit's activations ``[rows pos]`` on them."""
+
+    tokens: TokenSet
+    acts: list[torch.Tensor]
+
+
+@dataclass
+class _Cards:
+    """What the cards of one :func:`neuron_cards` call share: the scanned datasets and what to show."""
+
+    scans: dict[str, _Scan]
+    decode: TokenDecoder
+    stats: Mapping[str, ActivationStats] | None
+    scores: Scores | None
+    masks: Masks | None
+    n_contexts: int
+    context: tuple[int, int]
+    css: Markup | None
+
+    def card(self, i: int, u: Unit) -> str:
+        """The card of the ``i``-th unit, ``u``."""
+        columns, rows = self._statistics(i, u)
+        scale = max(
+            float(scan.acts[i][scan.tokens.valid].abs().max()) if scan.tokens.n_tokens else 0.0
+            for scan in self.scans.values()
+        )
+        datasets = [
+            {"name": name, "contexts": self._contexts(scan.tokens, scan.acts[i], scale)}
+            for name, scan in self.scans.items()
+        ]
+        score = None if self.scores is None else _at(u, self.scores.mlp, self.scores.attn)
+        if self.stats is not None:
+            source = "statistics from the given ActivationStats"
+        else:
+            source = "statistics over the tokens scanned here (BOS and padding excluded)"
+        return render(
+            "card.html.j2",
+            css=self.css,
+            unit=u,
+            score=None if score is None else f"{float(score):.4g}",
+            method=None if self.scores is None else self.scores.scoring_of(u.kind),
+            pruned=None if self.masks is None else bool(_at(u, self.masks.mlp, self.masks.attn)),
+            source=source,
+            columns=columns,
+            rows=rows,
+            n_contexts=self.n_contexts,
+            datasets=datasets,
+        )
+
+    def _statistics(self, i: int, u: Unit) -> tuple[list[str], list[dict[str, Any]]]:
+        """The statistics table: its column names and rows (label and cells, a forget / retain ratio last)."""
+        table = {}
+        for name, scan in self.scans.items():
+            if self.stats is not None and name in self.stats:
+                table[name] = _stats_from_object(self.stats[name], u)
+            else:
+                table[name] = _stats_from_activations(scan.acts[i], scan.tokens.valid)
+        names = list(table)
+        with_ratio = "forget" in table and "retain" in table
+        rows = []
+        for label, key in _STAT_ROWS:
+            cells = [_fmt(table[name][key]) for name in names]
+            if with_ratio:
+                forget, retain = table["forget"][key], table["retain"][key]
+                cells.append(_fmt(forget / retain) if key not in _NO_RATIO and retain else "")
+            rows.append({"label": label, "cells": cells})
+        return names + (["forget / retain"] if with_ratio else []), rows
+
+    def _contexts(self, tokens: TokenSet, acts: torch.Tensor, scale: float) -> list[dict[str, Any]]:
+        """The unit's top contexts on one dataset: the top activation and every token of the window around it."""
+        before, after = self.context
+        contexts = []
+        for row, pos in _top_positions(acts, tokens.valid, self.n_contexts, gap=before):
+            start, stop = max(1, pos - before), min(tokens.tokens.shape[1], pos + after + 1)
+            shown = [p for p in range(start, stop) if bool(tokens.valid[row, p])]
+            contexts.append(
+                {
+                    "value": f"{float(acts[row, pos]):.3g}",
+                    "tokens": [
+                        self._token(int(tokens.tokens[row, p]), float(acts[row, p]), scale, p == pos) for p in shown
+                    ],
+                }
+            )
+        return contexts
+
+    def _token(self, token: int, act: float, scale: float, is_max: bool) -> dict[str, Any]:
+        classes = ["ul-tok"]
+        if is_max:
+            classes.append("ul-max")
+        if token in self.decode.special:
+            classes.append("ul-special")
+        return {
+            "id": token,
+            "text": self.decode.shown(token),
+            "value": f"{act:.4g}",
+            "colour": ramp_colour(act, scale),
+            "classes": " ".join(classes),
+        }
 
 
 def neuron_cards(
@@ -312,104 +320,7 @@ def neuron_cards(
     context: tuple[int, int] = (16, 4),
     include_css: bool = True,
 ) -> list[str]:
-    """HTML cards for several units at once (one forward pass per dataset).
-
-    See :func:`neuron_card` for the arguments; ``units`` is a list of ``(layer, unit)``.
-
-    Returns:
-        One HTML string per unit, in order.
-    """
-    if n_contexts < 0:
-        raise UnlearnLensError(f"n_contexts must be non-negative, got {n_contexts}")
-    resolved = [_resolve_unit(model, kind, layer, unit) for layer, unit in units]
-    datasets = _datasets(texts, forget_texts, retain_texts)
-    if stats is not None:
-        unknown = set(stats) - set(datasets)
-        if unknown:
-            raise UnlearnLensError(
-                f"stats given for {sorted(unknown)}, which are not among the datasets {sorted(datasets)}"
-            )
-    decode = _Decoder(getattr(model, "tokenizer", None))
-    captured: dict[str, tuple[TokenSet, list[torch.Tensor]]] = {}
-    for name, data in datasets.items():
-        tokens = as_token_set(model, data, seq_len=seq_len, max_tokens=max_tokens)
-        captured[name] = (tokens, _capture(model, tokens, resolved, batch_size))
-    before, after = context
-    cards = []
-    for i, u in enumerate(resolved):
-        table = {
-            name: (
-                _stats_from_object(stats[name], u)
-                if stats is not None and name in stats
-                else _stats_from_activations(acts[i], tokens.valid)
-            )
-            for name, (tokens, acts) in captured.items()
-        }
-        scale = max(
-            (float(acts[i][tokens.valid].abs().max()) if tokens.n_tokens else 0.0) for tokens, acts in captured.values()
-        )
-        head = [f"<h3>{html.escape(u.label)}</h3>", f'<div class="ul-sub"><code>{html.escape(u.address)}</code>']
-        if scores is not None:
-            s = scores.mlp[u.layer, u.index] if u.kind == "mlp" else scores.attn[u.layer, u.head, u.d]
-            head.append(f" · score {float(s):.4g} ('{html.escape(scores.method_of(u.kind))}')")
-        if masks is not None:
-            m = masks.mlp[u.layer, u.index] if u.kind == "mlp" else masks.attn[u.layer, u.head, u.d]
-            head.append(" · <b>pruned</b>" if bool(m) else " · not pruned")
-        source = (
-            "statistics from the given ActivationStats"
-            if stats is not None
-            else "statistics over the tokens scanned here (BOS and padding excluded)"
-        )
-        head.append(f" · {source}</div>")
-        names = list(captured)
-        ratio_col = "forget" in table and "retain" in table
-        header = "".join(f"<th>{html.escape(n)}</th>" for n in names) + (
-            "<th>forget / retain</th>" if ratio_col else ""
-        )
-        rows = []
-        for label, key in _STAT_ROWS:
-            cells = "".join(f"<td>{_fmt(table[n][key])}</td>" for n in names)
-            if ratio_col:
-                f, r = table["forget"][key], table["retain"][key]
-                ratio = f / r if key not in ("n", "mean", "max") and r else None
-                cells += f"<td>{_fmt(ratio) if ratio is not None else ''}</td>"
-            rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
-        stats_html = (
-            f'<table class="ul-stats"><thead><tr><th>statistic</th>{header}</tr></thead>'
-            f"<tbody>{''.join(rows)}</tbody></table>"
-        )
-        contexts = []
-        for name, (tokens, acts) in captured.items():
-            contexts.append(f"<h4>Top {n_contexts} contexts on {html.escape(name)}</h4>")
-            contexts.append(_render_contexts(tokens, acts[i], decode, n_contexts, before, after, scale))
-        style = f"<style>{CARD_CSS}</style>" if include_css else ""
-        cards.append(
-            f'{style}<div class="ul-card" data-layer="{u.layer}" data-unit="{u.index}" data-kind="{u.kind}">'
-            f"{''.join(head)}{stats_html}{''.join(contexts)}</div>"
-        )
-    return cards
-
-
-def neuron_card(
-    model: Any,
-    texts: Dataset | Mapping[str, Dataset] | None,
-    layer: int,
-    unit: int | tuple[int, int],
-    kind: str = "mlp",
-    *,
-    forget_texts: Dataset | None = None,
-    retain_texts: Dataset | None = None,
-    n_contexts: int = 5,
-    max_tokens: int | None = 20_000,
-    seq_len: int | None = None,
-    batch_size: int = 8,
-    stats: Mapping[str, ActivationStats] | None = None,
-    scores: Scores | None = None,
-    masks: Masks | None = None,
-    context: tuple[int, int] = (16, 4),
-    include_css: bool = True,
-) -> str:
-    """An HTML card of one unit: its statistics per dataset and its top-activating contexts.
+    """HTML cards of units: their statistics per dataset and their top-activating contexts, in one pass per dataset.
 
     Activations are read at ``blocks.{layer}.mlp.hook_post`` (``[batch pos d_mlp]``) or
     ``blocks.{layer}.attn.hook_z`` (``[batch pos head d_head]``) of ``model`` as it is
@@ -421,9 +332,8 @@ def neuron_card(
         model: a TransformerLens model with a tokenizer.
         texts: one dataset (texts or a :class:`TokenSet`), or ``{"forget": ..., "retain": ...}``
             (any names), or None when ``forget_texts`` / ``retain_texts`` are given.
-        layer: the layer.
-        unit: MLP neuron index; for ``kind="attn"`` a flat index ``head * d_head + d`` or
-            a ``(head, d)`` tuple.
+        units: ``(layer, unit)`` of each card; ``unit`` is the MLP neuron index, or for
+            ``kind="attn"`` a flat index ``head * d_head + d`` or a ``(head, d)`` tuple.
         kind: ``"mlp"`` or ``"attn"``.
         forget_texts: the forget dataset (added as ``"forget"``).
         retain_texts: the retain dataset (added as ``"retain"``).
@@ -434,28 +344,66 @@ def neuron_card(
         stats: ``{dataset name: ActivationStats}`` to take the statistics table from
             (e.g. a run's ``forget_stats``); by default they are computed over the
             scanned tokens (count, mean, population std, mean |x|, RMS, freq x > 0, max).
-        scores: show the unit's score.
-        masks: show whether the unit is pruned.
+        scores: show each unit's score.
+        masks: show whether each unit is pruned.
         context: tokens shown before and after the top token.
-        include_css: start with a ``<style>`` block (leave out when the page has :data:`CARD_CSS`).
+        include_css: start each card with a ``style`` element (leave out when the page has
+            :func:`card_css`).
+
+    Returns:
+        One HTML string per unit, in order (a ``div`` of class ``ul-card``; all text escaped).
+
+    Raises:
+        UnlearnLensError: a unit or layer out of range, an unknown kind, no texts, or ``stats``
+            of a dataset that is not given.
+    """
+    if n_contexts < 0:
+        raise UnlearnLensError(f"n_contexts must be non-negative, got {n_contexts}")
+    resolved = [_resolve_unit(model, kind, layer, unit) for layer, unit in units]
+    datasets = _datasets(texts, forget_texts, retain_texts)
+    unknown = set(stats or ()) - set(datasets)
+    if unknown:
+        raise UnlearnLensError(
+            f"stats given for {sorted(unknown)}, which are not among the datasets {sorted(datasets)}"
+        )
+    scans = {}
+    for name, data in datasets.items():
+        tokens = as_token_set(model, data, seq_len=seq_len, max_tokens=max_tokens)
+        scans[name] = _Scan(tokens, _capture(model, tokens, resolved, batch_size))
+    cards = _Cards(
+        scans=scans,
+        decode=TokenDecoder(getattr(model, "tokenizer", None)),
+        stats=stats,
+        scores=scores,
+        masks=masks,
+        n_contexts=n_contexts,
+        context=context,
+        css=card_css() if include_css else None,
+    )
+    return [cards.card(i, u) for i, u in enumerate(resolved)]
+
+
+def neuron_card(
+    model: Any,
+    texts: Dataset | Mapping[str, Dataset] | None,
+    layer: int,
+    unit: int | tuple[int, int],
+    kind: str = "mlp",
+    **options: Any,
+) -> str:
+    """The HTML card of one unit: :func:`neuron_cards` of ``[(layer, unit)]``.
+
+    Args:
+        model: a TransformerLens model with a tokenizer.
+        texts: the datasets, as for :func:`neuron_cards`.
+        layer: the layer.
+        unit: MLP neuron index; for ``kind="attn"`` a flat index ``head * d_head + d`` or
+            a ``(head, d)`` tuple.
+        kind: ``"mlp"`` or ``"attn"``.
+        **options: the keyword arguments of :func:`neuron_cards` (``forget_texts``,
+            ``retain_texts``, ``n_contexts``, ``max_tokens``, ``stats``, ``scores``, ``masks``, ...).
 
     Returns:
         The card as an HTML string (a ``div`` of class ``ul-card``; all text escaped).
     """
-    return neuron_cards(
-        model,
-        texts,
-        [(layer, unit)],
-        kind,
-        forget_texts=forget_texts,
-        retain_texts=retain_texts,
-        n_contexts=n_contexts,
-        max_tokens=max_tokens,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        stats=stats,
-        scores=scores,
-        masks=masks,
-        context=context,
-        include_css=include_css,
-    )[0]
+    return neuron_cards(model, texts, [(layer, unit)], kind, **options)[0]

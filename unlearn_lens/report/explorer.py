@@ -17,7 +17,6 @@ drawn, so 10^5 units stay responsive. It needs no network and inserts all text a
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,18 +24,20 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
+from markupsafe import Markup
 
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.models import ModelDims, hook_name, model_device, model_dims
-from unlearn_lens.report.cards import _VISIBLE, _Decoder
+from unlearn_lens.models import UNIT_KINDS, ModelDims, hook_name, model_device, model_dims
+from unlearn_lens.report.display import TokenDecoder, distinct_top, ramp_colours, unit_templates
+from unlearn_lens.report.templating import render, script_json, static_text
 from unlearn_lens.results import PruneRun
 from unlearn_lens.stats import ActivationStats, stream_units
 
 __all__ = [
-    "EXPLORER_CSS",
     "EXPLORER_FORMAT",
     "TopActivations",
+    "explorer_css",
     "explorer_data",
     "explorer_html",
     "top_activations",
@@ -158,22 +159,19 @@ def top_activations(
             top[kind, layer] = _RunningTopK(x.shape[1], k, before + after + 1, x.device)
         top[kind, layer].update(x, window_of)
 
-    if (
-        stream_units(
-            model, tokens, update, batch_size=batch_size, progress=False, desc="explorer", owner="top_activations"
-        )
-        != tokens.n_tokens
-    ):
+    seen = stream_units(
+        model, tokens, update, batch_size=batch_size, progress=False, desc="explorer", owner="top_activations"
+    )
+    if seen != tokens.n_tokens:
         raise UnlearnLensError("top_activations runs in one process: call it outside a torch.distributed group")
     flat = tokens.valid.reshape(-1).nonzero().squeeze(1).to(device)
-    parts: list[_RunningTopK] = [
-        top.get((kind, layer))
-        or _RunningTopK(
-            dims.d_mlp if kind == "mlp" else dims.n_heads * dims.d_head, k, before + after + 1, device
-        )  # no counted tokens at all
-        for kind in ("mlp", "attn")
-        for layer in range(dims.n_layers)
-    ]
+    parts: list[_RunningTopK] = []
+    for kind in UNIT_KINDS:
+        for layer in range(dims.n_layers):
+            if (kind, layer) not in top:  # no counted tokens at all
+                n_units = dims.d_mlp if kind == "mlp" else dims.n_heads * dims.d_head
+                top[kind, layer] = _RunningTopK(n_units, k, before + after + 1, device)
+            parts.append(top[kind, layer])
     positions = [torch.where(t.index >= 0, flat[t.index.clamp(min=0)] if flat.numel() else -1, -1).T for t in parts]
     stats.meta = {"n_tokens": stats.n_tokens}
     return TopActivations(
@@ -205,17 +203,79 @@ def _rounded(values: torch.Tensor, digits: int) -> list[float | None]:
 
 
 def _distinct(values: torch.Tensor, positions: torch.Tensor, n: int, gap: int, width: int) -> torch.Tensor:
-    """``[unit n]`` columns of the best ``n`` candidates per unit, at most one per ``gap``-token stretch of a row."""
+    """``[unit n]`` columns of the best ``n`` candidates per unit (:func:`~unlearn_lens.report.display.distinct_top`).
+
+    -1 fills the columns of a unit with fewer than ``n`` distinct candidates.
+    """
     chosen = torch.full((values.shape[0], n), -1, dtype=torch.long)
     for u, (vals, pos) in enumerate(zip(values.tolist(), positions.tolist())):
-        taken: list[int] = []
-        for j, (v, p) in enumerate(zip(vals, pos)):
-            if len(taken) == n or p < 0 or v == -math.inf:
-                break
-            if all(pos[i] // width != p // width or abs(pos[i] - p) > gap for i in taken):
-                taken.append(j)
+        taken = distinct_top(vals, pos, n, gap, width)
         chosen[u, : len(taken)] = torch.tensor(taken, dtype=torch.long)
     return chosen
+
+
+def _vocabulary(scans: Mapping[str, TopActivations]) -> tuple[dict[int, int], torch.Tensor]:
+    """The tokens of the scanned rows: ``{token id: vocab index}`` and the lookup table ``[id]`` -> index (-1: none).
+
+    Indices follow the datasets in order, the ids of each in increasing order.
+    """
+    vocab_of: dict[int, int] = {}
+    for scan in scans.values():
+        for token in sorted(set(scan.tokens.tokens[scan.tokens.valid].tolist())):
+            vocab_of.setdefault(token, len(vocab_of))
+    lut = torch.full((max([*vocab_of, 0]) + 1,), -1, dtype=torch.long)
+    lut[torch.tensor(list(vocab_of), dtype=torch.long)] = torch.arange(len(vocab_of))
+    return vocab_of, lut
+
+
+def _chosen_windows(windows: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``[unit n window]``: the windows ``[unit k window]`` of the chosen candidates ``[unit n]`` (NaN: none)."""
+    index = chosen.clamp(min=0)[..., None].expand(-1, -1, windows.shape[-1])
+    return windows.gather(1, index).masked_fill((chosen < 0)[..., None], math.nan)
+
+
+def _window_codes(windows: torch.Tensor, scale: torch.Tensor) -> str:
+    """Windows ``[unit n window]`` quantised to ``LEVELS`` of each unit's ``scale``, one letter per token."""
+    level = (windows / scale.clamp(min=1e-30)[:, None, None] * LEVELS).round().clamp(-LEVELS, LEVELS)
+    codes = (level.nan_to_num(-LEVELS - 1) + LEVELS + 1).long().reshape(-1).tolist()
+    return "".join(("." + _ALPHABET)[q] for q in codes)
+
+
+def _dataset_data(
+    name: str, scan: TopActivations, chosen: torch.Tensor, win: str, lut: torch.Tensor, digits: int
+) -> dict[str, Any]:
+    """One entry of ``sets`` (see :func:`explorer_data`): the dataset's tokens, statistics and chosen contexts."""
+    tokens, block, picked = scan.tokens, scan.stats, chosen.clamp(min=0)
+    tok = torch.where(tokens.valid, lut[tokens.tokens.clamp(0, lut.numel() - 1)], -1)
+    act = torch.where(chosen >= 0, scan.values.gather(1, picked), math.nan)
+    return {
+        "name": name,
+        "n_tokens": tokens.n_tokens,
+        "width": int(tokens.tokens.shape[1]),
+        "tok": tok.reshape(-1).tolist(),
+        "mean": _rounded(_flat(block.mlp.mean, block.attn.mean), digits),
+        "abs_mean": _rounded(_flat(block.mlp.abs_mean, block.attn.abs_mean), digits),
+        "freq": _rounded(_flat(block.mlp.freq, block.attn.freq), digits),
+        "pos": torch.where(chosen >= 0, scan.positions.gather(1, picked), -1).reshape(-1).tolist(),
+        "act": _rounded(act.reshape(-1), digits),
+        "win": win,
+    }
+
+
+def _score_from(run: PruneRun) -> str:
+    """Which model the explorer's scores were collected on."""
+    if run.initial_scores is not None:
+        return "the unpruned model (step 1)"
+    if run.scores is not None:
+        return "the last step (the already pruned model)"
+    return ""
+
+
+def _pruned_steps(run: PruneRun) -> list[int]:
+    """The step that pruned each unit (0: never; -1: pruned, at a step the run does not record)."""
+    if run.pruned_step is not None:
+        return _flat(*run.pruned_step).tolist()
+    return (-_flat(run.masks.mlp, run.masks.attn).int()).tolist()
 
 
 def explorer_data(
@@ -240,9 +300,9 @@ def explorer_data(
     name patterns); ``score`` (the run's ``initial_scores``, else ``scores``; null without),
     ``score_methods``, ``score_from``; ``step`` (the step that pruned each unit: 0 never,
     -1 pruned at a step the run does not record), ``step_known``, ``last_step``;
-    ``window`` ``[before, after]``, ``levels``, ``n_contexts``; ``vocab`` (decoded token
-    strings, newlines made visible), ``special`` (their indices of special tokens);
-    ``scale`` (per unit, the largest |activation| in its stored windows); ``sets``, one per
+    ``window`` ``[before, after]``, ``levels``, ``n_contexts``; ``vocab`` (the decoded
+    tokens as shown: :func:`~unlearn_lens.report.display.token_text`), ``special`` (their
+    indices of special tokens); ``scale`` (per unit, the largest |activation| in its stored windows); ``sets``, one per
     dataset: ``name``, ``n_tokens``, ``width`` (row length), ``tok`` (vocab index at every
     position of the rows, -1 for BOS and padding), ``mean``, ``abs_mean``, ``freq``
     (P(x > 0)) per unit, and per context ``unit * n_contexts + j``: ``pos`` (flat position,
@@ -286,288 +346,77 @@ def explorer_data(
         )
         for name, texts in datasets.items()
     }
-    decode, vocab_of = _Decoder(getattr(model, "tokenizer", None)), {}
-    for scan in scans.values():
-        for token in sorted(set(scan.tokens.tokens[scan.tokens.valid].tolist())):
-            vocab_of.setdefault(token, len(vocab_of))
-    lut = torch.full((max([*vocab_of, 0]) + 1,), -1, dtype=torch.long)  # token id -> vocab index
-    lut[torch.tensor(list(vocab_of), dtype=torch.long)] = torch.arange(len(vocab_of))
+    decode = TokenDecoder(getattr(model, "tokenizer", None))
+    vocab_of, lut = _vocabulary(scans)
     chosen = {
         name: _distinct(s.values, s.positions, n_contexts, before, s.tokens.tokens.shape[1])
         for name, s in scans.items()
     }
-    windows = {
-        name: s.windows.gather(1, chosen[name].clamp(min=0)[..., None].expand(-1, -1, before + after + 1)).masked_fill(
-            (chosen[name] < 0)[..., None], math.nan
-        )
-        for name, s in scans.items()
-    }
+    windows = {name: _chosen_windows(s.windows, chosen[name]) for name, s in scans.items()}
     scale = torch.stack([w.abs().nan_to_num(0.0).amax((1, 2)) for w in windows.values()]).amax(0)
-    sets = []
-    for name, s in scans.items():
-        c, block = chosen[name], s.stats
-        level = (windows[name] / scale.clamp(min=1e-30)[:, None, None] * LEVELS).round().clamp(-LEVELS, LEVELS)
-        codes = (level.nan_to_num(-LEVELS - 1) + LEVELS + 1).long().reshape(-1).tolist()
-        sets.append(
-            {
-                "name": name,
-                "n_tokens": s.tokens.n_tokens,
-                "width": int(s.tokens.tokens.shape[1]),
-                "tok": torch.where(s.tokens.valid, lut[s.tokens.tokens.clamp(0, lut.numel() - 1)], -1)
-                .reshape(-1)
-                .tolist(),
-                "mean": _rounded(_flat(block.mlp.mean, block.attn.mean), digits),
-                "abs_mean": _rounded(_flat(block.mlp.abs_mean, block.attn.abs_mean), digits),
-                "freq": _rounded(_flat(block.mlp.freq, block.attn.freq), digits),
-                "pos": torch.where(c >= 0, s.positions.gather(1, c.clamp(min=0)), -1).reshape(-1).tolist(),
-                "act": _rounded(torch.where(c >= 0, s.values.gather(1, c.clamp(min=0)), math.nan).reshape(-1), digits),
-                "win": "".join(("." + _ALPHABET)[q] for q in codes),
-            }
-        )
     scores = run.initial_scores if run.initial_scores is not None else run.scores
-    steps = run.pruned_step
     return {
         "format": EXPLORER_FORMAT,
         "dims": dims.to_dict(),
-        "hooks": {kind: hook_name(kind, 0).replace(".0.", ".{l}.", 1) for kind in ("mlp", "attn")},
+        "hooks": {kind: hook_name(kind, 0).replace(".0.", ".{l}.", 1) for kind in UNIT_KINDS},
         "score": None if scores is None else _rounded(_flat(scores.mlp, scores.attn), digits),
-        "score_methods": None if scores is None else {kind: scores.method_of(kind) for kind in ("mlp", "attn")},
-        "score_from": (
-            ""
-            if scores is None
-            else "the unpruned model (step 1)"
-            if run.initial_scores is not None
-            else "the last step (the already pruned model)"
-        ),
-        "step": (_flat(*steps) if steps is not None else -_flat(run.masks.mlp, run.masks.attn).int()).tolist(),
-        "step_known": steps is not None,
+        "score_methods": None if scores is None else {kind: scores.scoring_of(kind) for kind in UNIT_KINDS},
+        "score_from": _score_from(run),
+        "step": _pruned_steps(run),
+        "step_known": run.pruned_step is not None,
         "last_step": run.final.step,
         "window": [before, after],
         "levels": LEVELS,
         "n_contexts": n_contexts,
-        "vocab": [decode(t).translate(_VISIBLE) for t in vocab_of],
+        "vocab": [decode.shown(t) for t in vocab_of],
         "special": [i for t, i in vocab_of.items() if t in decode.special],
         "scale": _rounded(scale, digits),
-        "sets": sets,
+        "sets": [
+            _dataset_data(name, scan, chosen[name], _window_codes(windows[name], scale), lut, digits)
+            for name, scan in scans.items()
+        ],
     }
 
 
 # --- the page component ---------------------------------------------------------------------------------------
 
 
-def explorer_html(data: Mapping[str, Any], *, include_css: bool = True) -> str:
-    """The explorer as one HTML fragment: markup, the data as JSON, inline JavaScript (and its style).
+def explorer_css() -> Markup:
+    """The style sheet of the explorer (``report/static/explorer.css``), to include once per page."""
+    return static_text("explorer.css")
 
-    The data sits in a ``<script type="application/json">`` with ``<``, ``>`` and ``&``
-    escaped; the script puts every token and label in as text, never as HTML. For tests, a
-    URL hash ``#ulx-test?q=...&sort=KEY&dir=asc|desc&open=ROW&scroll=ROW&bench=1`` searches,
-    sorts, opens and scrolls after loading and writes what it saw (rows shown, first units
-    and labels, units drawn, timings in ms) as JSON into ``<pre id="ulx-test-result">``.
+
+def _display(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The display rules the script follows: each kind's unit texts as templates, and the colour of each level."""
+    return {
+        "units": {kind: unit_templates(kind) for kind in UNIT_KINDS},
+        "ramp": ramp_colours(data["levels"]),
+    }
+
+
+def explorer_html(data: Mapping[str, Any], *, include_css: bool = True) -> str:
+    """The explorer as one HTML fragment: its frame, its data and display rules as JSON, its script (and style).
+
+    The fragment is ``templates/explorer.html.j2``; the script is ``static/explorer.js``.
+    The data and the display rules (:mod:`unlearn_lens.report.display`: the unit texts and
+    the colour of each activation level) sit in ``script`` elements of type ``application/json``
+    with ``<``, ``>`` and ``&`` escaped; the script puts every token and label in as text,
+    never as HTML. For tests, a URL hash
+    ``#ulx-test?q=...&sort=KEY&dir=asc|desc&open=ROW&scroll=ROW&bench=1`` searches, sorts,
+    opens and scrolls after loading and writes what it saw (rows shown, first units and
+    labels, units drawn, timings in ms) as JSON into ``<pre id="ulx-test-result">``.
 
     Args:
         data: from :func:`explorer_data` (or data of that layout).
-        include_css: start with a ``<style>`` block (leave out when the page has :data:`EXPLORER_CSS`).
+        include_css: start with a ``style`` element (leave out when the page has :func:`explorer_css`).
 
     Returns:
         The HTML fragment (one ``div.ulx`` and its script).
     """
-    payload = (
-        json.dumps(data, separators=(",", ":"), allow_nan=False)
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
+    return render(
+        "explorer.html.j2",
+        css=explorer_css() if include_css else None,
+        data=script_json(data),
+        display=script_json(_display(data)),
+        script=static_text("explorer.js"),
     )
-    return (
-        (f"<style>{EXPLORER_CSS}</style>\n" if include_css else "")
-        + '<div class="ulx" data-ulx><div class="ulx-bar"><input type="search" class="ulx-q" '
-        'placeholder="search: L2 mlp 17 · L1.H3.D5 · attn · pruned · step2 · score>5 · ratio<0.5" '
-        'aria-label="search units"><span class="ulx-count"></span></div>'
-        '<div class="ulx-head" role="row"></div><div class="ulx-scroll"><div class="ulx-spacer">'
-        '<div class="ulx-rows"></div></div></div><div class="ulx-detail"></div>'
-        f'<script type="application/json" class="ulx-data">{payload}</script></div>\n'
-        f"<script>{EXPLORER_JS}</script>\n"
-    )
-
-
-EXPLORER_CSS = """
-.ulx{font-size:.86em;margin:10px 0}.ulx-bar{display:flex;gap:12px;align-items:center;margin-bottom:6px}
-.ulx-q{flex:0 1 520px;padding:5px 8px;border:1px solid #aab7b8;border-radius:4px;font:inherit}.ulx-count{color:#5d6d7e}
-.ulx-head,.ulx-row{display:grid;grid-template-columns:3.5em 6.5em 3.5em 6em repeat(7,minmax(5em,1fr)) 4.5em;column-gap:6px;align-items:center}
-.ulx-head{border-bottom:2px solid #aab7b8;background:#f8f9f9;font-weight:600}
-.ulx-head button{all:unset;cursor:pointer;padding:4px 2px;text-align:right;overflow-wrap:anywhere;line-height:1.2}
-.ulx-head button:first-child,.ulx-row span:first-child{text-align:left}
-.ulx-head button[aria-sort=ascending]::after{content:" ▲"}.ulx-head button[aria-sort=descending]::after{content:" ▼"}
-.ulx-scroll{height:440px;overflow-y:auto;border:1px solid #eaecee;position:relative;contain:strict}
-.ulx-spacer{position:relative}.ulx-rows{position:absolute;left:0;right:0;top:0}
-.ulx-row{height:22px;border-bottom:1px solid #f2f3f4;cursor:pointer;font-variant-numeric:tabular-nums}
-.ulx-row span{text-align:right;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.ulx-row:hover{background:#eaf2f8}.ulx-row.ulx-sel{background:#d6eaf8}.ulx-row.ulx-pruned span:last-child{color:#922b21}
-.ulx-detail{margin-top:10px}.ulx-detail:empty::before{content:"Click a row for the unit's contexts.";color:#5d6d7e}
-.ulx-card{border:1px solid #d5d8dc;border-radius:8px;padding:10px 14px}.ulx-card h3{margin:0 0 4px 0;font-size:1.05em}
-.ulx-card h4{margin:10px 0 4px 0;font-size:.95em}.ulx-sub{color:#5d6d7e}.ulx-card table{border-collapse:collapse}
-.ulx-card td,.ulx-card th{padding:2px 10px;border-bottom:1px solid #eaecee;text-align:right}
-.ulx-card td:first-child,.ulx-card th:first-child{text-align:left}.ulx-card ol{margin:0;padding-left:1.6em}
-.ulx-act{display:inline-block;min-width:4.5em;color:#5d6d7e;font-variant-numeric:tabular-nums}.ulx-none{color:#95a5a6}
-.ulx-ctx{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;white-space:pre-wrap;background:#fbfcfc}
-.ulx-max{outline:2px solid #17202a;font-weight:bold}.ulx-special{color:#95a5a6}
-"""
-"""Style sheet of the explorer (in :func:`explorer_html`, or once in the page head)."""
-
-EXPLORER_JS = r"""(function () {
-"use strict"; var ROW = 22, OVER = 10;
-function num(v) { return v === null || v === undefined ? NaN : v; }
-function col(a, n) { var o = new Float64Array(n); for (var i = 0; i < n; i++) o[i] = a ? num(a[i]) : NaN; return o; }
-function fmt(v) {
-  var a = Math.abs(v);
-  if (v !== v || !isFinite(v)) return v !== v ? "–" : v > 0 ? "∞" : "−∞";
-  return a !== 0 && (a >= 1e5 || a < 1e-3) ? v.toExponential(2) : String(Number(v.toPrecision(4))); }
-function el(tag, cls, text) {  // text goes in as text, never as HTML
-  var e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text; return e; }
-function Explorer(root) {
-  var data = JSON.parse(root.querySelector(".ulx-data").textContent), $ = function (c) { return root.querySelector(c); };
-  var dm = data.dims, DH = dm.d_head, DM = dm.d_mlp, HD = dm.n_heads * DH, nM = dm.n_layers * DM, n = nM + dm.n_layers * HD;
-  var layer = new Float64Array(n), unit = new Float64Array(n), kind = new Float64Array(n), i, j;
-  for (i = 0; i < n; i++) { j = i < nM ? i : i - nM; kind[i] = i < nM ? 0 : 1; layer[i] = Math.floor(j / (kind[i] ? HD : DM)); unit[i] = j % (kind[i] ? HD : DM); }
-  var step = col(data.step, n), stepKey = new Float64Array(n), sets = data.sets, F = sets[0], R = sets[1] || null;
-  for (i = 0; i < n; i++) stepKey[i] = step[i] > 0 ? step[i] : step[i] < 0 ? 1e9 : NaN;
-  var fa = col(F.abs_mean, n), ra = col(R && R.abs_mean, n), ratio = new Float64Array(n), rn = R ? R.name : "retain";
-  for (i = 0; i < n; i++) ratio[i] = fa[i] / ra[i];
-  function label(i) { var u = unit[i]; return "L" + layer[i] + (kind[i] ? ".H" + Math.floor(u / DH) + ".D" + (u % DH) : ".N" + u); }
-  var cols = [
-    {key: "layer", label: "layer", v: layer},
-    {key: "unit", label: "unit", v: unit, t: function (i) { return label(i).replace(/^L\d+\./, ""); }},
-    {key: "kind", label: "kind", v: kind, t: function (i) { return kind[i] ? "attn" : "MLP"; }},
-    {key: "score", label: "score", v: col(data.score, n), d: -1},
-    {key: "f_abs", label: F.name + " mean|x|", v: fa, d: -1}, {key: "r_abs", label: rn + " mean|x|", v: ra, d: -1},
-    {key: "ratio", label: "ratio", v: ratio, d: -1, title: F.name + " mean|x| / " + rn + " mean|x|"},
-    {key: "f_freq", label: F.name + " P(x>0)", v: col(F.freq, n), d: -1}, {key: "r_freq", label: rn + " P(x>0)", v: col(R && R.freq, n), d: -1},
-    {key: "f_mean", label: F.name + " mean", v: col(F.mean, n), d: -1}, {key: "r_mean", label: rn + " mean", v: col(R && R.mean, n), d: -1},
-    {key: "step", label: "pruned", v: stepKey, title: "the step that pruned the unit",
-     t: function (i) { return step[i] > 0 ? String(step[i]) : step[i] < 0 ? "?" : "–"; }}];
-  var byKey = {}, all = new Uint32Array(n), order, view, sortKey, sortDir, sel = -1, pool = [], pending = false, timer;
-  for (i = 0; i < n; i++) all[i] = i;
-  var q = $(".ulx-q"), count = $(".ulx-count"), head = $(".ulx-head"), scroll = $(".ulx-scroll"), spacer = $(".ulx-spacer");
-  var rows = $(".ulx-rows"), detail = $(".ulx-detail");
-  cols.forEach(function (c) {
-    var b = el("button", null, c.label);
-    b.type = "button"; b.title = c.title || "sort by " + c.label; byKey[c.key] = c; c.button = b;
-    b.addEventListener("click", function () { sortBy(c.key, sortKey === c.key ? -sortDir : c.d || 1); });
-    head.appendChild(b); });
-  function sortBy(key, dir) {  // an index permutation sorted on a typed array; NaN last, ties by unit order
-    var v = byKey[key].v; sortKey = key; sortDir = dir; order = all.slice();
-    order.sort(function (a, b) {
-      var x = v[a], y = v[b];
-      if (x !== x || y !== y) return x !== x ? (y !== y ? a - b : 1) : -1;
-      return x === y ? a - b : (x < y ? -dir : dir); });
-    cols.forEach(function (c) { c.button.setAttribute("aria-sort", c.key === key ? (dir > 0 ? "ascending" : "descending") : "none"); });
-    filter(); }
-  function parse(text) {  // every word must match: mlp attn pruned kept L2 L2.N17 L1.H3.D5 17 H3 D5 step2 score>5 ...
-    var tests = [], bad = []; text.toLowerCase().split(/[\s,]+/).forEach(function (w) {
-      var m, x, y, v, op; if (!w) return;
-      if (w === "mlp" || w === "attn" || w === "attention") { x = w === "mlp" ? 0 : 1; tests.push(function (i) { return kind[i] === x; }); }
-      else if (w === "pruned") tests.push(function (i) { return step[i] !== 0; });
-      else if (w === "kept" || w === "unpruned") tests.push(function (i) { return step[i] === 0; });
-      else if ((m = /^l(\d+)(?:\.(?:n(\d+)|h(\d+)(?:\.d(\d+))?))?$/.exec(w))) {
-        x = +m[1]; tests.push(function (i) { return layer[i] === x; });
-        if (m[2] !== undefined) parse("mlp " + m[2]).tests.forEach(function (t) { tests.push(t); });
-        if (m[3] !== undefined) parse("h" + m[3] + (m[4] !== undefined ? " d" + m[4] : "")).tests.forEach(function (t) { tests.push(t); });
-      } else if ((m = /^n?(\d+)$/.exec(w))) { x = +m[1]; tests.push(function (i) { return unit[i] === x; }); }
-      else if ((m = /^([hd])(\d+)$/.exec(w))) {
-        x = +m[2]; y = m[1] === "h";
-        tests.push(function (i) { return kind[i] === 1 && (y ? Math.floor(unit[i] / DH) : unit[i] % DH) === x; });
-      } else if ((m = /^(?:s|step)=?(\d+)$/.exec(w))) { x = +m[1]; tests.push(function (i) { return step[i] === x; }); }
-      else if ((m = /^([a-z_]+)(<=|>=|<|>|=)(-?[0-9.]+(?:e[-+]?\d+)?)$/.exec(w)) && byKey[m[1]] && !isNaN(+m[3])) {
-        v = m[1] === "step" ? step : byKey[m[1]].v; op = m[2]; x = +m[3];
-        tests.push(function (i) { var a = v[i]; return op === ">" ? a > x : op === "<" ? a < x : op === ">=" ? a >= x : op === "<=" ? a <= x : a === x; });
-      } else bad.push(w); });
-    return {tests: tests, bad: bad}; }
-  function filter() {
-    var p = parse(q.value), t = p.tests, nt = t.length, out = new Uint32Array(n), k = 0, r, i, j, ok;
-    for (r = 0; r < n; r++) {
-      for (i = order[r], ok = true, j = 0; j < nt && ok; j++) ok = t[j](i);
-      if (ok) out[k++] = i; }
-    view = out.subarray(0, k);
-    count.textContent = k.toLocaleString("en") + " of " + n.toLocaleString("en") + " units" +
-      (p.bad.length ? " · not understood: " + p.bad.join(" ") : "");
-    spacer.style.height = Math.max(k * ROW, 1) + "px";
-    render(); }
-  function render() {  // only the rows in view (and a few around) are in the DOM
-    var top = scroll.scrollTop, h = scroll.clientHeight || 440, k, c, r, i;
-    var first = Math.max(0, Math.floor(top / ROW) - OVER), last = Math.min(view.length, Math.ceil((top + h) / ROW) + OVER);
-    rows.style.transform = "translateY(" + first * ROW + "px)";
-    while (pool.length < last - first) {
-      r = el("div", "ulx-row"); r.setAttribute("role", "row"); r.tabIndex = 0;
-      cols.forEach(function () { r.appendChild(el("span")); });
-      r.addEventListener("click", function () { open(+this.dataset.unit); });
-      r.addEventListener("keydown", function (e) { if (e.key === "Enter") open(+this.dataset.unit); });
-      rows.appendChild(r); pool.push(r); }
-    for (k = 0; k < pool.length; k++) {
-      r = pool[k]; r.style.display = k < last - first ? "" : "none"; if (k >= last - first) continue;
-      i = view[first + k]; r.dataset.unit = i;
-      r.className = "ulx-row" + (step[i] !== 0 ? " ulx-pruned" : "") + (i === sel ? " ulx-sel" : "");
-      for (c = 0; c < cols.length; c++) r.children[c].textContent = cols[c].t ? cols[c].t(i) : fmt(cols[c].v[i]); } }
-  scroll.addEventListener("scroll", function () {
-    if (!pending) { pending = true; requestAnimationFrame(function () { pending = false; render(); }); } });
-  q.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(filter, 80); });
-  function contexts(s, i, scale) {  // each token coloured by its stored level: red positive, blue negative
-    var nc = data.n_contexts, before = data.window[0], W = before + data.window[1] + 1, ol = el("ol"), j, o;
-    for (j = 0; j < nc; j++) {
-      var c = i * nc + j, p = s.pos[c], li = el("li"), ctx = el("span", "ulx-ctx"); if (p < 0) continue;
-      li.appendChild(el("span", "ulx-act", fmt(num(s.act[c]))));
-      for (o = 0; o < W; o++) {
-        var at = p - before + o, a = (s.win.charCodeAt(c * W + o) - 97 - data.levels) / data.levels, v = s.tok[at];
-        if (at < 0 || Math.floor(at / s.width) !== Math.floor(p / s.width) || !(v >= 0) || a < -1) continue;
-        var span = el("span", data.special.indexOf(v) >= 0 ? "ulx-special" : null, data.vocab[v] || "∅");
-        span.style.background = a >= 0 ? "rgba(231,76,60," + a.toFixed(2) + ")" : "rgba(52,152,219," + (-a).toFixed(2) + ")";
-        span.title = "≈ " + fmt(a * scale); if (at === p) span.className += " ulx-max";
-        ctx.appendChild(span); }
-      li.appendChild(ctx); ol.appendChild(li); }
-    return ol.children.length ? ol : el("p", "ulx-none", "no tokens"); }
-  function open(i) {
-    var card = el("div", "ulx-card"), isA = kind[i] === 1, u = unit[i], table = el("table"), tr = el("tr");
-    var method = data.score_methods ? data.score_methods[isA ? "attn" : "mlp"] : null;
-    sel = i; render(); card.dataset.unit = i;
-    card.appendChild(el("h3", null, (isA ? "attention neuron " : "MLP neuron ") + label(i)));
-    card.appendChild(el("div", "ulx-sub", data.hooks[isA ? "attn" : "mlp"].replace("{l}", layer[i]) +
-      (isA ? "[..., " + Math.floor(u / DH) + ", " + (u % DH) + "]" : "[..., " + u + "]") +
-      (method ? " · score " + fmt(byKey.score.v[i]) + " ('" + method + "', " + data.score_from + ")" : " · no scores") + " · " +
-      (step[i] > 0 ? "pruned at step " + step[i] : step[i] < 0 ? "pruned (the run does not record the step)" : "not pruned")));
-    ["statistic"].concat(sets.map(function (s) { return s.name; }), R ? ["ratio"] : []).forEach(function (h) { tr.appendChild(el("th", null, h)); });
-    table.appendChild(tr);
-    [["mean |x|", "abs_mean", 1], ["mean", "mean", 0], ["P(x > 0)", "freq", 1]].forEach(function (st) {
-      var r = el("tr");
-      r.appendChild(el("td", null, st[0]));
-      sets.forEach(function (s) { r.appendChild(el("td", null, fmt(num(s[st[1]][i])))); });
-      if (R) r.appendChild(el("td", null, st[2] ? fmt(num(F[st[1]][i]) / num(R[st[1]][i])) : ""));
-      table.appendChild(r); });
-    card.appendChild(table);
-    sets.forEach(function (s) {
-      card.appendChild(el("h4", null, "Top contexts on " + s.name + " (" + s.n_tokens.toLocaleString("en") + " tokens scanned)"));
-      card.appendChild(contexts(s, i, num(data.scale[i]))); });
-    detail.replaceChildren(card); }
-  sortBy(data.score ? "score" : "layer", data.score ? -1 : 1);
-  return {sortBy: sortBy, filter: filter, open: open, q: q, view: function () { return view; }, label: label, rows: rows,
-          scrollTo: function (k) { scroll.scrollTop = k * ROW; render(); }}; }
-function selfTest(ex) {  // test hook: #ulx-test?q=...&sort=KEY&dir=asc&open=ROW&bench=1 -> JSON in pre#ulx-test-result
-  var h = location.hash, p = new URLSearchParams(h.slice(h.indexOf("?") + 1)), ms = {}, v, first;
-  if (h.indexOf("#ulx-test") !== 0) return;
-  function time(name, f) { var t0 = performance.now(); f(); ms[name] = Math.max(ms[name] || 0, performance.now() - t0); }
-  if (p.get("bench")) {
-    ["score", "ratio", "layer", "f_abs", "step", "unit"].forEach(function (k) { time("sort", function () { ex.sortBy(k, -1); }); });
-    ["mlp", "attn h2", "l3 pruned", "score>1", "ratio<0.5", ""].forEach(function (w) { time("filter", function () { ex.q.value = w; ex.filter(); }); }); }
-  if (p.get("q") !== null) time("query", function () { ex.q.value = p.get("q"); ex.filter(); });
-  if (p.get("sort")) time("sort_one", function () { ex.sortBy(p.get("sort"), p.get("dir") === "asc" ? 1 : -1); });
-  v = ex.view(); first = Array.prototype.slice.call(v.subarray(0, 20));
-  if (p.get("open") !== null && v.length) ex.open(v[+p.get("open")]);
-  if (p.get("scroll")) ex.scrollTo(+p.get("scroll"));
-  var drawn = Array.prototype.filter.call(ex.rows.children, function (r) { return r.style.display !== "none"; });
-  var out = el("pre", null, JSON.stringify({shown: v.length, distinct: new Set(v).size, first: first, ms: ms,
-    labels: first.map(function (i) { return ex.label(i); }), drawn: drawn.map(function (r) { return +r.dataset.unit; })}));
-  out.id = "ulx-test-result"; document.body.appendChild(out); }
-function init() {
-  Array.prototype.forEach.call(document.querySelectorAll(".ulx[data-ulx]"), function (root) {
-    if (!root.dataset.ulxReady) { root.dataset.ulxReady = "1"; selfTest(Explorer(root)); } }); }
-if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init); else init();
-})();
-"""
-"""The explorer's script (in :func:`explorer_html`): it parses the data once and draws only the rows in view."""

@@ -2,14 +2,18 @@
 
 :func:`write_report` writes ``report.html``, one file that opens offline (plotly.js is
 embedded once, in the head), rendered from the autoescaped Jinja2 template
-``unlearn_lens/report.html.j2``: a summary table (the unpruned model vs the
-final step of the run and of its random baseline) led by the headline number, retain
-top-1 where forget top-1 first falls to 50 % (:meth:`PruneRun.retain_at_forget
-<unlearn_lens.results.PruneRun.retain_at_forget>`), with the separability area, its
-definition and its dependence on the stop beside it; the settings and data sources;
-every figure of :mod:`unlearn_lens.report.viz` with an explanation and the step tables; and
-neuron cards (:mod:`unlearn_lens.report.cards`) of the top-scoring MLP neurons and the neuron
-explorer (:mod:`unlearn_lens.report.explorer`) of every unit, or notes saying why they are missing.
+``report/templates/report.html.j2`` with the style sheets of ``report/static/``. It holds:
+
+* a summary table (the unpruned model vs the final step of the run and of its random
+  baseline) led by the headline number, retain top-1 where forget top-1 first falls to
+  50 % (:meth:`PruneRun.retain_at_forget <unlearn_lens.results.PruneRun.retain_at_forget>`),
+  with the separability area, its definition and its dependence on the stop beside it;
+* the settings and data sources;
+* every figure of :mod:`unlearn_lens.report.viz`, with an explanation, and the step tables;
+* neuron cards (:mod:`unlearn_lens.report.cards`) of the top-scoring MLP neurons and the
+  neuron explorer (:mod:`unlearn_lens.report.explorer`) of every unit, or notes saying why
+  they are missing.
+
 A run directory is read only by ``PruneRun.load``.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,8 @@ from markupsafe import Markup
 from unlearn_lens._io import check_output_dir, write_text
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.report.bands import group_label, run_groups
-from unlearn_lens.report.tables import Cell, pct, settings, steps_table, summary
+from unlearn_lens.report.tables import Cell, pct, settings, steps_table, summary_table_html
+from unlearn_lens.report.templating import fragment, render, static_text
 from unlearn_lens.results import PruneRun
 from unlearn_lens.scoring import RATIO_METHODS, Scores, top_units
 
@@ -80,7 +86,7 @@ _EXPLAIN = {
 
 
 def _score_note(scores: Scores, which: str, kind: str) -> str:
-    method = scores.method_of(kind)
+    method = scores.scoring_of(kind)
     if method in RATIO_METHODS:
         scale = (
             f"Colours and values are log10 of the '{method}' score ratio (0 = equally important for both "
@@ -188,6 +194,16 @@ def _figure_sections(runs: dict[str, list[PruneRun]], main: PruneRun) -> list[_S
 # --- neuron cards ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Inputs:
+    """The model and texts of the neuron cards and the explorer, or a note saying why there are none."""
+
+    model: Any = None
+    forget: Any = None
+    retain: Any = None
+    note: str | None = None
+
+
 def _card_inputs(
     run: PruneRun,
     model: Any,
@@ -196,7 +212,7 @@ def _card_inputs(
     load_model_from_results: bool,
     device: str | None,
     card_tokens: int,
-) -> tuple[Any, Any, Any, str | None]:
+) -> _Inputs:
     """The model and texts for the neuron cards, or a note saying why there are none.
 
     Texts named in the run's data sources are read again lazily, only as far as
@@ -206,25 +222,16 @@ def _card_inputs(
     from unlearn_lens.pipeline import run_tokens
 
     info = run.info
+    if model is None and not load_model_from_results:
+        return _Inputs(note=fragment("notes.html.j2", "no_model"))
     if model is None or isinstance(model, (str, os.PathLike)):
-        if model is None and not load_model_from_results:
-            return (
-                None,
-                None,
-                None,
-                Markup(
-                    "No model was given, so there are no neuron cards. Rebuild the report with "
-                    "<code>unlearn-lens report RUN_DIR</code> (which loads the model named in results.json) or "
-                    "<code>write_report(..., model=...)</code>."
-                ),
-            )
         name = model if model is not None else (info.get("model") or run.model)
         if not name:
-            return None, None, None, "The run names no model, so there are no neuron cards."
+            return _Inputs(note="The run names no model, so there are no neuron cards.")
         try:
             model = load_model(name, device=device)
         except UnlearnLensError as exc:
-            return None, None, None, f"The model {name} is unavailable, so there are no neuron cards: {exc}"
+            return _Inputs(note=f"The model {name} is unavailable, so there are no neuron cards: {exc}")
     texts: dict[str, Any] = {"forget": forget_texts, "retain": retain_texts}
     problem = " (none given, none named in the run's data sources)"
     for key in ("forget", "retain"):
@@ -236,25 +243,43 @@ def _card_inputs(
                 if key == "forget":
                     problem = f": {exc}"
     if texts["forget"] is None:
-        return None, None, None, f"The forget texts are unavailable, so there are no neuron cards{problem}."
-    return model, texts["forget"], texts["retain"], None
+        return _Inputs(note=f"The forget texts are unavailable, so there are no neuron cards{problem}.")
+    return _Inputs(model, texts["forget"], texts["retain"])
+
+
+def _top_cards(run: PruneRun, inputs: _Inputs, scores: Scores, n_cards: int, tokens: int, n_contexts: int) -> list[str]:
+    """The cards of the ``n_cards`` top-scoring MLP neurons, on the cards' model and texts.
+
+    Raises:
+        UnlearnLensError: the cards cannot be made (a dataset is unusable, say).
+    """
+    from unlearn_lens.report.cards import neuron_cards
+
+    return neuron_cards(
+        inputs.model,
+        None,
+        top_units(scores, n_cards, "mlp"),
+        "mlp",
+        forget_texts=inputs.forget,
+        retain_texts=inputs.retain,
+        n_contexts=n_contexts,
+        max_tokens=tokens,
+        seq_len=run.config.seq_len,
+        batch_size=run.config.batch_size,
+        scores=scores,
+        masks=run.masks,
+        include_css=False,
+    )
 
 
 def _cards_section(
-    run: PruneRun,
-    *,
-    model: Any,
-    forget_texts: Any,
-    retain_texts: Any,
-    n_cards: int,
-    load_model_from_results: bool,
-    device: str | None,
-    card_tokens: int,
-    n_contexts: int,
-    inputs: tuple[Any, Any, Any, str | None] | None = None,
+    run: PruneRun, inputs: Callable[[], _Inputs], *, n_cards: int, card_tokens: int, n_contexts: int
 ) -> _Section:
+    """The neuron cards of the top-scoring MLP neurons, or a note saying why there are none.
+
+    ``inputs`` gives the model and texts; it is called only when cards are to be made.
+    """
     from unlearn_lens.models import ModelDims
-    from unlearn_lens.report.cards import neuron_cards
 
     section = _Section("cards", "Neuron cards")
     if n_cards <= 0:
@@ -264,37 +289,20 @@ def _cards_section(
     if scores is None:
         section.notes.append("No scores are saved, so there is no ranking of units to pick neuron cards from.")
         return section
-    model, forget, retain, note = inputs or _card_inputs(
-        run, model, forget_texts, retain_texts, load_model_from_results, device, card_tokens
-    )
-    if note is None:
-        try:
-            dims = ModelDims.of(model)
-            if dims != run.dims:
-                note = (
-                    f"The model has units {dims.to_dict()}, but the run was made for {run.dims.to_dict()}; "
-                    "no neuron cards."
-                )
-            else:
-                cards = neuron_cards(
-                    model,
-                    None,
-                    top_units(scores, n_cards, "mlp"),
-                    "mlp",
-                    forget_texts=forget,
-                    retain_texts=retain,
-                    n_contexts=n_contexts,
-                    max_tokens=card_tokens,
-                    seq_len=run.config.seq_len,
-                    batch_size=run.config.batch_size,
-                    scores=scores,
-                    masks=run.masks,
-                    include_css=False,
-                )
-        except UnlearnLensError as exc:
-            note = f"Neuron cards could not be made: {exc}"
-    if note is not None:
-        section.notes.append(note)
+    given = inputs()
+    if given.note is not None:
+        section.notes.append(given.note)
+        return section
+    try:
+        dims = ModelDims.of(given.model)
+        if dims != run.dims:
+            section.notes.append(
+                f"The model has units {dims.to_dict()}, but the run was made for {run.dims.to_dict()}; no neuron cards."
+            )
+            return section
+        cards = _top_cards(run, given, scores, n_cards, card_tokens, n_contexts)
+    except UnlearnLensError as exc:
+        section.notes.append(f"Neuron cards could not be made: {exc}")
         return section
     section.heading = "Neuron cards: the most forget-specific MLP neurons"
     section.explain.append(
@@ -307,7 +315,7 @@ def _cards_section(
     return section
 
 
-def _explorer_section(run: PruneRun, inputs: tuple[Any, Any, Any, str | None] | None, tokens: int) -> _Section:
+def _explorer_section(run: PruneRun, inputs: _Inputs | None, tokens: int) -> _Section:
     """The neuron explorer of every unit (:mod:`unlearn_lens.report.explorer`), or a note saying why it is missing."""
     from unlearn_lens.report.explorer import explorer_data, explorer_html
 
@@ -315,18 +323,17 @@ def _explorer_section(run: PruneRun, inputs: tuple[Any, Any, Any, str | None] | 
     if inputs is None:
         section.notes.append("The neuron explorer was switched off (explorer=False).")
         return section
-    model, forget, retain, note = inputs
-    if note is None:
-        try:
-            t0 = time.time()
-            data = explorer_data(run, model, forget, retain, max_tokens=tokens)
-            section.explorer = Markup(explorer_html(data, include_css=False))
-            logger.info("neuron explorer: %d units in %.1f s", len(data["step"]), time.time() - t0)
-        except UnlearnLensError as exc:
-            note = f"The neuron explorer could not be made: {exc}"
-    if note is not None:
-        section.notes.append(note.replace("there are no neuron cards", "the neuron explorer is left out"))
+    if inputs.note is not None:
+        section.notes.append(inputs.note.replace("there are no neuron cards", "the neuron explorer is left out"))
         return section
+    try:
+        t0 = time.time()
+        data = explorer_data(run, inputs.model, inputs.forget, inputs.retain, max_tokens=tokens)
+    except UnlearnLensError as exc:
+        section.notes.append(f"The neuron explorer could not be made: {exc}")
+        return section
+    section.explorer = Markup(explorer_html(data, include_css=False))
+    logger.info("neuron explorer: %d units in %.1f s", len(data["step"]), time.time() - t0)
     d = run.dims
     section.explain.append(
         f"Every unit of the model: {d.n_mlp:,} MLP neurons and {d.n_attn:,} attention neurons. The score is the "
@@ -348,12 +355,7 @@ def _checks_section(checks: Any) -> _Section:
     """Relearning and membership checks (:mod:`unlearn_lens.checks.suite`), or how to add them."""
     section = _Section("checks", "Checks beyond the paper: relearning, membership, overlap")
     if checks is None:
-        section.notes.append(
-            Markup(
-                "No checks of this run yet: <code>unlearn-lens check RUN_DIR</code> adds "
-                "relearning, membership and overlap checks and rebuilds this report."
-            )
-        )
+        section.notes.append(fragment("notes.html.j2", "no_checks"))
         return section
     parts = checks.report_parts()
     section.explain, section.notes = parts["explain"], parts["notes"]
@@ -366,22 +368,18 @@ def _checks_section(checks: Any) -> _Section:
 
 
 def _render(**context: Any) -> str:
-    from jinja2 import Environment, PackageLoader, StrictUndefined
     from plotly.offline import get_plotlyjs
 
-    from unlearn_lens.report.cards import CARD_CSS
-    from unlearn_lens.report.explorer import EXPLORER_CSS
+    from unlearn_lens.report.cards import card_css
+    from unlearn_lens.report.explorer import explorer_css
 
-    env = Environment(
-        loader=PackageLoader("unlearn_lens.report", "templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    return env.get_template(TEMPLATE_NAME).render(
-        plotlyjs=Markup(get_plotlyjs()), card_css=Markup(CARD_CSS), explorer_css=Markup(EXPLORER_CSS), **context
+    return render(
+        TEMPLATE_NAME,
+        plotlyjs=Markup(get_plotlyjs()),
+        report_css=static_text("report.css"),
+        card_css=card_css(),
+        explorer_css=explorer_css(),
+        **context,
     )
 
 
@@ -402,7 +400,7 @@ def write_report(
     explorer_tokens: int = 20_000,
     checks: Any = None,
 ) -> Path:
-    """Write ``report.html``: summary, settings, every figure, neuron cards and the neuron explorer, in one offline file.
+    """Write ``report.html``, one offline file: summary, settings, every figure, neuron cards and the neuron explorer.
 
     Args:
         run: a :class:`PruneRun` (its ``baseline``, if any, is reported beside it), or a run
@@ -458,23 +456,19 @@ def write_report(
         "run_dir": str(out),
     }
     sections = _figure_sections(runs, run) + [_checks_section(checks)]
-    inputs = None  # the model and texts, resolved once for the cards and the explorer
-    if explorer:
-        inputs = _card_inputs(
-            run, model, forget_texts, retain_texts, load_model_from_results, device, max(card_tokens, explorer_tokens)
-        )
+
+    def resolve(tokens: int) -> _Inputs:
+        return _card_inputs(run, model, forget_texts, retain_texts, load_model_from_results, device, tokens)
+
+    # With the explorer, the model and texts are resolved once, for the cards and the explorer.
+    inputs = resolve(max(card_tokens, explorer_tokens)) if explorer else None
     sections.append(
         _cards_section(
             run,
-            model=model,
-            forget_texts=forget_texts,
-            retain_texts=retain_texts,
+            lambda: inputs if inputs is not None else resolve(card_tokens),
             n_cards=n_cards,
-            load_model_from_results=load_model_from_results,
-            device=device,
             card_tokens=card_tokens,
             n_contexts=n_contexts,
-            inputs=inputs,
         )
     )
     sections.append(_explorer_section(run, inputs, explorer_tokens))
@@ -482,7 +476,7 @@ def write_report(
         title=title or f"Selective pruning report: {model_label}",
         meta=meta,
         version=run.version,
-        summary=summary(runs, run, HEADLINE_LEVEL),
+        summary_table=summary_table_html(runs, run, HEADLINE_LEVEL),
         settings=settings(run, runs),
         sections=sections,
     )

@@ -5,9 +5,9 @@ and of its random baseline, led by the headline number (retain top-1 where forge
 first falls to a level) and the separability area. With a baseline of several seeds
 (:meth:`~unlearn_lens.results.PruneRun.random_runs`) the random column gives each
 number as the mean over the seeds with its min–max range, and the headline of every
-seed. The report (:mod:`unlearn_lens.report.html`) renders :func:`summary`,
+seed. The report (:mod:`unlearn_lens.report.html`) renders :func:`summary_table_html`,
 :func:`settings` and :func:`steps_table` through its Jinja2 template, which reads the
-:class:`Cell` and :class:`Row` fields; :func:`summary_table` and :func:`sweep_table`
+:class:`Cell` and :class:`Row` fields; :func:`summary_table_text` and :func:`sweep_table`
 are the terminal's text tables.
 """
 
@@ -20,7 +20,16 @@ from typing import Any
 from unlearn_lens.report.bands import group_label, run_groups, spread
 from unlearn_lens.results import PruneRun
 
-__all__ = ["Cell", "Row", "pct", "settings", "steps_table", "summary", "summary_table", "sweep_table"]
+__all__ = [
+    "Cell",
+    "Row",
+    "pct",
+    "settings",
+    "steps_table",
+    "summary_table_html",
+    "summary_table_text",
+    "sweep_table",
+]
 
 
 @dataclass
@@ -74,7 +83,10 @@ def _separation_rows(groups: dict[str, list[PruneRun]], level: float) -> list[Ro
         else:
             headline.append(Cell(f"{values[0]:.1%}", f"top-1 {values[0] * group[0].base.retain.top1:.4f}", values[0]))
         area = _cell([r.separability_area() for r in group], ".3f")
-        areas.append(Cell(area.text, f"{area.rel}; " * (len(group) > 1) + f"stopped with {stop}", area.value))
+        rel = f"stopped with {stop}"
+        if len(group) > 1:  # the seeds' min–max first
+            rel = f"{area.rel}; {rel}"
+        areas.append(Cell(area.text, rel, area.value))
     return [
         Row(group="separation", detail="top-1, relative to the unpruned model"),
         Row(
@@ -98,8 +110,36 @@ def _separation_rows(groups: dict[str, list[PruneRun]], level: float) -> list[Ro
     ]
 
 
-def summary(groups: dict[str, list[PruneRun]], main: PruneRun, level: float) -> dict[str, Any]:
-    """The summary table: one column per name (the seeds of a group summarised in one column).
+def _dataset_rows(groups: dict[str, list[PruneRun]], main: PruneRun, dataset: str) -> list[Row]:
+    """The rows of one dataset: each metric at the final step of every group, against the unpruned model."""
+    base = getattr(main.base, dataset)
+    skipped = base.all_tokens is not None  # the metrics leave out the most common tokens; all tokens follow
+    metrics = (
+        ("top1", "top-1 accuracy", ".4f"),
+        ("topk", f"top-{main.base.forget.k} accuracy", ".4f"),
+        ("loss", "loss (nats)", ".4f"),
+        ("perplexity", "perplexity", ".2f"),
+    )
+    rows = [Row(group=f"{dataset} set", detail=f"{base.n_tokens:,} evaluation tokens")]
+    for metric, label, fmt in metrics:
+        if skipped:
+            label += f" (without the {main.config.skip_common} most common tokens)"
+        ref = getattr(base, metric)
+        cells = [_cell([getattr(getattr(r.final, dataset), metric) for r in g], fmt, ref) for g in groups.values()]
+        rows.append(Row(label, f"{ref:{fmt}}", cells))
+    if skipped:
+        for metric, label, fmt in metrics[:2]:
+            ref = getattr(base.all_tokens, metric)
+            cells = [
+                _cell([getattr(getattr(r.final, dataset).all_tokens, metric) for r in g], fmt, ref)
+                for g in groups.values()
+            ]
+            rows.append(Row(f"{label} (all tokens)", f"{ref:{fmt}}", cells))
+    return rows
+
+
+def summary_table_html(groups: dict[str, list[PruneRun]], main: PruneRun, level: float) -> dict[str, Any]:
+    """The summary table of the report: one column per name (the seeds of a group summarised in one column).
 
     Args:
         groups: ``{name: [run, ...]}`` (:func:`unlearn_lens.bands.run_groups`).
@@ -109,7 +149,7 @@ def summary(groups: dict[str, list[PruneRun]], main: PruneRun, level: float) -> 
     Returns:
         ``{"names": [column label, ...], "rows": [Row, ...], "explain": [paragraph, ...]}``.
     """
-    base, runs = main.base, {name: group[0] for name, group in groups.items()}  # seeds prune the same counts
+    runs = {name: group[0] for name, group in groups.items()}  # the seeds of a group prune the same counts
     rows = _separation_rows(groups, level)
     rows.append(Row(group="pruned"))
     rows.append(Row("steps", "0", [Cell(str(len(r.history) - 1)) for r in runs.values()]))
@@ -119,37 +159,8 @@ def summary(groups: dict[str, list[PruneRun]], main: PruneRun, level: float) -> 
             for r in runs.values()
         ]
         rows.append(Row(label, "0", cells))
-    metrics = (
-        ("top1", "top-1 accuracy", ".4f"),
-        ("topk", f"top-{base.forget.k} accuracy", ".4f"),
-        ("loss", "loss (nats)", ".4f"),
-        ("perplexity", "perplexity", ".2f"),
-    )
     for dataset in ("forget", "retain"):
-        rows.append(Row(group=f"{dataset} set", detail=f"{getattr(base, dataset).n_tokens:,} evaluation tokens"))
-        for metric, label, fmt in metrics:
-            b = getattr(getattr(base, dataset), metric)
-            if getattr(base, dataset).all_tokens is not None:
-                label += f" (without the {main.config.skip_common} most common tokens)"
-            rows.append(
-                Row(
-                    label,
-                    f"{b:{fmt}}",
-                    [_cell([getattr(getattr(r.final, dataset), metric) for r in g], fmt, b) for g in groups.values()],
-                )
-            )
-        for metric, label, fmt in metrics[:2] if getattr(base, dataset).all_tokens is not None else ():
-            b = getattr(getattr(base, dataset).all_tokens, metric)
-            rows.append(
-                Row(
-                    f"{label} (all tokens)",
-                    f"{b:{fmt}}",
-                    [
-                        _cell([getattr(getattr(r.final, dataset).all_tokens, metric) for r in g], fmt, b)
-                        for g in groups.values()
-                    ],
-                )
-            )
+        rows += _dataset_rows(groups, main, dataset)
     explain = [
         "Values in brackets are relative to the unpruned model. The random run prunes the same number of "
         "units per layer and step as the selective run, chosen uniformly at random."
@@ -172,21 +183,25 @@ def _texts_used(texts: dict[str, Any]) -> str:
     """One line on which texts gave the statistics and which the evaluation."""
 
     def ranges(spans: list[dict[str, Any]]) -> str:
-        return (
-            "; ".join(
-                f"{s['tokens']:,} tokens from texts {s['texts'][0]}–{s['texts'][1] - 1} of {s['source']}" for s in spans
-            )
-            or "unknown"
-        )
+        parts = [
+            f"{s['tokens']:,} tokens from texts {s['texts'][0]}–{s['texts'][1] - 1} of {s['source']}" for s in spans
+        ]
+        return "; ".join(parts) or "unknown"
 
     shared = texts.get("shared_texts")
-    return f"statistics: {ranges(texts.get('statistics', []))}. evaluation: {ranges(texts.get('evaluation', []))}. " + (
-        "texts shared: unknown" if shared is None else f"texts shared: {shared}"
+    return (
+        f"statistics: {ranges(texts.get('statistics', []))}. "
+        f"evaluation: {ranges(texts.get('evaluation', []))}. "
+        f"texts shared: {'unknown' if shared is None else shared}"
     )
 
 
 def settings(run: PruneRun, groups: dict[str, list[PruneRun]]) -> dict[str, dict[str, str]]:
-    """The run's facts (model, data, units, version, run times) and its config, as text: ``{"run": ..., "config": ...}``."""
+    """The run's facts (model, data, units, version, run times) and its config, as text.
+
+    Returns:
+        ``{"run": {fact: text}, "config": {field: text}}``.
+    """
     info, d = run.info, run.dims
     facts: dict[str, Any] = {"model": info.get("model") or run.model or "?"}
     if run.model and run.model != facts["model"]:
@@ -201,13 +216,10 @@ def settings(run: PruneRun, groups: dict[str, list[PruneRun]]) -> dict[str, dict
         facts[f"{key} texts"] = _texts_used(texts)
     facts["units"] = f"{d.n_layers} layers × {d.d_mlp} MLP neurons; {d.n_heads} heads × {d.d_head} attention neurons"
     facts["unlearn_lens version"] = run.version
-    facts.update(
-        {
-            f"run time ({name}{f' seed {r.seed}' * (len(g) > 1)})": f"{r.seconds:.0f} s"
-            for name, g in groups.items()
-            for r in g
-        }
-    )
+    for name, group in groups.items():
+        for r in group:
+            which = f"{name} seed {r.seed}" if len(group) > 1 else name
+            facts[f"run time ({which})"] = f"{r.seconds:.0f} s"
     return {
         "run": {k: _plain(v) for k, v in facts.items()},
         "config": {k: _plain(v) for k, v in run.config.to_dict().items()},
@@ -244,8 +256,8 @@ def steps_table(name: str, run: PruneRun) -> dict[str, Any]:
     return {"name": name, "header": header, "rows": rows}
 
 
-def summary_table(run: Any, level: float = 0.5) -> str:
-    """A one-screen text table: the unpruned model vs the final step of the run and of its baseline.
+def summary_table_text(run: Any, level: float = 0.5) -> str:
+    """The summary table as text for the terminal: the unpruned model vs the final step of the run and its baseline.
 
     With a baseline of several seeds (:meth:`~unlearn_lens.results.PruneRun.random_runs`), its
     column is headed ``"random (N seeds)"`` and gives each number as the mean over the seeds
@@ -271,17 +283,20 @@ def summary_table(run: Any, level: float = 0.5) -> str:
     rows.append(["steps", "0", *[str(len(r.history) - 1) for r in firsts]])
     rows.append(["MLP neurons pruned", "0%", *[f"{r.final.n_mlp / r.dims.n_mlp:.1%}" for r in firsts]])
     rows.append(["attention neurons pruned", "0%", *[f"{r.final.n_attn / r.dims.n_attn:.1%}" for r in firsts]])
-    skipped = base.forget.all_tokens is not None
+    names = {"top1": "top1", "topk": f"top{base.forget.k}", "loss": "loss"}
+    skipped = base.forget.all_tokens is not None  # the metrics leave out the most common tokens; all tokens follow
     for dataset in ("forget", "retain"):
         for metric in ("top1", "topk", "loss"):
             ref = getattr(getattr(base, dataset), metric)
-            label = f"{dataset} {metric if metric != 'topk' else f'top{base.forget.k}'}"
-            label += f" (w/o {run.config.skip_common} most common)" if skipped else ""
+            label = f"{dataset} {names[metric]}"
+            if skipped:
+                label += f" (w/o {run.config.skip_common} most common)"
             rows.append([label, f"{ref:.4f}", *column(dataset, metric, False, ref)])
-        for metric in ("top1", "topk") if skipped else ():
-            ref = getattr(getattr(base, dataset).all_tokens, metric)
-            label = f"{dataset} {metric if metric != 'topk' else f'top{base.forget.k}'} (all tokens)"
-            rows.append([label, f"{ref:.4f}", *column(dataset, metric, True, ref)])
+        if skipped:
+            for metric in ("top1", "topk"):
+                ref = getattr(getattr(base, dataset).all_tokens, metric)
+                label = f"{dataset} {names[metric]} (all tokens)"
+                rows.append([label, f"{ref:.4f}", *column(dataset, metric, True, ref)])
     headline = []
     for g in groups.values():
         values = [(r.retain_at_forget(level), r.relative_path()[0][-1]) for r in g]
@@ -319,7 +334,7 @@ def sweep_table(result: Any) -> str:
                 r["scoring"],
                 f"{value:.1%}" if value is not None else f"not reached ({r['forget_rel']:.0%})",
                 f"{r['separability_area']:.3f}",
-                str(r["steps"]),
+                str(r["n_steps"]),
             ]
         )
     return aligned(rows, n_left=2)

@@ -3,7 +3,7 @@
 Every figure function takes results (:class:`~unlearn_lens.scoring.Scores`,
 :class:`~unlearn_lens.masks.Masks`, :class:`~unlearn_lens.results.PruneRun`) and
 returns a ``plotly.graph_objects.Figure``; nothing is shown or written here, and
-the model is never run (neuron cards, which run it, are in :mod:`unlearn_lens.report.cards`).
+the model is never run. (Neuron cards, which run it, are in :mod:`unlearn_lens.report.cards`.)
 
 * :func:`specialisation_map`: every unit's score, layers by units sorted within
   each layer, with the pruned units marked;
@@ -16,7 +16,7 @@ the model is never run (neuron cards, which run it, are in :mod:`unlearn_lens.re
   and the separability area (closed from the last step, so it depends on the stop) shaded;
 * :func:`pruned_per_layer`: how many units each step took from each layer.
 
-Scores of the ratio methods (``abs freq rms std sqrt``) are forget importance over
+Scores of the ratio methods (``abs freq rms std sqrt wanda``) are forget importance over
 retain importance, shown as log10 (0 = equally important for both; scores below
 1e-6, e.g. units silent on the forget set, are drawn at -6). Scores of ``mean``
 (|mean_forget - mean_retain|) and ``rand`` (random control) are not ratios and are
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import html
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import einops
@@ -35,6 +36,7 @@ from jaxtyping import Float
 
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
+from unlearn_lens.models import check_kind
 from unlearn_lens.report.bands import RunsLike, band, group_label, run_groups, spread_text
 from unlearn_lens.results import PruneRun
 from unlearn_lens.scoring import RATIO_METHODS, Scores, head_scores
@@ -79,11 +81,6 @@ def _go() -> Any:
     return go
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in _KIND_NAME:
-        raise UnlearnLensError(f"kind must be 'mlp' or 'attn', got {kind!r}")
-
-
 def _numpy(x: torch.Tensor) -> Any:
     return x.detach().to("cpu", torch.float64).numpy()
 
@@ -101,10 +98,10 @@ def score_values(scores: Scores, kind: str = "mlp") -> tuple[Float[torch.Tensor,
         the score for ratio methods, clipped at ``LOG10_FLOOR``; the raw score otherwise),
         a label for the colour or value axis, and whether the values are log10 ratios.
     """
-    _check_kind(kind)
+    check_kind(kind)
     raw = scores.mlp if kind == "mlp" else einops.rearrange(scores.attn, "layer head d_head -> layer (head d_head)")
     raw = raw.detach().to("cpu", torch.float64)
-    method = scores.method_of(kind)
+    method = scores.scoring_of(kind)
     if method in RATIO_METHODS:
         name = _IMPORTANCE_NAME[method]
         values = raw.nan_to_num(nan=0.0).clamp(min=10.0**LOG10_FLOOR).log10()
@@ -124,14 +121,14 @@ def _short_label(method: str) -> str:
 
 def _head_values(scores: Scores, agg: str) -> tuple[Float[torch.Tensor, "layer head"], str, bool]:
     raw = head_scores(scores.attn.detach().to("cpu", torch.float64), agg)
-    method = scores.attn_method
+    method = scores.attn_scoring
     if method in RATIO_METHODS:
         return (
             raw.nan_to_num(nan=0.0).clamp(min=10.0**LOG10_FLOOR).log10(),
             f"log10 head score ({agg} of its neurons' scores)",
             True,
         )
-    label = "random" if method == "rand" else "|Δ mean|" if method == "mean" else method
+    label = {"rand": "random", "mean": "|Δ mean|"}.get(method, method)
     return raw, f"head score: {agg} of neuron scores ({label}, not a ratio)", False
 
 
@@ -180,9 +177,11 @@ def specialisation_map(
             x=list(range(n_units)),
             y=list(range(n_layers)),
             customdata=order.numpy(),
-            colorbar={"title": {"text": _short_label(scores.method_of(kind)), "side": "right"}},
+            colorbar={"title": {"text": _short_label(scores.scoring_of(kind)), "side": "right"}},
             name="score",
-            hovertemplate=f"layer %{{y}}<br>rank %{{x}}<br>{unit_label} %{{customdata}}<br>value %{{z:.3g}}<extra></extra>",
+            hovertemplate=(
+                f"layer %{{y}}<br>rank %{{x}}<br>{unit_label} %{{customdata}}<br>value %{{z:.3g}}<extra></extra>"
+            ),
             **_colour_kwargs(z, is_log),
         )
     )
@@ -236,8 +235,10 @@ def head_map(scores: Scores, masks: Masks | None = None, agg: str = "mean", *, t
 
     values, label, is_log = _head_values(scores, agg)
     n_layers, n_heads = values.shape
-    n_panels = 2 if masks is not None else 1
-    titles = [f"head score ({agg})"] + (["share of head pruned"] if masks is not None else [])
+    titles = [f"head score ({agg})"]
+    if masks is not None:
+        titles.append("share of head pruned")
+    n_panels = len(titles)
     fig = make_subplots(rows=1, cols=n_panels, subplot_titles=titles, horizontal_spacing=0.2)
     small = n_layers * n_heads <= 400
     text_kw = {"texttemplate": "%{z:.2f}", "textfont": {"size": 10}} if small else {}
@@ -248,7 +249,7 @@ def head_map(scores: Scores, masks: Masks | None = None, agg: str = "mean", *, t
             y=list(range(n_layers)),
             name="head score",
             colorbar={
-                "title": {"text": _short_label(scores.attn_method), "side": "right"},
+                "title": {"text": _short_label(scores.attn_scoring), "side": "right"},
                 "x": 0.42 if n_panels == 2 else 1.02,
                 "thickness": 14,
                 "len": 0.9,
@@ -332,7 +333,7 @@ def score_distributions(scores: Scores, kind: str = "mlp", *, title: str | None 
         )
     fig.update_layout(
         template=_TEMPLATE,
-        title={"text": title or f"Score distribution of {_KIND_NAME[kind]} per layer ('{scores.method_of(kind)}')"},
+        title={"text": title or f"Score distribution of {_KIND_NAME[kind]} per layer ('{scores.scoring_of(kind)}')"},
         xaxis={"title": {"text": "layer"}},
         yaxis={"title": {"text": label}},
         height=420,
@@ -342,7 +343,10 @@ def score_distributions(scores: Scores, kind: str = "mlp", *, title: str | None 
 
 def _pruned_fraction(run: PruneRun, combined: bool) -> list[float]:
     """The share of MLP neurons (or, ``combined``, of all units) pruned after each step."""
-    return [(s.n_mlp + s.n_attn * combined) / (run.dims.n_mlp + run.dims.n_attn * combined) for s in run.history]
+    n_mlp, n_attn = run.dims.n_mlp, run.dims.n_attn
+    if combined:
+        return [(s.n_mlp + s.n_attn) / (n_mlp + n_attn) for s in run.history]
+    return [s.n_mlp / n_mlp for s in run.history]
 
 
 def pruning_effects(runs: RunsLike, *, title: str | None = None) -> go.Figure:
@@ -384,25 +388,27 @@ def pruning_effects(runs: RunsLike, *, title: str | None = None) -> go.Figure:
         for dataset, colour in _DATASET_COLOURS.items():  # forget, retain
             for col, (metric, metric_label) in enumerate(metrics, start=1):
                 ys, lo, hi = band([[getattr(getattr(s, dataset), metric) for s in r.history] for r in group])
-                what = f"mean of seeds {', '.join(map(str, seeds))}<br>" if len(group) > 1 else ""
-                for bound, values in (("min", lo), ("max", hi)) if len(group) > 1 else ():
-                    fig.add_trace(
-                        go.Scatter(
-                            x=xs,
-                            y=values,
-                            mode="lines",
-                            name=f"{label} · {dataset} {bound}",
-                            legendgroup=f"{name}-{dataset}",
-                            showlegend=False,
-                            line={"width": 0, "color": colour},
-                            fill="tonexty" if bound == "max" else None,
-                            fillcolor=_rgba(colour, 0.18),
-                            hoverinfo="skip",
-                            meta={"band": bound, "seeds": seeds},
-                        ),
-                        row=1,
-                        col=col,
-                    )
+                what = ""
+                if len(group) > 1:  # the band: the minimum, then the maximum filled down to it
+                    what = f"mean of seeds {', '.join(map(str, seeds))}<br>"
+                    for bound, values in (("min", lo), ("max", hi)):
+                        fig.add_trace(
+                            go.Scatter(
+                                x=xs,
+                                y=values,
+                                mode="lines",
+                                name=f"{label} · {dataset} {bound}",
+                                legendgroup=f"{name}-{dataset}",
+                                showlegend=False,
+                                line={"width": 0, "color": colour},
+                                fill="tonexty" if bound == "max" else None,
+                                fillcolor=_rgba(colour, 0.18),
+                                hoverinfo="skip",
+                                meta={"band": bound, "seeds": seeds},
+                            ),
+                            row=1,
+                            col=col,
+                        )
                 fig.add_trace(
                     go.Scatter(
                         x=xs,
@@ -439,6 +445,135 @@ def pruning_effects(runs: RunsLike, *, title: str | None = None) -> go.Figure:
 def _rgba(hex_colour: str, alpha: float) -> str:
     r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+@dataclass
+class _Paths:
+    """The runs under one name in :func:`separability_trajectory` (several: a baseline's seeds), and their drawing."""
+
+    name: str
+    group: list[PruneRun]
+    colour: str
+    metric: str
+    metric_label: str
+    level: float
+
+    @property
+    def several(self) -> bool:
+        return len(self.group) > 1
+
+    def traces(self, go: Any, r: PruneRun) -> list[Any]:
+        """One run's traces: the shaded area, the step path, the dotted closing line and, if reached, the star."""
+        xs, ys = r.relative_path(self.metric)
+        headline = r.retain_at_forget(self.level, self.metric)
+        if self.several:
+            tag, seed = f"{self.name} seed {r.seed}", {"seed": r.seed}
+        else:
+            tag, seed = self.name, {}
+        steps = [0] + [s.step for s in r.history[1:]]
+        traces = [
+            # The polygon path -> (0, 0) -> (1, 0) has exactly the trapezoid area of separability_area.
+            go.Scatter(
+                x=[*xs, 0.0, 1.0],
+                y=[*ys, 0.0, 0.0],
+                mode="lines",
+                fill="toself",
+                fillcolor=_rgba(self.colour, 0.15 / len(self.group)),
+                line={"width": 0, "color": self.colour},
+                legendgroup=self.name,
+                hoverinfo="skip",
+                showlegend=r is self.group[0],
+                meta={"separability_area": r.separability_area(self.metric), **seed},
+                name=self._area_name(r),
+            ),
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines+markers" if self.several else "lines+markers+text",
+                text=[str(s) for s in steps],
+                textposition="top right",
+                textfont={"size": 9, "color": self.colour},
+                name=f"{tag} steps",
+                legendgroup=self.name,
+                showlegend=False,
+                line={"color": self.colour, "width": 1 if self.several else 2},
+                marker={"size": 4 if self.several else 7, "color": self.colour},
+                customdata=steps,
+                hovertemplate=(
+                    f"{tag} step %{{customdata}}<br>forget {self.metric_label} %{{x:.3f}} of unpruned<br>"
+                    f"retain {self.metric_label} %{{y:.3f}} of unpruned<extra></extra>"
+                ),
+            ),
+            go.Scatter(
+                x=[xs[-1], 0.0],
+                y=[ys[-1], 0.0],
+                mode="lines",
+                name=f"{tag} closure",
+                legendgroup=self.name,
+                showlegend=False,
+                line={"color": self.colour, "dash": "dot", "width": 1},
+                hoverinfo="skip",
+            ),
+        ]
+        if headline is not None:
+            point = f"retain {headline:.1%} at forget {self.level:.0%}"
+            traces.append(
+                go.Scatter(
+                    x=[self.level],
+                    y=[headline],
+                    mode="markers",
+                    name=f"{tag}: {point}",
+                    legendgroup=self.name,
+                    marker={
+                        "symbol": "star",
+                        "size": 11 if self.several else 15,
+                        "color": self.colour,
+                        "line": {"width": 1, "color": "black"},
+                    },
+                    meta={"retain_at_forget": headline, "level": self.level, **seed},
+                    hovertemplate=f"{html.escape(tag)}: {point} (interpolated between steps)<extra></extra>",
+                )
+            )
+        return traces
+
+    def _area_name(self, r: PruneRun) -> str:
+        """The legend entry of the shaded areas (shown on the first run of the name)."""
+        if self.several:
+            areas = [other.separability_area(self.metric) for other in self.group]
+            return (
+                f"{group_label(self.name, self.group)}: area {min(areas):.3f}–{max(areas):.3f} "
+                "(each closed from its last step to (0, 0))"
+            )
+        area = r.separability_area(self.metric)
+        return f"{self.name}: area {area:.3f} (closed from step {r.final.step} to (0, 0))"
+
+    def annotation(self) -> str:
+        """The name's headline(s) and area(s), for the annotation in the corner."""
+        areas = [r.separability_area(self.metric) for r in self.group]
+        if self.several:
+            points = []
+            for r in self.group:
+                headline = r.retain_at_forget(self.level, self.metric)
+                if headline is not None:
+                    points.append(f"{headline:.1%}")
+                else:
+                    points.append(f"not reached (last step: {r.relative_path(self.metric)[0][-1]:.0%})")
+            point_text = f"retain {self.metric_label} at forget {self.level:.0%}: {', '.join(points)}"
+            area_text = f"area {spread_text(areas, '.3f')}, mean (min–max) of the seeds"
+        else:
+            (r,) = self.group
+            headline = r.retain_at_forget(self.level, self.metric)
+            if headline is not None:
+                point_text = f"retain {self.metric_label} = {headline:.1%} at forget {self.level:.0%}"
+            else:
+                last = r.relative_path(self.metric)[0][-1]
+                point_text = f"forget never reached {self.level:.0%} (last step: {last:.0%})"
+            area_text = f"area {areas[0]:.3f}"
+        return (
+            f"<b>{html.escape(group_label(self.name, self.group))}</b>: {point_text}<br>"
+            f"<span style='font-size:11px'>{area_text}, closed from the last step "
+            "(depends on where the run stopped)</span>"
+        )
 
 
 def separability_trajectory(
@@ -495,97 +630,12 @@ def separability_trajectory(
     )
     top = 1.05
     for i, (name, group) in enumerate(groups.items()):
-        colour, label, several = _RUN_COLOURS[i % len(_RUN_COLOURS)], group_label(name, group), len(group) > 1
-        areas = [r.separability_area(metric) for r in group]
-        points = []
-        for r, area in zip(group, areas):
+        paths = _Paths(name, group, _RUN_COLOURS[i % len(_RUN_COLOURS)], metric, metric_label, level)
+        for r in group:
+            for trace in paths.traces(go, r):
+                fig.add_trace(trace)
             xs, ys = r.relative_path(metric)
-            headline = r.retain_at_forget(level, metric)
             top = max(top, *xs, *ys)
-            tag, seed = (f"{name} seed {r.seed}", {"seed": r.seed}) if several else (name, {})
-            # The polygon path -> (0, 0) -> (1, 0) has exactly the trapezoid area of separability_area.
-            fig.add_trace(
-                go.Scatter(
-                    x=[*xs, 0.0, 1.0],
-                    y=[*ys, 0.0, 0.0],
-                    mode="lines",
-                    fill="toself",
-                    fillcolor=_rgba(colour, 0.15 / len(group)),
-                    line={"width": 0, "color": colour},
-                    legendgroup=name,
-                    hoverinfo="skip",
-                    showlegend=r is group[0],
-                    meta={"separability_area": area, **seed},
-                    name=(
-                        f"{label}: area {min(areas):.3f}–{max(areas):.3f} (each closed from its last step to (0, 0))"
-                        if several
-                        else f"{name}: area {area:.3f} (closed from step {r.final.step} to (0, 0))"
-                    ),
-                )
-            )
-            steps = [0] + [s.step for s in r.history[1:]]
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines+markers" if several else "lines+markers+text",
-                    text=[str(s) for s in steps],
-                    textposition="top right",
-                    textfont={"size": 9, "color": colour},
-                    name=f"{tag} steps",
-                    legendgroup=name,
-                    showlegend=False,
-                    line={"color": colour, "width": 1 if several else 2},
-                    marker={"size": 4 if several else 7, "color": colour},
-                    customdata=steps,
-                    hovertemplate=(
-                        f"{tag} step %{{customdata}}<br>forget {metric_label} %{{x:.3f}} of unpruned<br>"
-                        f"retain {metric_label} %{{y:.3f}} of unpruned<extra></extra>"
-                    ),
-                )
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=[xs[-1], 0.0],
-                    y=[ys[-1], 0.0],
-                    mode="lines",
-                    name=f"{tag} closure",
-                    legendgroup=name,
-                    showlegend=False,
-                    line={"color": colour, "dash": "dot", "width": 1},
-                    hoverinfo="skip",
-                )
-            )
-            if headline is not None:
-                point = f"retain {headline:.1%} at forget {level:.0%}"
-                fig.add_trace(
-                    go.Scatter(
-                        x=[level],
-                        y=[headline],
-                        mode="markers",
-                        name=f"{tag}: {point}",
-                        legendgroup=name,
-                        marker={
-                            "symbol": "star",
-                            "size": 11 if several else 15,
-                            "color": colour,
-                            "line": {"width": 1, "color": "black"},
-                        },
-                        meta={"retain_at_forget": headline, "level": level, **seed},
-                        hovertemplate=f"{html.escape(tag)}: {point} (interpolated between steps)<extra></extra>",
-                    )
-                )
-            points.append(f"{headline:.1%}" if headline is not None else f"not reached (last step: {xs[-1]:.0%})")
-        if several:
-            point_text = f"retain {metric_label} at forget {level:.0%}: {', '.join(points)}"
-            area_text = f"area {spread_text(areas, '.3f')}, mean (min–max) of the seeds"
-        else:  # one run: its headline and path are the loop's last
-            point_text = (
-                f"retain {metric_label} = {headline:.1%} at forget {level:.0%}"
-                if headline is not None
-                else f"forget never reached {level:.0%} (last step: {xs[-1]:.0%})"
-            )
-            area_text = f"area {areas[0]:.3f}"
         fig.add_annotation(
             x=0.98,
             y=0.04 + 0.11 * i,
@@ -594,12 +644,9 @@ def separability_trajectory(
             xanchor="right",
             yanchor="bottom",
             showarrow=False,
-            font={"color": colour, "size": 13},
+            font={"color": paths.colour, "size": 13},
             bgcolor="rgba(255,255,255,0.8)",
-            text=(
-                f"<b>{html.escape(label)}</b>: {point_text}<br><span style='font-size:11px'>{area_text}, closed "
-                "from the last step (depends on where the run stopped)</span>"
-            ),
+            text=paths.annotation(),
         )
     fig.update_layout(
         template=_TEMPLATE,
@@ -636,7 +683,7 @@ def pruned_per_layer(run: PruneRun, kind: str = "mlp", *, title: str | None = No
         A figure with one bar trace per pruning step (``barmode="stack"``), x = layer.
     """
     go = _go()
-    _check_kind(kind)
+    check_kind(kind)
     d = run.dims
     per_layer = d.d_mlp if kind == "mlp" else d.n_heads * d.d_head
     layers = list(range(d.n_layers))
@@ -652,19 +699,21 @@ def pruned_per_layer(run: PruneRun, kind: str = "mlp", *, title: str | None = No
                 name=f"step {step.step}",
                 marker={"color": colours[i]},
                 customdata=[c / per_layer for c in counts],
-                hovertemplate=f"step {step.step}<br>layer %{{x}}: %{{y}} pruned (%{{customdata:.1%}} of layer)<extra></extra>",
+                hovertemplate=(
+                    f"step {step.step}<br>layer %{{x}}: %{{y}} pruned (%{{customdata:.1%}} of layer)<extra></extra>"
+                ),
             )
         )
-    total = sum(run.final.mlp_counts if kind == "mlp" else run.final.attn_counts)
-    tallest = max(run.final.mlp_counts if kind == "mlp" else run.final.attn_counts, default=0)
+    final_counts = run.final.mlp_counts if kind == "mlp" else run.final.attn_counts
+    total, tallest, n_units = sum(final_counts), max(final_counts, default=0), per_layer * d.n_layers
+    if not title:
+        title = (
+            f"{_KIND_TITLE[kind]} pruned per layer ({run.strategy} run: {total} of {n_units}, {total / n_units:.1%})"
+        )
     fig.update_layout(
         template=_TEMPLATE,
         barmode="stack",
-        title={
-            "text": title
-            or f"{_KIND_TITLE[kind]} pruned per layer ({run.strategy} run: {total} of "
-            f"{per_layer * d.n_layers}, {total / (per_layer * d.n_layers):.1%})"
-        },
+        title={"text": title},
         xaxis={"title": {"text": "layer"}, "dtick": 1 if d.n_layers <= 48 else None},
         yaxis={"title": {"text": f"{_KIND_NAME[kind]} pruned"}, "dtick": 1 if tallest <= 8 else None},
         height=400,
