@@ -16,6 +16,7 @@ from _viz_support import forget_falling, interpolated_retain, tiny
 
 import unlearn_lens as ul
 from unlearn_lens.cli import main
+from unlearn_lens.pipeline import run_tokens
 from unlearn_lens.report.html import write_report
 from unlearn_lens.scoring import top_units
 
@@ -52,6 +53,12 @@ def run(t, text_dirs):
         "retain_field": "text",
         "split": "train",
         "texts": t.run.info["texts"],
+    }
+    # as the command line records them: the checksum of the tokens these sources give
+    named = dataclasses.replace(t.run, info=info)
+    info["tokens_sha256"] = {
+        key: [part.sha256() for part in run_tokens(named, t.model, key, trust_sources=True)]
+        for key in ("forget", "retain")
     }
     return dataclasses.replace(t.run, info=info)
 

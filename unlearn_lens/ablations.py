@@ -43,7 +43,7 @@ from unlearn_lens._io import read_safetensors, write_safetensors
 from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.distributed import gather, shard, sum_across, world
 from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.models import UNIT_KINDS, ModelDims, model_dims, model_name, per_kind
+from unlearn_lens.models import UNIT_KINDS, ModelDims, model_dims, model_fingerprint, model_label, model_name, per_kind
 from unlearn_lens.stats import ActivationStats, RunningStats, stream_units
 
 __all__ = [
@@ -365,7 +365,7 @@ def collect_ablation_values(
         desc="collect ablation values",
         owner="collect_ablation_values",
     )
-    meta = {"model": model_name(model), "n_tokens": tokens.n_tokens}
+    meta = {"model": model_label(model), "fingerprint": model_fingerprint(model), "n_tokens": tokens.n_tokens}
     if hist is not None:
         if size > 1:
             for block in (hist.mlp, hist.attn):

@@ -12,6 +12,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from unlearn_lens.compat import REFERENCE_METHODS, check_compat, rules
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import per_kind
 from unlearn_lens.pruning import ABLATIONS
@@ -104,6 +105,10 @@ class PruneConfig:
         mlp_eps, attn_eps: score denominators' offsets.
         topk: k of top-k accuracy.
         skip_common: leave the N most common tokens out of evaluation.
+        compat: ``"none"`` (this package's textbook definitions) or ``"taker"``: the
+            reference implementation's rows, statistics, scores, units per step and
+            head aggregation, to reproduce or compare with the paper's numbers
+            (:mod:`unlearn_lens.compat`).
     """
 
     mlp_frac: float = 0.02
@@ -130,6 +135,7 @@ class PruneConfig:
     attn_eps: float = 1e-4
     topk: int = 10
     skip_common: int = 0
+    compat: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("mlp_frac", "attn_frac"):
@@ -140,6 +146,7 @@ class PruneConfig:
         check_seq_len(self.seq_len)
         self.scorings  # noqa: B018 - validates the scoring methods
         self.ablations  # noqa: B018 - validates the ablations
+        self._check_compat()
         if self.head_agg not in HEAD_AGGREGATIONS:
             raise UnlearnLensError(f"head_agg must be 'mean' or 'median', got {self.head_agg!r}")
         if self.stop_at_forget is not None:
@@ -147,6 +154,15 @@ class PruneConfig:
         for name in ("mlp_eps", "attn_eps"):
             if not isinstance(getattr(self, name), numbers.Real) or getattr(self, name) < 0:
                 raise UnlearnLensError(f"{name} must be a non-negative number, got {getattr(self, name)!r}")
+
+    def _check_compat(self) -> None:
+        check_compat(self.compat)
+        foreign = sorted(set(self.scorings.values()) - set(REFERENCE_METHODS))
+        if rules(self.compat).reference_scores and foreign:
+            raise UnlearnLensError(
+                f"compat={self.compat!r} reproduces the reference implementation, which has no scoring "
+                f"{foreign[0]!r}; choose one of {list(REFERENCE_METHODS)}"
+            )
 
     @property
     def scorings(self) -> dict[str, str]:

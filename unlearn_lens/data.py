@@ -4,8 +4,11 @@ Tokenising packs the texts, each followed by the end-of-text token, into rows of
 ``seq_len`` tokens that each start with a BOS token: ``[BOS, t_1, ..., t_{seq_len-1}]``.
 Only the last row can be short; it is right-padded. A boolean ``valid`` mask
 ``[batch pos]`` marks the positions that count for statistics: real tokens other
-than the BOS position. Right padding needs no attention mask in a causal model,
-since no real token attends to a later position.
+than the BOS position. Under ``compat="taker"`` (:mod:`unlearn_lens.compat`) each text
+has a row of its own instead, as the reference implementation reads texts: its tokens
+with the tokenizer's own special tokens, cut to ``seq_len``, every position counted.
+Right padding needs no attention mask in a causal model, since no real token attends
+to a later position.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import bisect
 import collections
 import itertools
 import logging
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +25,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Int
 
+from unlearn_lens.compat import rules
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import model_name
 
@@ -63,11 +68,13 @@ class TextSpan:
         first: index of the span's first text in its source.
         ends: for each text, the counted tokens of the span up to its end (its last
             text may be cut short by a budget).
+        truncated: whether the last text goes on past the span (it was cut short).
     """
 
     source: str
     first: int
     ends: tuple[int, ...]
+    truncated: bool = False
 
     @property
     def n_tokens(self) -> int:
@@ -76,9 +83,12 @@ class TextSpan:
     def cut(self, offset: int) -> tuple[TextSpan, TextSpan]:
         """The span's first ``offset`` tokens and the rest; a text cut in two is in both."""
         j = bisect.bisect_left(self.ends, offset)  # text j holds token offset - 1
-        head = TextSpan(self.source, self.first, (*self.ends[:j], offset))
+        last = j == len(self.ends) - 1
+        head = TextSpan(
+            self.source, self.first, (*self.ends[:j], offset), self.ends[j] > offset or (last and self.truncated)
+        )
         rest = j if self.ends[j] > offset else j + 1
-        tail = TextSpan(self.source, self.first + rest, tuple(e - offset for e in self.ends[rest:]))
+        tail = TextSpan(self.source, self.first + rest, tuple(e - offset for e in self.ends[rest:]), self.truncated)
         return head, tail
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +149,20 @@ class TokenSet:
                 self.valid[start : start + batch_size].to(device),
             )
 
+    def sha256(self) -> str:
+        """A checksum of the rows and which of their tokens count (hex), independent of device and dtype.
+
+        A run records it for each token budget it used; reading the run's sources again
+        must give the same checksum before their text is shown or used.
+        """
+        import hashlib
+
+        digest = hashlib.sha256()
+        digest.update(str(tuple(self.tokens.shape)).encode())
+        digest.update(self.tokens.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        digest.update(self.valid.detach().to("cpu", torch.uint8).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
     def split(self, n_tokens: int) -> tuple[TokenSet, TokenSet]:
         """The first ``n_tokens`` counted tokens, and the rest.
 
@@ -179,6 +203,7 @@ def mix_token_sets(
     budgets: Sequence[int],
     *,
     seq_len: int | None = None,
+    compat: str = "none",
 ) -> TokenSet:
     """Several sources as one dataset, each contributing its share of every budget.
 
@@ -193,6 +218,7 @@ def mix_token_sets(
         shares: token share of each source (normalised; default equal shares).
         budgets: token budgets, in order (e.g. statistics then evaluation tokens).
         seq_len: row length (default: the model's context, at most 256).
+        compat: how texts become rows (:func:`token_budgets`).
 
     Returns:
         The mixed :class:`TokenSet` (``n_texts``: texts packed from all sources; ``spans``: which).
@@ -203,7 +229,7 @@ def mix_token_sets(
     if not sources:
         raise UnlearnLensError("no sources to mix")
     if len(sources) == 1 and shares is None:
-        return TokenSet.concat(as_token_sets(model, sources[0], budgets, seq_len=seq_len))
+        return TokenSet.concat(as_token_sets(model, sources[0], budgets, seq_len=seq_len, compat=compat))
     shares = [1.0] * len(sources) if shares is None else [float(x) for x in shares]
     if len(shares) != len(sources) or any(not x > 0 for x in shares):
         raise UnlearnLensError(f"need one positive share per source ({len(sources)} sources), got {list(shares)}")
@@ -214,7 +240,7 @@ def mix_token_sets(
     per_source = list(zip(*split_budgets))  # per source: its tokens in each budget
     pieces: list[list[TokenSet]] = [[] for _ in budgets]
     for source, counts in zip(sources, per_source):
-        parts = as_token_sets(model, source, counts, seq_len=seq_len)
+        parts = as_token_sets(model, source, counts, seq_len=seq_len, compat=compat)
         if any(part.n_tokens < n for part, n in zip(parts, counts)):
             name = getattr(source, "name", "a source")
             raise UnlearnLensError(
@@ -240,8 +266,40 @@ def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
     return int(bos), int(eos), int(pad)
 
 
+_PIECE_CHARS = 100_000  # a longer text is tokenised piece by piece, only as far as a budget reads it
+_LINE_BREAK = re.compile(r"(?<=\S)\n(?=\S)")  # GPT-2-style pre-tokenisation splits after it anyway
+_WORD_BREAK = re.compile(r"(?<=\S) (?=\S)")  # and before it (the space goes with the next word)
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """``text`` in consecutive pieces of at most ``size`` characters, cut where words part.
+
+    Each piece ends after the last line break in the second half of its reach that
+    stands between two non-space characters, else before the last space between two
+    words there, else (a text without either) at ``size`` characters. GPT-2-style
+    pre-tokenisation splits the whole text at these places too, so the pieces give its
+    tokens; a tokenizer that marks the start of a text (SentencePiece's leading space)
+    may differ by a token at a cut.
+    """
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        lines = [m.end() for m in _LINE_BREAK.finditer(text, start + size // 2, end)]
+        words = [] if lines else [m.start() for m in _WORD_BREAK.finditer(text, start + size // 2, end)]
+        cut = (lines or words or [end])[-1]
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
 class _Packer:
-    """Hands out the token ids of a stream of texts, one text at a time, reading ahead in chunks."""
+    """Hands out the token ids of a stream of texts, one text at a time, reading ahead in chunks.
+
+    Short texts are tokenised a group at a time (at most ``_PIECE_CHARS`` characters
+    per call); a longer text is tokenised piece by piece (:func:`_pieces`) as it is
+    packed, so that a budget reads no more of it than it needs and memory stays bounded
+    by the piece, not the text.
+    """
 
     def __init__(self, tokenizer: Any, texts: Iterable[str]):
         if isinstance(texts, str):
@@ -249,20 +307,36 @@ class _Packer:
         self.tokenizer = tokenizer
         self.texts = iter(texts)
         self.name = str(getattr(texts, "name", "the given texts"))
-        self.pending: collections.deque[list[int]] = collections.deque()
+        self.pending: collections.deque[str] = collections.deque()  # texts read, not yet tokenised
+        self.ready: collections.deque[list[int]] = collections.deque()  # texts tokenised, not yet handed out
         self.n_used = 0  # texts handed out
-        self.chunk = 8  # texts tokenised at once: 8 at first, doubling to 64, so little is read past a budget
+        self.chunk = 8  # texts read at once: 8 at first, doubling to 64, so little is read past a budget
 
-    def next_ids(self) -> list[int] | None:
-        if not self.pending:
-            chunk = list(itertools.islice(self.texts, self.chunk))
-            self.chunk = min(2 * self.chunk, 64)
-            if chunk:
-                self.pending.extend(self.tokenizer(chunk, add_special_tokens=False)["input_ids"])
-        if not self.pending:
-            return None
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+    def _long_text(self, text: str) -> Iterator[list[int]]:
+        for piece in _pieces(text, _PIECE_CHARS):
+            yield self._ids([piece])[0]
+
+    def next_text(self) -> Iterator[list[int]] | None:
+        """The next text's token ids, as consecutive pieces (one, unless the text is long); None at the end."""
+        if not self.ready:
+            if not self.pending:
+                self.pending.extend(itertools.islice(self.texts, self.chunk))
+                self.chunk = min(2 * self.chunk, 64)
+            if not self.pending:
+                return None
+            if len(self.pending[0]) > _PIECE_CHARS:
+                self.n_used += 1
+                return self._long_text(self.pending.popleft())
+            group, size = [], 0
+            while self.pending and size + len(self.pending[0]) <= _PIECE_CHARS:
+                size += len(self.pending[0])
+                group.append(self.pending.popleft())
+            self.ready.extend(self._ids(group))
         self.n_used += 1
-        return self.pending.popleft()
+        return iter([self.ready.popleft()])
 
     def pack(self, seq_len: int, max_tokens: int | None, eos: int, bos: int, pad: int) -> TokenSet:
         """Whole texts (the last one perhaps cut short) up to ``max_tokens`` counted tokens, in rows."""
@@ -270,13 +344,17 @@ class _Packer:
         stream: list[int] = []
         ends: list[int] = []
         while max_tokens is None or len(stream) < max_tokens:
-            ids = self.next_ids()
-            if ids is None:
+            pieces = self.next_text()
+            if pieces is None:
                 break
-            stream.extend(ids)
+            for ids in pieces:
+                stream.extend(ids)
+                if max_tokens is not None and len(stream) >= max_tokens:
+                    break  # the rest of the text is never tokenised: no budget uses it
             stream.append(eos)
             ends.append(len(stream))
-        if max_tokens is not None and len(stream) > max_tokens:
+        truncated = max_tokens is not None and len(stream) > max_tokens
+        if truncated:
             del stream[max_tokens:]
             ends[-1] = max_tokens
         body = seq_len - 1
@@ -287,8 +365,86 @@ class _Packer:
         valid = torch.zeros((n_rows * body,), dtype=torch.bool)
         valid[: len(stream)] = True
         valid = torch.cat([torch.zeros((n_rows, 1), dtype=torch.bool), valid.view(n_rows, body)], dim=1)
-        spans = [TextSpan(self.name, first, tuple(ends))] if ends else []
+        spans = [TextSpan(self.name, first, tuple(ends), truncated)] if ends else []
         return TokenSet(tokens, valid, n_texts=len(ends), spans=spans)
+
+
+_SHIPPED: dict[str, tuple[tuple[int, ...], tuple[int, ...]] | None] = {}  # name_or_path -> its special tokens
+
+
+def _affixes(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The special token ids ``tokenizer`` adds before and after a text by default."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    full = tokenizer("x")["input_ids"]
+    for start in range(len(full) - len(bare) + 1):
+        if full[start : start + len(bare)] == bare:
+            return tuple(full[:start]), tuple(full[start + len(bare) :])
+    raise UnlearnLensError(
+        f"cannot tell which special tokens the tokenizer adds to a text: {bare} becomes {full} with them"
+    )
+
+
+def _own_special_tokens(tokenizer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The special tokens the tokenizer *as shipped* adds before and after a text.
+
+    TransformerLens reloads every tokenizer with ``add_bos_token=True``, so a GPT-2 or
+    Pythia tokenizer on a loaded model prepends a BOS that its own configuration does
+    not. The shipped tokenizer is read again from the files it was loaded from (no
+    download); where there are none, the tokenizer as given answers, with a warning.
+    """
+    path = str(getattr(tokenizer, "name_or_path", "") or "")
+    if path and path not in _SHIPPED:
+        try:
+            from transformers import AutoTokenizer
+
+            _SHIPPED[path] = _affixes(AutoTokenizer.from_pretrained(path, local_files_only=True))
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot read tokenizer %r again (%s): its special tokens are taken as loaded", path, exc)
+            _SHIPPED[path] = None
+    shipped = _SHIPPED.get(path)
+    if shipped is None:
+        if not path:
+            logger.warning("the tokenizer names no files to read again: its special tokens are taken as loaded")
+        return _affixes(tokenizer)
+    return shipped
+
+
+def _pack_text_rows(
+    packer: _Packer, seq_len: int, max_tokens: int | None, affixes: tuple[tuple[int, ...], ...], pad: int
+) -> TokenSet:
+    """Texts one per row, as the reference reads them: each with its special tokens, cut to ``seq_len``.
+
+    Every position of a row counts (a special token the tokenizer prepends included);
+    the last text is cut short where the budget ends. Only the first ``seq_len`` tokens of
+    a text are read; the rest of it is used by no budget.
+    """
+    first = packer.n_used
+    rows: list[list[int]] = []
+    ends: list[int] = []
+    total, truncated = 0, False
+    while max_tokens is None or total < max_tokens:
+        pieces = packer.next_text()
+        if pieces is None:
+            break
+        ids = list(affixes[0])
+        for piece in pieces:
+            ids.extend(piece)
+            if len(ids) >= seq_len:
+                break  # the rest of the text lies past the row
+        ids = (ids + list(affixes[1]))[:seq_len]
+        room = seq_len if max_tokens is None else min(seq_len, max_tokens - total)
+        truncated = len(ids) > room
+        if ids[:room]:
+            rows.append(ids[:room])
+        total += len(ids[:room])
+        ends.append(total)
+    tokens = torch.full((len(rows), seq_len), pad, dtype=torch.long)
+    valid = torch.zeros((len(rows), seq_len), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        valid[i, : len(row)] = True
+    spans = [TextSpan(packer.name, first, tuple(ends), truncated)] if ends else []
+    return TokenSet(tokens, valid, n_texts=len(ends), spans=spans)
 
 
 def _check_packing(seq_len: int, budgets: Sequence[int | None]) -> None:
@@ -305,6 +461,7 @@ def tokenize_texts(
     *,
     seq_len: int,
     max_tokens: int | None = None,
+    compat: str = "none",
 ) -> TokenSet:
     """Tokenise texts and pack them into BOS-led rows of ``seq_len`` tokens.
 
@@ -317,6 +474,8 @@ def tokenize_texts(
         texts: the texts, in order (a list, or any iterable).
         seq_len: row length including the BOS token (at least 2).
         max_tokens: stop once this many counted tokens (BOS excluded) are packed.
+        compat: ``"taker"``: one text per row as the reference implementation reads
+            texts (:func:`token_budgets`).
 
     Returns:
         A :class:`TokenSet` (``n_texts``: the texts packed; ``spans``: which they
@@ -327,7 +486,7 @@ def tokenize_texts(
     """
     if max_tokens is not None and max_tokens <= 0:
         raise UnlearnLensError(f"max_tokens must be positive, got {max_tokens}")
-    return token_budgets(tokenizer, texts, [max_tokens], seq_len=seq_len)[0]
+    return token_budgets(tokenizer, texts, [max_tokens], seq_len=seq_len, compat=compat)[0]
 
 
 def token_budgets(
@@ -336,6 +495,7 @@ def token_budgets(
     budgets: Sequence[int | None],
     *,
     seq_len: int,
+    compat: str = "none",
 ) -> list[TokenSet]:
     """Consecutive token budgets of one stream of texts, packed apart, that share no text.
 
@@ -349,6 +509,10 @@ def token_budgets(
         texts: the texts, in order (a list, or a lazy stream).
         budgets: counted tokens of each part (None: all the texts left).
         seq_len: row length including the BOS token.
+        compat: ``"taker"``: as the reference implementation reads texts, one text per
+            row (cut to ``seq_len``), with the special tokens of the tokenizer as shipped
+            (none for GPT-2 and Pythia, a leading ``</s>`` for OPT) and no added BOS;
+            every position counts. See :mod:`unlearn_lens.compat`.
 
     Returns:
         One :class:`TokenSet` per budget; a part may be short, or empty, when the
@@ -360,7 +524,11 @@ def token_budgets(
     _check_packing(seq_len, budgets)
     bos, eos, pad = _special_ids(tokenizer)
     packer = _Packer(tokenizer, texts)
-    parts = [packer.pack(seq_len, budget, eos, bos, pad) for budget in budgets]
+    if rules(compat).text_per_row:
+        affixes = _own_special_tokens(tokenizer)
+        parts = [_pack_text_rows(packer, seq_len, budget, affixes, pad) for budget in budgets]
+    else:
+        parts = [packer.pack(seq_len, budget, eos, bos, pad) for budget in budgets]
     if packer.n_used == 0:
         name = getattr(texts, "name", None)
         raise UnlearnLensError(
@@ -378,13 +546,18 @@ def default_seq_len(model: Any) -> int:
 
 
 def as_token_sets(
-    model: Any, texts: Iterable[str] | TokenSet, budgets: Sequence[int | None], *, seq_len: int | None = None
+    model: Any,
+    texts: Iterable[str] | TokenSet,
+    budgets: Sequence[int | None],
+    *,
+    seq_len: int | None = None,
+    compat: str = "none",
 ) -> list[TokenSet]:
     """Consecutive token budgets of ``texts`` for ``model``.
 
     Texts (a list or a lazy stream) are packed per budget from texts no other budget
-    uses (:func:`token_budgets`); a :class:`TokenSet` is split token by token, so a
-    text cut by a boundary is in both parts (its spans say which).
+    uses (:func:`token_budgets`, whose ``compat`` this passes on); a :class:`TokenSet`
+    is split token by token, so a text cut by a boundary is in both parts (its spans say which).
 
     Raises:
         UnlearnLensError: no tokenizer, or rows longer than the model's context.
@@ -409,20 +582,26 @@ def as_token_sets(
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise UnlearnLensError(f"model {model_name(model)!r} has no tokenizer")
-    return token_budgets(tokenizer, texts, budgets, seq_len=width)
+    return token_budgets(tokenizer, texts, budgets, seq_len=width, compat=compat)
 
 
 def as_token_set(
-    model: Any, texts: Iterable[str] | TokenSet, *, seq_len: int | None = None, max_tokens: int | None = None
+    model: Any,
+    texts: Iterable[str] | TokenSet,
+    *,
+    seq_len: int | None = None,
+    max_tokens: int | None = None,
+    compat: str = "none",
 ) -> TokenSet:
     """Tokenise ``texts`` for ``model`` unless they already are a :class:`TokenSet`.
 
     A :class:`TokenSet` longer than ``max_tokens`` is cut to its first ``max_tokens``
     counted tokens. Texts may be a lazy stream; only what ``max_tokens`` needs is read.
+    ``compat`` chooses how texts become rows (:func:`token_budgets`).
 
     Raises:
         UnlearnLensError: no tokenizer, or rows longer than the model's context.
     """
     if max_tokens is not None and max_tokens <= 0:
         raise UnlearnLensError(f"max_tokens must be positive, got {max_tokens}")
-    return as_token_sets(model, texts, [max_tokens], seq_len=seq_len)[0]
+    return as_token_sets(model, texts, [max_tokens], seq_len=seq_len, compat=compat)[0]

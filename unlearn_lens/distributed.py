@@ -15,12 +15,19 @@ Scores and selections are then computed identically on every rank, so all ranks
 hold the same masks; the command line writes outputs on rank 0 only. Without a
 process group (or inside :func:`local`) nothing is sharded. ``gloo`` serves CPU
 processes, ``nccl`` GPUs.
+
+A collective waits for every rank. :func:`init_from_env` bounds that wait (its
+``timeout``, ``--dist-timeout`` on the command line), and a collective that fails,
+because a rank is stuck, stopped or gone, raises one
+:class:`~unlearn_lens.errors.UnlearnLensError` that says which rank stopped waiting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import re
 import threading
 from collections.abc import Iterator
 
@@ -73,46 +80,86 @@ def _device_for(tensor: torch.Tensor) -> torch.device:
     return torch.device("cpu") if backend == "gloo" else tensor.device
 
 
+def _failure(op: str, exc: RuntimeError) -> str:
+    """One line on a collective that failed: which rank, waiting for whom, and why (the backend's words)."""
+    rank, size = world()
+    other = f"rank {1 - rank}" if size == 2 else "another rank"
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". ")[0]  # without gloo's source location
+    if "timed out" in reason.lower():
+        return (
+            f"rank {rank} of {size} stopped waiting for {other} in {op} ({reason}): it is stuck or stopped "
+            "(--dist-timeout, the timeout of init_from_env, sets how long ranks wait)"
+        )
+    return f"rank {rank} of {size}: {op} failed ({reason}); {other} stopped, was killed or failed"
+
+
+@contextlib.contextmanager
+def _collective(op: str) -> Iterator[None]:
+    try:
+        yield
+    except RuntimeError as exc:
+        raise UnlearnLensError(_failure(op, exc)) from exc
+
+
 def sum_across(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` summed over all ranks (a new tensor, on ``tensor``'s device)."""
+    """``tensor`` summed over all ranks (a new tensor, on ``tensor``'s device).
+
+    Raises:
+        UnlearnLensError: another rank did not take part (stuck past the timeout, stopped or gone).
+    """
     if world()[1] == 1:
         return tensor.clone()
     work = tensor.detach().to(_device_for(tensor)).clone()
-    torch.distributed.all_reduce(work, op=torch.distributed.ReduceOp.SUM)
+    with _collective("all_reduce"):
+        torch.distributed.all_reduce(work, op=torch.distributed.ReduceOp.SUM)
     return work.to(tensor.device)
 
 
 def gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """``tensor`` of every rank, in rank order (all of one shape), on ``tensor``'s device."""
+    """``tensor`` of every rank, in rank order (all of one shape), on ``tensor``'s device.
+
+    Raises:
+        UnlearnLensError: another rank did not take part (stuck past the timeout, stopped or gone).
+    """
     size = world()[1]
     if size == 1:
         return [tensor]
     work = tensor.detach().to(_device_for(tensor)).contiguous()
     out = [torch.empty_like(work) for _ in range(size)]
-    torch.distributed.all_gather(out, work)
+    with _collective("all_gather"):
+        torch.distributed.all_gather(out, work)
     return [t.to(tensor.device) for t in out]
 
 
-def init_from_env(device: str | None = None) -> bool:
+def init_from_env(device: str | None = None, timeout: float | None = None) -> bool:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 
     The backend is ``nccl`` when the model is to run on CUDA (``device``, or by
     default when CUDA is available), else ``gloo``.
 
+    Args:
+        device: where the model runs (chooses the backend).
+        timeout: seconds a rank waits for the others, in joining and in every
+            collective, before it gives up (None: torch's default, 30 minutes for gloo).
+
     Returns:
         True if this call initialised a process group (the caller should destroy it).
 
     Raises:
-        UnlearnLensError: the environment names a group that cannot be joined.
+        UnlearnLensError: the environment names a group that cannot be joined, or ``timeout`` is not positive.
     """
+    if timeout is not None and not timeout > 0:
+        raise UnlearnLensError(f"the timeout of the process group (--dist-timeout) must be over 0 s, got {timeout!r}")
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
         return False
     if not torch.distributed.is_available():
         raise UnlearnLensError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
+    wait = {} if timeout is None else {"timeout": datetime.timedelta(seconds=timeout)}
     try:
-        torch.distributed.init_process_group(backend=backend)
+        torch.distributed.init_process_group(backend=backend, **wait)
     except Exception as exc:
         raise UnlearnLensError(f"could not join the process group ({backend}): {exc}") from exc
     if backend == "nccl":

@@ -21,7 +21,7 @@ from unlearn_lens.distributed import is_main, shard, sum_across
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import exclusive, model_device
 
-__all__ = ["EvalResult", "evaluate"]
+__all__ = ["EvalResult", "check_topk", "evaluate"]
 
 
 @dataclass
@@ -74,6 +74,22 @@ class EvalResult:
         }
 
 
+def check_topk(model: Any, topk: int) -> None:
+    """Refuse a k of top-k accuracy below 1 or above the vocabulary of ``model`` (its ``cfg.d_vocab``).
+
+    Raises:
+        UnlearnLensError: ``topk`` is out of range.
+    """
+    if topk < 1:
+        raise UnlearnLensError(f"topk must be at least 1, got {topk}")
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if isinstance(d_vocab, int) and d_vocab > 0 and topk > d_vocab:
+        raise UnlearnLensError(
+            f"topk={topk:,} is more than the {d_vocab:,} tokens of the vocabulary of the model (top-k accuracy "
+            f"would be 1 by construction); choose topk <= {d_vocab:,}"
+        )
+
+
 def _targets(tokens: TokenSet) -> tuple[torch.Tensor, torch.Tensor]:
     """Targets ``[n_rows pos-1]`` and which of them count (real tokens)."""
     return tokens.tokens[:, 1:], tokens.valid[:, 1:]
@@ -112,9 +128,12 @@ def evaluate(
 
     Returns:
         :class:`EvalResult`.
+
+    Raises:
+        UnlearnLensError: ``topk`` is not in [1, the model's vocabulary size], or a bad
+            ``skip_common`` / ``batch_size``.
     """
-    if topk < 1:
-        raise UnlearnLensError(f"topk must be at least 1, got {topk}")
+    check_topk(model, topk)
     if skip_common < 0:
         raise UnlearnLensError(f"skip_common must be non-negative, got {skip_common}")
     if batch_size <= 0:

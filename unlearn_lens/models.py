@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from unlearn_lens.demo import demo_model_dir
+from unlearn_lens.demo import DEMO_MODEL_DIR, demo_model_dir
 from unlearn_lens.errors import UnlearnLensError
 
 __all__ = [
@@ -43,6 +43,8 @@ __all__ = [
     "mlp_hook_name",
     "model_device",
     "model_dims",
+    "model_fingerprint",
+    "model_label",
     "model_name",
     "per_kind",
     "remove_hook",
@@ -325,6 +327,52 @@ def load_model(
 def underlying_model(model: Any) -> Any:
     """The wrapped Hugging Face model of a bridge (``original_model``), else the model itself."""
     return getattr(model, "original_model", model)
+
+
+_SIGN_BITS = 64  # sign bits read from each of the first two and last two weight tensors
+
+
+def model_fingerprint(model: Any) -> str:
+    """A short digest that tells this model from others: ``"sha256:<16 hex digits>"``.
+
+    It hashes the unit shapes (:class:`ModelDims`), the vocabulary size, the names and
+    shapes of the underlying model's weights, and the signs of the first 64 values of its
+    first two and last two weight tensors. Signs survive a change of device or dtype
+    (float32, bfloat16), so one model loaded twice has one fingerprint, while two models
+    of the same shape with other weights differ in their signs. Every file of a run
+    directory records it in place of a machine path, and a run is read again only with
+    the model it names.
+    """
+    import hashlib
+    import json
+
+    dims = model_dims(model)
+    params = list(underlying_model(model).named_parameters())
+    signs = []
+    for _, value in params[:2] + params[-2:]:
+        if value.device.type == "meta":  # offloaded: its values are elsewhere
+            continue
+        flat = value.detach().reshape(-1)[:_SIGN_BITS]
+        signs.append("".join("1" if v > 0 else "0" for v in flat.float().cpu().tolist()))
+    record = {
+        "dims": dims.to_dict(),
+        "d_vocab": int(getattr(getattr(model, "cfg", None), "d_vocab", 0) or 0),
+        "weights": [[name, list(value.shape)] for name, value in params],
+        "signs": signs,
+    }
+    digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+def model_label(model: Any) -> str:
+    """A name for a model that holds no machine path: ``"demo"``, a Hub id, or a local directory's own name."""
+    name = model_name(model)
+    path = Path(name)
+    if not path.is_absolute():
+        return name
+    if path.resolve() == DEMO_MODEL_DIR.resolve():
+        return "demo"
+    return path.name
 
 
 def add_hook(model: Any, name: str, fn: Any) -> Any:

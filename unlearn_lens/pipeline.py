@@ -9,7 +9,9 @@ One step of the paper's loop (Pochinkov & Schoots 2024):
 4. evaluate on held-out forget and retain tokens (never the collection tokens).
 
 Step 0 is the unpruned model. The loop stops after ``n_steps``, or once forget
-top-1 falls to ``stop_at_forget`` times its unpruned value.
+top-1 falls to ``stop_at_forget`` times its unpruned value. With
+``config.compat="taker"`` its rows, scores and units per step follow the reference
+implementation's rules (:mod:`unlearn_lens.compat`).
 
 :func:`random_baseline` prunes, at every step of a selective run, exactly as many
 units in each layer as that run did, chosen uniformly at random, under the run's
@@ -20,11 +22,14 @@ Both return a :class:`~unlearn_lens.results.PruneRun`.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import math
 import os
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,19 +39,36 @@ from tqdm.auto import tqdm
 
 from unlearn_lens._io import read_json, read_safetensors, write_json, write_safetensors
 from unlearn_lens.ablations import Ablation, collect_ablation_values
+from unlearn_lens.compat import rules
 from unlearn_lens.config import is_int
 from unlearn_lens.data import TokenSet, as_token_sets
 from unlearn_lens.distributed import is_main, shard, world
-from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.evaluate import EvalResult, evaluate
+from unlearn_lens.errors import SourceCheckError, UnlearnLensError
+from unlearn_lens.evaluate import EvalResult, check_topk, evaluate
 from unlearn_lens.masks import Masks
-from unlearn_lens.models import model_dims, model_name
+from unlearn_lens.models import model_dims, model_fingerprint, model_label, model_name
 from unlearn_lens.pruning import output_norms, pruned
 from unlearn_lens.results import PruneConfig, PruneRun, StepRecord
 from unlearn_lens.scoring import WEIGHT_METHODS, random_masks, score, select
 from unlearn_lens.stats import ActivationStats, collect_stats
 
-__all__ = ["checkpoint_tokens", "random_baseline", "run_tokens", "selective_prune"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: checkpoints are not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "TOKENS_SHA256",
+    "checkpoint_lock",
+    "checkpoint_tokens",
+    "random_baseline",
+    "read_checkpoint_settings",
+    "run_tokens",
+    "selective_prune",
+]
+
+TOKENS_SHA256 = "tokens_sha256"
+"""The key of ``PruneRun.info`` that records the checksum of every token budget a run used."""
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +88,11 @@ class _Data:
     ) -> _Data:
         parts = []
         for name, texts in (("forget", forget), ("retain", retain)):
-            collect, held = as_token_sets(model, texts, [cfg.collect_tokens, cfg.eval_tokens], seq_len=cfg.seq_len)
+            collect, held = as_token_sets(
+                model, texts, [cfg.collect_tokens, cfg.eval_tokens], seq_len=cfg.seq_len, compat=cfg.compat
+            )
             if held.n_tokens == 0:
-                raise UnlearnLensError(
-                    f"the {name} dataset has {collect.n_tokens:,} tokens, all taken for statistics "
-                    f"(collect_tokens={cfg.collect_tokens:,}); evaluation needs tokens apart from them: "
-                    "give more text or lower collect_tokens"
-                )
+                raise _no_evaluation_tokens(name, collect, cfg)
             if held.n_tokens < cfg.eval_tokens:
                 logger.warning(
                     "the %s dataset ran out: evaluation uses %s tokens, not eval_tokens=%s (statistics use %s)",
@@ -96,6 +116,13 @@ class _Data:
             }
         return out
 
+    def checksums(self) -> dict[str, list[str]]:
+        """Each token budget's checksum (:meth:`TokenSet.sha256`): ``{"forget": [statistics, evaluation], ...}``."""
+        return {
+            name: [getattr(self, f"{name}_{part}").sha256() for part in ("collect", "eval")]
+            for name in ("forget", "retain")
+        }
+
     def distribution(self) -> dict[str, Any]:
         """Under a process group: its size and the tokens each rank processes in every pass."""
         size = world()[1]
@@ -109,6 +136,30 @@ class _Data:
                 },
             }
         }
+
+
+def _no_evaluation_tokens(name: str, collect: TokenSet, cfg: PruneConfig) -> UnlearnLensError:
+    """The error for a dataset whose statistics budget took every token: it had too little text, or one text."""
+    if rules(cfg.compat).text_per_row:
+        return UnlearnLensError(
+            f"the {name} dataset gives {collect.n_tokens:,} tokens, all taken for statistics "
+            f"(collect_tokens={cfg.collect_tokens:,}): under compat={cfg.compat!r} each text is one row of at most "
+            "seq_len tokens, and the rest of a longer text is not read (as in the reference implementation); give "
+            "more texts, cut long texts into pieces, or lower collect_tokens"
+        )
+    last = collect.spans[-1] if collect.spans else None
+    if last is not None and last.truncated:  # the text the statistics ended in goes on, and no other follows
+        return UnlearnLensError(
+            f"the {name} dataset ends with text {last.first + len(last.ends) - 1} of {last.source!r}, whose first "
+            f"part the statistics took (collect_tokens={cfg.collect_tokens:,}): one text cannot feed both budgets, "
+            "since the loop takes statistics and evaluation tokens from separate texts (evaluation is held out); "
+            "split it into several texts (files, lines of a .jsonl) or add texts"
+        )
+    return UnlearnLensError(
+        f"the {name} dataset has {collect.n_tokens:,} tokens, all taken for statistics "
+        f"(collect_tokens={cfg.collect_tokens:,}); evaluation needs tokens apart from them: "
+        "give more text or lower collect_tokens"
+    )
 
 
 def _shared_texts(a: TokenSet, b: TokenSet) -> int:
@@ -264,7 +315,9 @@ class _Recorder:
 _TOKEN_SETS = ("forget_collect", "forget_eval", "retain_collect", "retain_eval")
 
 
-def _save_checkpoint(path: Path, run: PruneRun, data: _Data, finished: bool) -> None:
+def _save_checkpoint(
+    path: Path, run: PruneRun, data: _Data, finished: bool, settings: dict[str, Any] | None = None
+) -> None:
     """The run so far, as a directory a later call can resume from (each part written atomically; rank 0 only)."""
     if not is_main():
         return
@@ -276,60 +329,250 @@ def _save_checkpoint(path: Path, run: PruneRun, data: _Data, finished: bool) -> 
         }
         write_safetensors(path / "tokens.safetensors", tensors, {"format": "unlearn_lens.Checkpoint"})
     run.save(path / "run", overwrite=True)
-    write_json(path / "checkpoint.json", {"format": 1, "step": run.final.step, "finished": finished})
+    state = {"format": 1, "step": run.final.step, "finished": finished, "settings": settings}
+    write_json(path / "checkpoint.json", state)
 
 
-def _load_checkpoint(path: Path) -> tuple[PruneRun, _Data, bool]:
+def _check_token_tensors(file: Path, tensors: dict[str, torch.Tensor], d_vocab: int | None) -> None:
+    """Refuse token tensors of a checkpoint that no run wrote: wrong dtypes or dims, ids outside the vocabulary.
+
+    Each token set is ``{name}.tokens``, integer ids ``[rows pos]``, and ``{name}.valid``,
+    0 or 1 (bool or uint8) of the same shape; every set has one row length.
+
+    Raises:
+        UnlearnLensError: naming the file and the tensor.
+    """
+    where = f"checkpoint file {str(file)!r}"
+    widths = set()
+    for name in _TOKEN_SETS:
+        missing = [f"{name}.{part}" for part in ("tokens", "valid") if f"{name}.{part}" not in tensors]
+        if missing:
+            raise UnlearnLensError(f"{where} has no tensor {missing[0]!r}: the checkpoint is incomplete")
+        key, tokens, valid = f"{name}.tokens", tensors[f"{name}.tokens"], tensors[f"{name}.valid"]
+        if tokens.dim() != 2 or tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+            raise UnlearnLensError(
+                f"{where}: tensor {key!r} is {tokens.dtype} of shape {list(tokens.shape)}, not integer token ids "
+                "[rows, pos]"
+            )
+        if valid.shape != tokens.shape:
+            raise UnlearnLensError(
+                f"{where}: tensor {name + '.valid'!r} has shape {list(valid.shape)}, not that of {key!r} "
+                f"{list(tokens.shape)}"
+            )
+        if valid.dtype not in (torch.bool, torch.uint8) or bool((valid.to(torch.uint8) > 1).any()):
+            raise UnlearnLensError(f"{where}: tensor {name + '.valid'!r} ({valid.dtype}) is not 0 or 1 throughout")
+        if tokens.numel() and d_vocab is not None:
+            low, high = int(tokens.min()), int(tokens.max())
+            if low < 0 or high >= d_vocab:
+                raise UnlearnLensError(
+                    f"{where}: tensor {key!r} holds token id {low if low < 0 else high}, outside the vocabulary "
+                    f"of the model [0, {d_vocab:,})"
+                )
+        widths.add(tokens.shape[1])
+    if len(widths) > 1:
+        raise UnlearnLensError(f"{where}: its token sets have rows of different lengths {sorted(widths)}")
+
+
+def _d_vocab(model: Any) -> int | None:
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    return d_vocab if isinstance(d_vocab, int) and d_vocab > 0 else None
+
+
+def _load_checkpoint(path: Path, model: Any = None) -> tuple[PruneRun, _Data, dict[str, Any]]:
+    """A checkpoint's run, tokens and state (``checkpoint.json``), checked before any work.
+
+    With ``model``, the run must be for a model of its unit shapes and the token ids
+    within its vocabulary.
+    """
     state = read_json(path / "checkpoint.json")
+    if not isinstance(state, dict) or not isinstance(state.get("finished"), bool):
+        raise UnlearnLensError(f"checkpoint {str(path)!r} is incomplete (checkpoint.json has no 'finished' flag)")
+    run = PruneRun.load(path / "run")
+    if model is not None and run.dims != model_dims(model):
+        raise UnlearnLensError(
+            f"checkpoint {str(path)!r} is for a model with {run.dims.to_dict()}, not "
+            f"{model_name(model)!r} ({model_dims(model).to_dict()})"
+        )
+    if model is not None:
+        run.check_model(model)  # same shapes, and the same weights by fingerprint
     tensors, _ = read_safetensors(path / "tokens.safetensors", "unlearn_lens.Checkpoint")
-    try:
-        data = _Data(*(TokenSet(tensors[f"{name}.tokens"], tensors[f"{name}.valid"].bool()) for name in _TOKEN_SETS))
-        finished = bool(state["finished"])
-    except (KeyError, TypeError) as exc:
-        raise UnlearnLensError(f"checkpoint {str(path)!r} is incomplete ({exc!r})") from exc
-    return PruneRun.load(path / "run"), data, finished
+    _check_token_tensors(path / "tokens.safetensors", tensors, None if model is None else _d_vocab(model))
+    data = _Data(*(TokenSet(tensors[f"{name}.tokens"].long(), tensors[f"{name}.valid"].bool()) for name in _TOKEN_SETS))
+    return run, data, state
 
 
-def checkpoint_tokens(path: str | os.PathLike) -> tuple[TokenSet, TokenSet]:
+def checkpoint_tokens(path: str | os.PathLike, model: Any = None) -> tuple[TokenSet, TokenSet]:
     """The forget and retain tokens a checkpoint holds (statistics tokens, then evaluation tokens).
 
     Given to :func:`random_baseline` or to the report, they are split exactly as the
     checkpointed run split them.
+
+    Args:
+        path: the checkpoint directory.
+        model: the model to resume with; if given, the checkpoint must fit it (unit
+            shapes, token ids within its vocabulary).
+
+    Raises:
+        UnlearnLensError: the checkpoint is incomplete or corrupt (naming the file and
+            tensor), or does not fit ``model``.
     """
-    _, data, _ = _load_checkpoint(Path(path))
+    _, data, _ = _load_checkpoint(Path(path), model)
     return (
         TokenSet.concat([data.forget_collect, data.forget_eval]),
         TokenSet.concat([data.retain_collect, data.retain_eval]),
     )
 
 
-def run_tokens(run: PruneRun, model: Any, key: str, budgets: Sequence[int]) -> TokenSet:
-    """Consecutive token budgets of one of a run's datasets, read again from the sources ``run.info`` names.
+def read_checkpoint_settings(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings stored with a checkpoint by ``selective_prune(..., checkpoint_settings=...)``, or None.
+
+    The command line keeps there what it runs after the loop (the random baselines), so
+    that a resumed run does what the interrupted one would have done.
+    """
+    state = read_json(Path(path) / "checkpoint.json")
+    settings = state.get("settings") if isinstance(state, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
+def _lock_file(path: str | os.PathLike) -> Path:
+    full = Path(os.path.abspath(path))
+    return full.with_name(full.name + ".lock")
+
+
+_HELD: collections.Counter[tuple[Path, int]] = collections.Counter()  # (lock file, thread) -> depth of its holds
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders made for a lock alone, deepest first, up to one that is not empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _acquire(lock: Path, path: str | os.PathLike) -> int | None:
+    """Take the lock file ``lock`` of checkpoint ``path``; return its open descriptor (None: cannot lock here)."""
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise UnlearnLensError(f"cannot create the lock of checkpoint {str(path)!r} ({exc})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "(pid unknown)"
+            os.close(fd)
+            raise UnlearnLensError(
+                f"checkpoint {str(path)!r} is in use by process {holder}, another run writing it (its lock is "
+                f"{str(lock)!r}): wait for that run to end, or write to another output directory"
+            ) from None
+        except OSError as exc:  # a file system without locks (some network mounts)
+            os.close(fd)
+            logger.warning("cannot lock %s (%s): a second run writing this checkpoint would not be refused", lock, exc)
+            return None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # its last holder removed it as it was opened: lock the file now there
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+@contextlib.contextmanager
+def checkpoint_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock of the checkpoint directory ``path`` for the block: one run at a time writes it.
+
+    The lock is an ``fcntl.flock`` on the file ``<path>.lock`` beside the directory,
+    which holds the holder's process id (for the message that refuses a second run)
+    and is removed on release. The kernel drops the lock of a process that ends, so a
+    crashed run leaves no stale lock, at most a file that the next run takes over. The
+    thread that holds it may take it again (the command line holds it around
+    :func:`selective_prune`); under a process group only rank 0, which alone writes,
+    takes it; without ``fcntl`` (Windows) nothing is locked.
+
+    Raises:
+        UnlearnLensError: another process, or another thread of this one, holds it.
+    """
+    lock = _lock_file(path)
+    key = (lock, threading.get_ident())
+    nested = _HELD[key] > 0 or fcntl is None or not is_main()
+    created = [] if nested else _missing_dirs(lock.parent)
+    try:
+        fd = None if nested else _acquire(lock, path)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    _HELD[key] += 1
+    try:
+        yield
+    finally:
+        _HELD[key] -= 1
+        if not _HELD[key]:
+            del _HELD[key]
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            os.close(fd)
+        _remove_empty(created)
+
+
+def run_tokens(
+    run: PruneRun, model: Any, key: str, extra: Sequence[int] = (), *, trust_sources: bool = False
+) -> list[TokenSet]:
+    """One dataset of a run read again from the sources ``run.info`` names, checked against the run's record.
 
     The sources, text fields, shares and shuffle the run recorded are opened again and
-    read lazily, as far as ``budgets`` need; with ``budgets=[collect_tokens, eval_tokens,
-    ...]`` the first two budgets are the run's own statistics and evaluation tokens, and
-    each later budget is packed from texts of its own, which the run never used.
+    read lazily, as far as the budgets need: the run's own statistics and evaluation
+    budgets, then each of ``extra``, packed from texts the run never used. Before
+    anything is returned, the checksum of the statistics and evaluation tokens is
+    compared with the one the run recorded (``run.info["tokens_sha256"]``): edited data
+    files, or a run directory that names a file it never used, are refused.
 
     Args:
         run: a run made from named sources (the command line records them).
         model: the model whose tokenizer packs the texts.
         key: ``"forget"`` or ``"retain"``.
-        budgets: token budgets, in order.
+        extra: further token budgets, in order, after the run's own two.
+        trust_sources: read the sources of a run that recorded no checksum (run directories
+            of unlearn_lens 0.2) without checking them. A checksum that differs is refused
+            all the same.
 
     Returns:
-        One :class:`TokenSet` of all budgets in order (split it with :meth:`TokenSet.split`).
+        ``[statistics, evaluation, *extra]``, one :class:`TokenSet` per budget.
 
     Raises:
+        SourceCheckError: the tokens differ from the run's, or the run recorded no checksum
+            (without ``trust_sources``).
         UnlearnLensError: the run names no source for ``key``, or a source cannot be read.
     """
     from unlearn_lens.data import mix_token_sets
     from unlearn_lens.sources import iter_texts
 
-    info = run.info
+    info, cfg = run.info, run.config
     if not info.get(key):
         raise UnlearnLensError(f"the run does not name its {key} data source (run.info[{key!r}])")
     sources = info[key] if isinstance(info[key], list) else [info[key]]
+    recorded = (info.get(TOKENS_SHA256) or {}).get(key)
+    if recorded is None and not trust_sources:
+        raise SourceCheckError(
+            f"the run records no checksum of its {key} tokens (written before unlearn_lens 0.3), so its {key} "
+            f"sources {sources} are read again only when trusted: pass --trust-sources (trust_sources=True)"
+        )
     field_name = info.get(f"{key}_field", info.get("text_field", "text"))
     streams = [
         iter_texts(
@@ -341,7 +584,21 @@ def run_tokens(run: PruneRun, model: Any, key: str, budgets: Sequence[int]) -> T
         )
         for src in sources
     ]
-    return mix_token_sets(model, streams, info.get(f"{key}_shares"), list(budgets), seq_len=run.config.seq_len)
+    budgets = [cfg.collect_tokens, cfg.eval_tokens, *extra]
+    whole = mix_token_sets(model, streams, info.get(f"{key}_shares"), budgets, seq_len=cfg.seq_len, compat=cfg.compat)
+    parts = []
+    for budget in budgets:
+        part, whole = whole.split(budget)
+        parts.append(part)
+    if recorded is not None and [p.sha256() for p in parts[:2]] != list(recorded):
+        raise SourceCheckError(
+            f"the {key} sources {sources} do not give the tokens this run used (their checksum differs from the "
+            "one in results.json): the data changed since the run, or the run directory names files it did not "
+            "use; nothing of them was shown or used"
+        )
+    if recorded is None:
+        logger.warning("the %s sources %s of this run are trusted unchecked (--trust-sources)", key, sources)
+    return parts
 
 
 def selective_prune(
@@ -353,6 +610,7 @@ def selective_prune(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     info: dict[str, Any] | None = None,
+    checkpoint_settings: dict[str, Any] | None = None,
 ) -> PruneRun:
     """Run iterative selective pruning and record every step.
 
@@ -365,7 +623,10 @@ def selective_prune(
     tokens) is written to that directory after every step. Calling again with the
     same ``checkpoint`` continues where it stopped, to the same result as a run that
     was never interrupted; the texts are then not needed (the checkpoint holds the
-    tokens), and ``config``, if given, must be the checkpoint's.
+    tokens), and ``config``, if given, must be the checkpoint's. A checkpoint is
+    checked before any work (its token ids must lie in the model's vocabulary), and
+    held under :func:`checkpoint_lock` while the call runs: a second process that
+    writes the same directory is refused at once.
 
     Args:
         model: a TransformerLens model; it is not modified (pruning is by hooks).
@@ -376,36 +637,61 @@ def selective_prune(
         checkpoint: a directory to write the run's state to after every step, and to
             resume from if it already holds one.
         info: where the data came from, recorded as :attr:`PruneRun.info`.
+        checkpoint_settings: JSON values the caller keeps with the checkpoint (the
+            command line keeps its baseline settings there); a resumed checkpoint keeps
+            its own. Read them with :func:`read_checkpoint_settings`.
 
     Returns:
         A :class:`PruneRun` with ``strategy="selective"``; compare it with
         :func:`random_baseline`.
+
+    Raises:
+        UnlearnLensError: bad config (e.g. ``topk`` above the vocabulary), texts that
+            cannot give both budgets, or a checkpoint that is corrupt, another run's
+            or in use.
     """
     if config is not None and not isinstance(config, PruneConfig):
         raise UnlearnLensError(f"config must be a PruneConfig, got {type(config).__name__}")
-    dims = model_dims(model)
     path = Path(checkpoint) if checkpoint is not None else None
+    with checkpoint_lock(path) if path is not None else contextlib.nullcontext():
+        return _selective_prune(model, forget_texts, retain_texts, config, progress, path, info, checkpoint_settings)
+
+
+def _resume(path: Path, model: Any, config: PruneConfig | None) -> tuple[PruneRun, _Data, dict[str, Any]]:
+    """The run, tokens and state of the checkpoint in ``path``, checked against ``model`` and ``config``."""
+    resumed, data, state = _load_checkpoint(path, model)
+    if config is not None and config != resumed.config:
+        raise UnlearnLensError(
+            f"checkpoint {str(path)!r} was made with another config; resume it with its own "
+            "(config=None) or choose another checkpoint directory"
+        )
+    check_topk(model, resumed.config.topk)
+    return resumed, data, state
+
+
+def _selective_prune(
+    model: Any,
+    forget_texts: Iterable[str] | TokenSet | None,
+    retain_texts: Iterable[str] | TokenSet | None,
+    config: PruneConfig | None,
+    progress: bool,
+    path: Path | None,
+    info: dict[str, Any] | None,
+    settings: dict[str, Any] | None,
+) -> PruneRun:
+    dims = model_dims(model)
     resumed = None
     if path is not None and (path / "checkpoint.json").is_file():
-        resumed, data, finished = _load_checkpoint(path)
-        if config is not None and config != resumed.config:
-            raise UnlearnLensError(
-                f"checkpoint {str(path)!r} was made with another config; resume it with its own "
-                "(config=None) or choose another checkpoint directory"
-            )
-        if resumed.dims != dims:
-            raise UnlearnLensError(
-                f"checkpoint {str(path)!r} is for a model with {resumed.dims.to_dict()}, not "
-                f"{model_name(model)!r} ({dims.to_dict()})"
-            )
-        if finished:
+        resumed, data, state = _resume(path, model, config)
+        if state["finished"]:
             return resumed
-        cfg = resumed.config
+        cfg, settings = resumed.config, state.get("settings")
         logger.info("resuming %s after step %d", path, resumed.final.step)
     else:
         if forget_texts is None or retain_texts is None:
             raise UnlearnLensError("selective_prune needs forget and retain texts (or a checkpoint to resume)")
         cfg = config or PruneConfig()
+        check_topk(model, cfg.topk)
         data = _Data.split(model, forget_texts, retain_texts, cfg)
     rec = _Recorder(model, data, cfg, "selective", cfg.n_steps, progress, resumed=resumed)
     run = resumed or PruneRun(
@@ -414,12 +700,13 @@ def selective_prune(
         masks=rec.masks,
         dims=dims,
         strategy="selective",
-        model=model_name(model),
+        model=model_label(model),
+        fingerprint=model_fingerprint(model),
         pruned_step=rec.pruned_step,
-        info={**(info or {}), "texts": data.describe(), **data.distribution()},
+        info={**(info or {}), "texts": data.describe(), TOKENS_SHA256: data.checksums(), **data.distribution()},
     )
     if path is not None and resumed is None:
-        _save_checkpoint(path, run, data, finished=False)
+        _save_checkpoint(path, run, data, False, settings)
     # weight-aware scores read the output weights once: pruning by hooks never changes them
     norms = output_norms(model) if set(cfg.scorings.values()) & set(WEIGHT_METHODS) else None
     finished = False
@@ -438,6 +725,7 @@ def selective_prune(
             attn_eps=cfg.attn_eps,
             seed=cfg.seed + step,
             output_norms=norms,
+            compat=cfg.compat,
         )
         run.initial_scores = scores if step == 1 else run.initial_scores
         run.scores, run.forget_stats, run.retain_stats = scores, forget_stats, retain_stats
@@ -449,6 +737,7 @@ def selective_prune(
             exclude=rec.masks,
             heads=cfg.heads,
             head_agg=cfg.head_agg,
+            compat=cfg.compat,
         )
         if chosen.n_mlp + chosen.n_attn == 0:
             logger.info("step %d: no units left to prune; stopping", step)
@@ -462,9 +751,28 @@ def selective_prune(
         run.history, run.masks, run.seconds = rec.history, rec.masks, time.time() - rec.t_start
         run.pruned_step = rec.pruned_step
         if path is not None:
-            _save_checkpoint(path, run, data, finished)
+            _save_checkpoint(path, run, data, finished, settings)
     run.seconds = rec.close()
     return run
+
+
+def _same_scores(a: EvalResult | None, b: EvalResult | None, rel_tol: float = 1e-9) -> bool:
+    """Whether two evaluations agree: counts exactly, metrics to ``rel_tol``.
+
+    Sums over tokens differ in their last bits with the order of the additions (one
+    process, or ranks of a process group), so the float fields are compared with a
+    relative tolerance.
+    """
+    if a is None or b is None:
+        return a is b
+    return (
+        (a.n_tokens, a.k) == (b.n_tokens, b.k)
+        and all(
+            math.isclose(x, y, rel_tol=rel_tol)
+            for x, y in zip((a.top1, a.topk, a.loss, a.perplexity), (b.top1, b.topk, b.loss, b.perplexity))
+        )
+        and _same_scores(a.all_tokens, b.all_tokens, rel_tol)
+    )
 
 
 def random_baseline(
@@ -513,14 +821,19 @@ def random_baseline(
             f"the reference run is for a model with {reference.dims.to_dict()}, not "
             f"{model_name(model)!r} ({dims.to_dict()})"
         )
+    reference.check_model(model)
     cfg = reference.config
     seed = cfg.seed if seed is None else seed
     if not is_int(seed):
         raise UnlearnLensError(f"seed must be an integer, got {seed!r}")
+    check_topk(model, cfg.topk)
     data = _Data.split(model, forget_texts, retain_texts, cfg)
     n_steps = len(reference.history) - 1
     rec = _Recorder(model, data, cfg, "random", n_steps, progress)
-    if rec.history[0].forget != reference.base.forget or rec.history[0].retain != reference.base.retain:
+    if not (
+        _same_scores(rec.history[0].forget, reference.base.forget)
+        and _same_scores(rec.history[0].retain, reference.base.retain)
+    ):
         logger.warning(
             "the unpruned model scores differently than in the reference run: are the model and "
             "texts the ones it was made on?"
@@ -544,7 +857,8 @@ def random_baseline(
         dims=dims,
         strategy="random",
         pruned_step=rec.pruned_step,
-        model=model_name(model),
+        model=model_label(model),
+        fingerprint=model_fingerprint(model),
         info={**reference.info, "baseline_seed": int(seed)},
         seconds=seconds,
         ablation=ablation,

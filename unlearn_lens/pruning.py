@@ -34,6 +34,7 @@ model reloads with them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -46,6 +47,7 @@ from unlearn_lens.masks import Masks
 from unlearn_lens.models import (
     UNIT_KINDS,
     add_hook,
+    exclusive,
     hook_name,
     model_dims,
     model_name,
@@ -142,6 +144,12 @@ class Pruning:
     :meth:`remove` (or the end of a ``with`` block). :meth:`make_permanent` swaps them
     for the equivalent weight edit.
 
+    While its hooks are in place the handle claims the model for the thread that made
+    it (:func:`~unlearn_lens.models.exclusive`): that thread measures the pruned model
+    (statistics and evaluation nest inside), and another thread's
+    :func:`~unlearn_lens.stats.collect_stats`, :func:`~unlearn_lens.evaluate.evaluate`
+    or :func:`pruned` on the same model is refused instead of measuring it pruned.
+
     Attributes:
         model: the model the hooks are on.
         masks: the pruned units.
@@ -153,6 +161,8 @@ class Pruning:
         self.masks = masks
         self.ablation = ablation
         self._tokens: list[Any] = []
+        self._claim = contextlib.ExitStack()
+        self._claim.enter_context(exclusive(model, "pruning"))
         try:
             for name, fn in _pruning_hooks(masks, ablation, seed):
                 self._tokens.append(add_hook(model, name, fn))
@@ -166,9 +176,12 @@ class Pruning:
         return bool(self._tokens)
 
     def remove(self) -> None:
-        """Remove the hooks (idempotent); the model computes as before pruning."""
-        while self._tokens:
-            remove_hook(self._tokens.pop())
+        """Remove the hooks and release the model (idempotent); the model computes as before pruning."""
+        try:
+            while self._tokens:
+                remove_hook(self._tokens.pop())
+        finally:
+            self._claim.close()
 
     def make_permanent(self) -> Any:
         """Remove the hooks and edit the weights instead (see :func:`prune_weights_`).

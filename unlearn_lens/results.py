@@ -25,12 +25,13 @@ import torch
 
 from unlearn_lens._io import atomic_dir, read_json, read_safetensors, write_json, write_safetensors
 from unlearn_lens._version import __version__
-from unlearn_lens.ablations import Ablation
+from unlearn_lens.ablations import ABLATION_FILES, Ablation
 from unlearn_lens.config import PruneConfig
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.evaluate import EvalResult
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import ModelDims
+from unlearn_lens.rundir import check_results, check_tensor_files, file_sha256
 from unlearn_lens.scoring import Scores
 from unlearn_lens.stats import ActivationStats
 
@@ -189,7 +190,9 @@ class PruneRun:
         masks: the final cumulative masks.
         dims: the model's unit shapes.
         strategy: ``"selective"`` or ``"random"`` (from :func:`random_baseline`).
-        model: the model's name.
+        model: the model's name (``"demo"``, a Hub id, or a local directory's own name).
+        fingerprint: the model's fingerprint (:func:`~unlearn_lens.models.model_fingerprint`), also
+            recorded in every file of the run directory; "" for runs of unlearn_lens 0.2.
         ablation: what the pruned units read: the methods of ``config`` and the unpruned model's
             retain values they need (means, modes or sample); apply the run again with
             ``ul.pruned(model, run.masks, run.ablation)``. Default: the config's methods, no values.
@@ -213,6 +216,7 @@ class PruneRun:
     dims: ModelDims
     strategy: str = "selective"
     model: str = ""
+    fingerprint: str = ""
     ablation: Ablation = None  # type: ignore[assignment] - set from the config in __post_init__
     initial_scores: Scores | None = None
     scores: Scores | None = None
@@ -273,6 +277,25 @@ class PruneRun:
         """See :func:`separability_area` (depends on where the run stopped)."""
         return separability_area(self.history, metric)
 
+    def check_model(self, model: Any) -> None:
+        """Refuse a model other than the one the run was made with (by fingerprint; runs of 0.2 by shapes).
+
+        Raises:
+            UnlearnLensError: the model's unit shapes or fingerprint are not the run's.
+        """
+        from unlearn_lens.models import model_dims, model_fingerprint, model_name
+
+        dims = model_dims(model)
+        if dims != self.dims:
+            raise UnlearnLensError(
+                f"the run was made with a model of {self.dims.to_dict()}, not {model_name(model)!r} ({dims.to_dict()})"
+            )
+        if self.fingerprint and model_fingerprint(model) != self.fingerprint:
+            raise UnlearnLensError(
+                f"the run was made with another model than {model_name(model)!r} (fingerprint "
+                f"{model_fingerprint(model)}, the run's is {self.fingerprint}): give the run's own model"
+            )
+
     def summary(self, level: float = 0.5) -> dict[str, Any]:
         """Unpruned and final metrics, relative drops, pruned shares and the separation numbers."""
         return {
@@ -293,6 +316,7 @@ class PruneRun:
         return {
             "strategy": self.strategy,
             "model": self.model,
+            **({"fingerprint": self.fingerprint} if self.fingerprint else {}),
             "version": self.version,
             "dims": self.dims.to_dict(),
             "config": self.config.to_dict(),
@@ -316,6 +340,7 @@ class PruneRun:
             dims=dims,
             strategy=data["strategy"],
             model=data.get("model", ""),
+            fingerprint=data.get("fingerprint", ""),
             info=dict(data.get("info") or {}),
             version=data.get("version", "?"),
             seconds=float(data.get("seconds", 0.0)),
@@ -354,9 +379,10 @@ class PruneRun:
                 f"and {len(self.baselines)} further baselines"
             )
         with atomic_dir(path, overwrite=overwrite) as tmp:
-            self.masks.save(tmp / "masks.safetensors", meta={"strategy": self.strategy, "model": self.model})
+            stamp = {"fingerprint": self.fingerprint} if self.fingerprint else {}
+            self.masks.save(tmp / "masks.safetensors", meta={"strategy": self.strategy, **stamp})
             for i, b in enumerate(self.random_runs()):
-                b.masks.save(tmp / _baseline_masks_file(b, i), meta={"strategy": b.strategy, "model": self.model})
+                b.masks.save(tmp / _baseline_masks_file(b, i), meta={"strategy": b.strategy, **stamp})
             self.ablation.save(tmp)
             for attr, (name, _) in _TENSOR_FILES.items():
                 value = getattr(self, attr)
@@ -366,7 +392,7 @@ class PruneRun:
                 write_safetensors(
                     tmp / PRUNED_STEP_FILE,
                     dict(zip(("mlp", "attn"), self.pruned_step)),
-                    {"format": "unlearn_lens.PrunedStep"},
+                    {"format": "unlearn_lens.PrunedStep", **stamp},
                 )
             extra = {"baselines": [b.to_dict() for b in self.baselines]} if self.baselines else {}
             write_json(
@@ -378,6 +404,7 @@ class PruneRun:
                     "run": self.to_dict(),
                     "baseline": self.baseline.to_dict() if self.baseline is not None else None,
                     **extra,
+                    "files": {f.name: file_sha256(f) for f in sorted(tmp.glob("*.safetensors"))},
                 },
             )
         return path
@@ -386,26 +413,16 @@ class PruneRun:
     def load(cls, path: str | os.PathLike) -> PruneRun:
         """Read a run directory written by :meth:`save` (with its baselines, masks, statistics and scores).
 
+        The directory is input from someone else: every file is checked before it is used
+        (see :mod:`unlearn_lens.rundir`), and results format 2 (unlearn_lens 0.2) is read
+        under today's names.
+
         Raises:
-            UnlearnLensError: a missing or corrupt file, named in the message.
+            UnlearnLensError: a missing, corrupt or inconsistent file, named in the message with its field.
         """
         path = Path(path)
+        data = _read_results(path)
         results_path = path / "results.json"
-        if not results_path.is_file():
-            raise UnlearnLensError(f"{str(path)!r} is not a run directory: it has no results.json")
-        data = read_json(results_path)
-        if (
-            not isinstance(data, dict)
-            or data.get("format") not in READABLE_FORMATS
-            or not isinstance(data.get("run"), dict)
-        ):
-            raise UnlearnLensError(
-                f"file {str(results_path)!r} is not a results file of this version of unlearn_lens "
-                f"(format {data.get('format') if isinstance(data, dict) else None!r}, expected {RESULTS_FORMAT})"
-            )
-        if data["format"] == 2:
-            logger.info("%s: results format 2 (unlearn_lens 0.2), read under today's names", results_path)
-            data = _results_of_format_2(data)
         try:
             run = cls.from_dict(data["run"])
             baseline = cls.from_dict(data["baseline"]) if data.get("baseline") else None
@@ -414,25 +431,73 @@ class PruneRun:
             raise UnlearnLensError(f"file {str(results_path)!r}: {exc}") from exc
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise UnlearnLensError(f"file {str(results_path)!r} is incomplete or corrupt ({exc!r})") from exc
-        run.masks = Masks.load(path / "masks.safetensors", dims=run.dims)
         run.baseline, run.baselines = baseline, extras
+        names = [_baseline_masks_file(b, i) for i, b in enumerate(run.random_runs())]
+        names += ["masks.safetensors", PRUNED_STEP_FILE, *ABLATION_FILES.values()]
+        check_tensor_files(path, data, names + [name for name, _ in _TENSOR_FILES.values()])
+        run.masks = _load_masks(path / "masks.safetensors", run)
         for i, b in enumerate(run.random_runs()):
-            b.masks = Masks.load(path / _baseline_masks_file(b, i), dims=run.dims)
+            b.masks = _load_masks(path / _baseline_masks_file(b, i), b)
         for attr, (name, loader) in _TENSOR_FILES.items():
             if (path / name).is_file():
-                setattr(run, attr, loader(path / name))
+                setattr(run, attr, _of_dims(loader(path / name), run.dims, path / name))
         if (path / PRUNED_STEP_FILE).is_file():  # absent in older run directories: pruned_step stays None
-            t, _ = read_safetensors(path / PRUNED_STEP_FILE, "unlearn_lens.PrunedStep", "cpu")
-            if [tuple(t[k].shape) if k in t else None for k in ("mlp", "attn")] != [
-                run.dims.mlp_shape,
-                run.dims.attn_shape,
-            ]:
-                raise UnlearnLensError(f"file {str(path / PRUNED_STEP_FILE)!r} is corrupt or made for another model")
-            run.pruned_step = (t["mlp"].int(), t["attn"].int())
+            run.pruned_step = _load_pruned_step(path / PRUNED_STEP_FILE, run.dims)
         run.ablation = Ablation.load(path, run.config.ablations)
+        for name in run.ablation.needs():
+            _of_dims(getattr(run.ablation, name), run.dims, path / ABLATION_FILES[name])
         for b in run.random_runs():
             b.ablation = run.ablation
         return run
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    """A run directory's ``results.json`` in format-3 names, checked (:func:`~unlearn_lens.rundir.check_results`)."""
+    results_path = path / "results.json"
+    if not results_path.is_file():
+        raise UnlearnLensError(f"{str(path)!r} is not a run directory: it has no results.json")
+    data = read_json(results_path)
+    if (
+        not isinstance(data, dict)
+        or data.get("format") not in READABLE_FORMATS
+        or not isinstance(data.get("run"), dict)
+    ):
+        raise UnlearnLensError(
+            f"file {str(results_path)!r} is not a results file of this version of unlearn_lens "
+            f"(format {data.get('format') if isinstance(data, dict) else None!r}, expected {RESULTS_FORMAT})"
+        )
+    if data["format"] == 2:
+        logger.info("%s: results format 2 (unlearn_lens 0.2), read under today's names", results_path)
+        data = _results_of_format_2(data)
+    return check_results(data, str(results_path))
+
+
+def _of_dims(value: Any, dims: ModelDims, path: Path) -> Any:
+    """``value`` (statistics, scores, histograms, a sample), refused unless it fits a model of ``dims``."""
+    shapes = (tuple(value.mlp.shape), tuple(value.attn.shape)) if isinstance(value, Scores) else None
+    fits = shapes == (dims.mlp_shape, dims.attn_shape) if shapes is not None else value.dims == dims
+    if not fits:
+        raise UnlearnLensError(f"file {str(path)!r} was made for a model of other unit shapes than this run's")
+    return value
+
+
+def _load_masks(path: Path, run: PruneRun) -> Masks:
+    """A run's masks, which must hold exactly the units its last step records, layer by layer."""
+    masks = Masks.load(path, dims=run.dims)
+    if masks.mlp_counts() != run.final.mlp_counts or masks.attn_counts() != run.final.attn_counts:
+        raise UnlearnLensError(
+            f"file {str(path)!r} does not hold the units the run's last step records "
+            f"(MLP per layer {masks.mlp_counts()} vs {run.final.mlp_counts}, attention {masks.attn_counts()} vs "
+            f"{run.final.attn_counts})"
+        )
+    return masks
+
+
+def _load_pruned_step(path: Path, dims: ModelDims) -> tuple[torch.Tensor, torch.Tensor]:
+    t, _ = read_safetensors(path, "unlearn_lens.PrunedStep", "cpu")
+    if [tuple(t[k].shape) if k in t else None for k in ("mlp", "attn")] != [dims.mlp_shape, dims.attn_shape]:
+        raise UnlearnLensError(f"file {str(path)!r} is corrupt or made for another model")
+    return t["mlp"].int(), t["attn"].int()
 
 
 def _results_of_format_2(data: dict[str, Any]) -> dict[str, Any]:

@@ -17,7 +17,8 @@ for the forget set and not for the retain set.
 
 Unlike the reference implementation (which keeps the variance in its "std" field
 and uses sqrt(var^2 + mean^2) as "rms"), ``std`` and ``rms`` here are the textbook
-quantities. ``eps`` defaults to 1e-3 for MLP neurons and 1e-4 for attention neurons.
+quantities; ``compat="taker"`` scores and selects by the reference's rules instead
+(:mod:`unlearn_lens.compat`). ``eps`` defaults to 1e-3 for MLP neurons and 1e-4 for attention neurons.
 MLP and attention neurons may be scored by different methods (``mlp_scoring``,
 ``attn_scoring``), as in the paper's code.
 
@@ -31,9 +32,10 @@ whose output weights are small (it barely moves the model whatever it fires on).
 
 :func:`select` takes the top ``frac`` of *all* units of a kind by score, globally
 across layers (the paper's choice) or within each layer, never choosing a unit in
-``exclude`` (already pruned). Ties break towards the lower flat index, so the same
-scores always give the same masks. :func:`random_masks` draws given numbers of units
-per layer uniformly at random: the baseline selective pruning must beat.
+``exclude`` (already pruned): round(frac * N) of them (``compat="taker"``: int(frac * N)).
+Ties break towards the lower flat index, so the same scores always give the same
+masks. :func:`random_masks` draws given numbers of units per layer uniformly at
+random: the baseline selective pruning must beat.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from unlearn_lens._io import read_safetensors, write_safetensors
+from unlearn_lens.compat import REFERENCE_METHODS, reference_head_scores, reference_score, resolve_dtype, rules
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import UNIT_KINDS, per_kind
@@ -93,8 +96,17 @@ def importance(stats: RunningStats, method: str = "abs") -> torch.Tensor:
     return IMPORTANCE[method](stats)
 
 
-def head_scores(attn: Float[torch.Tensor, "layer head d_head"], agg: str = "mean") -> Float[torch.Tensor, "layer head"]:
-    """Aggregate attention-neuron scores per head with ``agg`` (``mean`` or ``median``)."""
+def head_scores(
+    attn: Float[torch.Tensor, "layer head d_head"], agg: str = "mean", compat: str = "none", dtype: Any = None
+) -> Float[torch.Tensor, "layer head"]:
+    """Aggregate attention-neuron scores per head with ``agg`` (``mean`` or ``median``).
+
+    Under ``compat="taker"`` the reference's modes of those names are used: its
+    ``"mean"`` is the interpolated median and its ``"median"`` the mean, in ``dtype``
+    (:func:`unlearn_lens.compat.reference_head_scores`).
+    """
+    if rules(compat).reference_heads:
+        return reference_head_scores(attn, agg, resolve_dtype(dtype))
     if agg == "mean":
         return einops.reduce(attn, "layer head d_head -> layer head", "mean")
     if agg == "median":
@@ -129,8 +141,8 @@ class Scores:
         return self.mlp if kind == "mlp" else self.attn
 
     def heads(self, agg: str = "mean") -> Float[torch.Tensor, "layer head"]:
-        """Whole-head scores: the mean or median of each head's neuron scores."""
-        return head_scores(self.attn, agg)
+        """Whole-head scores: the mean or median of each head's neuron scores (by the rules they were scored by)."""
+        return head_scores(self.attn, agg, self.config.get("compat", "none"), self.config.get("dtype"))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write to a safetensors file (atomically)."""
@@ -169,16 +181,35 @@ def _score_block(
     eps: float,
     gen: torch.Generator,
     norms: torch.Tensor | None,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
+    """One block's scores; with ``dtype``, by the reference's formulas in that dtype (``rand`` aside)."""
     if method == "rand":
         return torch.randn(forget.unit_shape, generator=gen, dtype=torch.float64).to(forget.count.device)
-    if method == "mean":
-        return (forget.mean - retain.mean).abs()
     if method == "wanda":
         assert norms is not None
         norms = norms.to(device=forget.count.device, dtype=torch.float64)
         return forget.rms * norms / (retain.rms * norms + eps)
+    if dtype is not None:
+        return reference_score(forget, retain, method, eps, dtype)
+    if method == "mean":
+        return (forget.mean - retain.mean).abs()
     return importance(forget, method) / (importance(retain, method) + eps)
+
+
+def _check_methods(methods: dict[str, str], output_norms: dict[str, torch.Tensor] | None, reference: bool) -> None:
+    """Refuse weight-aware methods without weight norms, and methods the reference lacks under its rules."""
+    for kind, chosen in methods.items():
+        if reference and chosen not in REFERENCE_METHODS:
+            raise UnlearnLensError(
+                f"the reference implementation has no scoring {chosen!r}, so compat='taker' cannot reproduce it; "
+                f"choose one of {list(REFERENCE_METHODS)}"
+            )
+        if chosen in WEIGHT_METHODS and (output_norms is None or kind not in output_norms):
+            raise UnlearnLensError(
+                f"scoring {chosen!r} needs the norms of the units' output weights: pass "
+                "output_norms=unlearn_lens.pruning.output_norms(model)"
+            )
 
 
 def score(
@@ -192,6 +223,7 @@ def score(
     attn_eps: float = 1e-4,
     seed: int = 0,
     output_norms: dict[str, torch.Tensor] | None = None,
+    compat: str = "none",
 ) -> Scores:
     """Score every unit by how much more it matters for forget than for retain.
 
@@ -208,17 +240,20 @@ def score(
         output_norms: for ``wanda``: the L2 norm of each unit's output weights,
             ``{"mlp": [layer d_mlp], "attn": [layer head d_head]}``
             (:func:`unlearn_lens.pruning.output_norms`).
+        compat: ``"taker"``: the reference implementation's formulas (``std`` the sample
+            variance, ``rms`` sqrt(var_s^2 + mean^2)), each statistic cast to the dtype of
+            the model the statistics were collected on (``forget_stats.meta["dtype"]``,
+            float32 when not recorded); see :mod:`unlearn_lens.compat`. ``wanda`` has no
+            reference form and is refused.
 
     Returns:
-        :class:`Scores` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``.
+        :class:`Scores` with ``mlp`` ``[layer d_mlp]`` and ``attn`` ``[layer head d_head]``; their
+        ``config`` records a ``compat`` other than ``"none"``, with the dtype scored in.
     """
     methods = per_kind(scoring, mlp_scoring, attn_scoring, what="scoring method", choices=SCORING_METHODS)
-    for kind, chosen in methods.items():
-        if chosen in WEIGHT_METHODS and (output_norms is None or kind not in output_norms):
-            raise UnlearnLensError(
-                f"scoring {chosen!r} needs the norms of the units' output weights: pass "
-                "output_norms=unlearn_lens.pruning.output_norms(model)"
-            )
+    reference = rules(compat).reference_scores
+    _check_methods(methods, output_norms, reference)
+    dtype = resolve_dtype(forget_stats.meta.get("dtype")) if reference else None
     if forget_stats.dims != retain_stats.dims:
         raise UnlearnLensError(
             f"forget and retain statistics come from different models ({forget_stats.dims} vs {retain_stats.dims})"
@@ -238,6 +273,7 @@ def score(
             eps[kind],
             gen,
             (output_norms or {}).get(kind),
+            dtype,
         )
         for kind in UNIT_KINDS
     }
@@ -248,6 +284,10 @@ def score(
         "attn_eps": attn_eps,
         "seed": seed,
     }
+    if forget_stats.meta.get("fingerprint"):  # the model the statistics came from
+        config["fingerprint"] = forget_stats.meta["fingerprint"]
+    if dtype is not None:
+        config.update(compat=compat, dtype=str(dtype).removeprefix("torch."))
     return Scores(blocks["mlp"], blocks["attn"], methods["mlp"], methods["attn"], config)
 
 
@@ -294,17 +334,20 @@ def _top_k(values: torch.Tensor, blocked: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def _select_blocks(values: torch.Tensor, blocked: torch.Tensor, frac: float, per_layer: bool) -> torch.Tensor:
-    """Select ``round(frac * values.numel())`` entries, globally or per layer (dim 0)."""
+def _select_blocks(
+    values: torch.Tensor, blocked: torch.Tensor, frac: float, per_layer: bool, compat: str = "none"
+) -> torch.Tensor:
+    """Select ``frac`` of the entries (counted by the rule of ``compat``), globally or per layer (dim 0)."""
+    units = rules(compat).units
     if per_layer:
-        k = round(frac * values[0].numel())
+        k = units(frac, values[0].numel())
         return torch.stack(
             [
                 _top_k(values[l].reshape(-1), blocked[l].reshape(-1), k).view(values.shape[1:])
                 for l in range(values.shape[0])
             ]
         )
-    k = round(frac * values.numel())
+    k = units(frac, values.numel())
     return _top_k(values.reshape(-1), blocked.reshape(-1), k).view(values.shape)
 
 
@@ -321,6 +364,7 @@ def select(
     exclude: Masks | None = None,
     heads: bool = False,
     head_agg: str = "mean",
+    compat: str | None = None,
 ) -> Masks:
     """Pick the most forget-specific units.
 
@@ -333,6 +377,9 @@ def select(
         heads: select whole attention heads, ranked by the ``head_agg`` of their
             neuron scores; a head with any excluded neuron is not selected.
         head_agg: ``"mean"`` or ``"median"``.
+        compat: the rules of selection (:mod:`unlearn_lens.compat`): ``"none"`` selects
+            round(frac * N) units, ``"taker"`` int(frac * N) and aggregates heads as the
+            reference does; default: the rules the scores were made by (``scores.config``).
 
     Returns:
         :class:`Masks` of the newly selected units only.
@@ -351,12 +398,14 @@ def select(
             f"{tuple(scores.mlp.shape)}/{tuple(scores.attn.shape)}"
         )
     exclude = exclude.to(device)
-    mlp = _select_blocks(scores.mlp, exclude.mlp, mlp_frac, per_layer)
+    compat = scores.config.get("compat", "none") if compat is None else compat
+    mlp = _select_blocks(scores.mlp, exclude.mlp, mlp_frac, per_layer, compat)
     if heads:
-        chosen = _select_blocks(head_scores(scores.attn, head_agg), exclude.attn.any(-1), attn_frac, per_layer)
+        values = head_scores(scores.attn, head_agg, compat, scores.config.get("dtype"))
+        chosen = _select_blocks(values, exclude.attn.any(-1), attn_frac, per_layer, compat)
         attn = _expand_heads(chosen, scores.attn.shape[-1])
     else:
-        attn = _select_blocks(scores.attn, exclude.attn, attn_frac, per_layer)
+        attn = _select_blocks(scores.attn, exclude.attn, attn_frac, per_layer, compat)
     return Masks(mlp, attn)
 
 

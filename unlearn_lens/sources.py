@@ -13,6 +13,7 @@ dataset's own files) is streamed the same way; a Hub dataset id may name a confi
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import os
 import random
@@ -241,6 +242,26 @@ def _read_text_files(files: Sequence[Path]) -> Iterator[str]:
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
 
+def _reason(exc: BaseException) -> str:
+    """What an exception says, or what it is when it says nothing.
+
+    ``datasets`` raises a bare ``StopIteration`` for data files without a row.
+    """
+    text = str(exc).strip()
+    if text:
+        return text
+    return "no rows to read" if isinstance(exc, StopIteration) else type(exc).__name__
+
+
+def _blank(file: Path) -> bool:
+    """Whether a local file holds nothing but whitespace (read only up to its first other byte)."""
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
 def _open_data_files(pattern: str, text_field: str) -> Iterator[Any]:
     """Rows of data files named by a glob or an ``hf://`` path (e.g. a Hub dataset's parquet files), streamed."""
     name = pattern.rsplit("/", 1)[-1]
@@ -251,13 +272,20 @@ def _open_data_files(pattern: str, text_field: str) -> Iterator[Any]:
             f"cannot tell the format of {pattern!r}: name files ending in .jsonl, .json, .parquet or "
             ".csv (optionally compressed)"
         )
+    remote = pattern.startswith("hf://")
+    if not remote:
+        files = sorted(Path(f) for f in glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not files:
+            raise UnlearnLensError(f"the pattern {pattern!r} matched no file")
+        plain = kind != "parquet" and not any(f.suffix in _COMPRESSION for f in files)
+        if plain and all(_blank(f) for f in files):
+            return iter(())  # files without a row: a dataset with no texts
     try:
         with _quiet_datasets() as datasets:
             ds = datasets.load_dataset(kind, data_files=pattern, split="train", streaming=True)
     except Exception as exc:
-        raise UnlearnLensError(
-            f"could not read the {kind} files {pattern!r} (for hf:// paths, is the network reachable?): {exc}"
-        ) from exc
+        hint = " (is the network reachable?)" if remote else ""
+        raise UnlearnLensError(f"could not read the {kind} files {pattern!r}{hint}: {_reason(exc)}") from exc
     features = getattr(ds, "features", None)
     if features is not None and text_field not in features:
         raise _field_error(pattern, text_field, features)
@@ -282,11 +310,13 @@ def _open_dataset(source: str, split: str, text_field: str) -> Iterator[Any]:
         kind = kinds.pop()
         if kind == "text":
             return _read_text_files(files)
+        if kind != "parquet" and all(_blank(f) for f in files):
+            return iter(())  # files without a row: a dataset with no texts
         try:
             with _quiet_datasets() as datasets:
                 ds = datasets.load_dataset(kind, data_files=[str(f) for f in files], split="train", streaming=True)
         except Exception as exc:
-            raise UnlearnLensError(f"could not read {source!r} as {kind}: {exc}") from exc
+            raise UnlearnLensError(f"could not read {source!r} as {kind}: {_reason(exc)}") from exc
     else:
         if source.startswith((".", "/", "~")) or source.count("/") > 1:
             raise UnlearnLensError(f"data file or folder {source!r} does not exist")
@@ -296,7 +326,8 @@ def _open_dataset(source: str, split: str, text_field: str) -> Iterator[Any]:
                 ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
         except Exception as exc:
             raise UnlearnLensError(
-                f"could not load dataset {source!r} (split {split!r}) from the Hub (is the network reachable?): {exc}"
+                f"could not load dataset {source!r} (split {split!r}) from the Hub (is the network reachable?): "
+                f"{_reason(exc)}"
             ) from exc
     features = getattr(ds, "features", None)
     if features is not None and text_field not in features:

@@ -44,7 +44,8 @@ from unlearn_lens.models import (
     mlp_hook_name,
     model_device,
     model_dims,
-    model_name,
+    model_fingerprint,
+    model_label,
 )
 
 __all__ = ["ActivationStats", "RunningStats", "collect_stats", "stream_units"]
@@ -296,6 +297,15 @@ class ActivationStats:
         return cls(mlp, attn, json.loads(metadata.get("meta", "{}")))
 
 
+def _model_dtype(model: Any) -> torch.dtype:
+    """The dtype the model computes in: its config's, else that of its first floating-point weight."""
+    dtype = getattr(getattr(model, "cfg", None), "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return weight.dtype if weight is not None else torch.float32
+
+
 class _StopForward(Exception):
     """Raised by the last hook of a batch: nothing after it is needed."""
 
@@ -425,6 +435,7 @@ def collect_stats(
     progress: bool = True,
     desc: str = "collect",
     fused: bool | None = None,
+    compat: str = "none",
 ) -> ActivationStats:
     """Stream activation statistics of every MLP and attention neuron over a dataset.
 
@@ -451,6 +462,9 @@ def collect_stats(
             gathering the counted rows and reducing them eagerly. Default (None): on
             CUDA only; on CPU the eager path is faster. Both give the same statistics
             to float32 rounding.
+        compat: how texts become rows: ``"taker"`` counts every position of one text
+            per row, as the reference implementation does
+            (:func:`unlearn_lens.data.token_budgets`); ignored for a :class:`TokenSet`.
 
     Under a ``torch.distributed`` process group each rank collects on its share of
     the rows and all ranks return the merged statistics (:mod:`unlearn_lens.distributed`).
@@ -460,7 +474,7 @@ def collect_stats(
     """
     dims = model_dims(model)
     device = model_device(model)
-    tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
+    tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens, compat=compat)
     stats = ActivationStats.empty(dims, device)
 
     if fused is None:
@@ -472,7 +486,8 @@ def collect_stats(
     n_part = stream_units(
         model, tokens, update, batch_size=batch_size, progress=progress, desc=desc, owner="collect_stats", masked=fused
     )
-    meta: dict[str, Any] = {"model": model_name(model)}
+    meta: dict[str, Any] = {"model": model_label(model), "fingerprint": model_fingerprint(model)}
+    meta["dtype"] = str(_model_dtype(model)).removeprefix("torch.")  # what the reference casts statistics to
     if world()[1] > 1:
         meta["rank_tokens"] = [int(t) for t in gather(torch.tensor([n_part], device=device))]
         stats = ActivationStats(stats.mlp.combined_across_ranks(), stats.attn.combined_across_ranks())

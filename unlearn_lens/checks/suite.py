@@ -33,6 +33,7 @@ from unlearn_lens._io import read_json, write_json
 from unlearn_lens._version import __version__
 from unlearn_lens.checks.membership import membership_check
 from unlearn_lens.checks.relearn import RelearnCurve, relearn_comparison
+from unlearn_lens.config import is_int
 from unlearn_lens.data import TokenSet
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.pipeline import run_tokens
@@ -46,7 +47,9 @@ DEMO_MEMBERS = {"forget": ("demo:code:train", "demo:code"), "retain": ("demo:pro
 """The demo model's training texts (members) and test texts (non-members) of each domain."""
 
 
-def run_token_sets(run: PruneRun, model: Any, extra: Sequence[int] = ()) -> dict[str, list[TokenSet]]:
+def run_token_sets(
+    run: PruneRun, model: Any, extra: Sequence[int] = (), *, trust_sources: bool = False
+) -> dict[str, list[TokenSet]]:
     """The run's statistics and evaluation tokens of each dataset, read again from its sources, then ``extra``.
 
     Returns:
@@ -54,17 +57,11 @@ def run_token_sets(run: PruneRun, model: Any, extra: Sequence[int] = ()) -> dict
         ``extra`` is packed from texts the run never used (see :func:`~unlearn_lens.pipeline.run_tokens`).
 
     Raises:
+        SourceCheckError: the sources no longer give the run's tokens, or the run recorded no
+            checksum of them (without ``trust_sources``).
         UnlearnLensError: the run does not name its data sources, or one cannot be read.
     """
-    budgets = [run.config.collect_tokens, run.config.eval_tokens, *extra]
-    out = {}
-    for key in ("forget", "retain"):
-        whole, parts = run_tokens(run, model, key, budgets), []
-        for budget in budgets:
-            part, whole = whole.split(budget)
-            parts.append(part)
-        out[key] = parts
-    return out
+    return {key: run_tokens(run, model, key, extra, trust_sources=trust_sources) for key in ("forget", "retain")}
 
 
 @dataclass
@@ -243,6 +240,7 @@ def run_checks(
     eval_every: int = 5,
     eval_tokens: int = 10_000,
     seed: int = 0,
+    trust_sources: bool = False,
     progress: bool = False,
 ) -> RunChecks:
     """Relearning and membership checks of ``run`` on ``model`` (the unpruned model it was made on).
@@ -264,19 +262,28 @@ def run_checks(
             of the model (the runs' own settings and data, read again from their sources).
         seed: seed of that draw and of the fine-tuning's row order.
         n_steps, lr, batch_size, eval_every, eval_tokens: relearning settings.
+        trust_sources: read again the sources of runs that recorded no checksum of their tokens
+            (see :func:`~unlearn_lens.pipeline.run_tokens`).
         progress: show progress bars.
 
     Returns:
         :class:`RunChecks`.
+
+    Raises:
+        UnlearnLensError: not a run, a model the run was not made with, or bad settings.
+        SourceCheckError: the run's sources no longer give its tokens.
     """
     if not isinstance(run, PruneRun):
         raise UnlearnLensError(f"run must be a PruneRun, got {type(run).__name__}")
+    run.check_model(model)
+    if members and (not is_int(n_texts) or n_texts < 1):
+        raise UnlearnLensError(f"n_texts must be a positive integer, got {n_texts!r}")
     t0 = time.time()
     out = RunChecks()
     if relearn:
         width = run.config.seq_len
         need = n_steps * batch_size * ((width or 256) - 1)
-        data = run_token_sets(run, model, [need])
+        data = run_token_sets(run, model, [need], trust_sources=trust_sources)
         forget_collect, forget_eval, forget_train = data["forget"]
         if forget_train.n_tokens < need:
             out.notes.append(
@@ -323,13 +330,18 @@ def run_checks(
     else:
         out.notes.append("No membership check: the model's training texts were not given.")
     if others:
-        out.overlap = _overlap(model, run, others, init_control, progress)
+        out.overlap = _overlap(model, run, others, init_control, trust_sources, progress)
     out.seconds = time.time() - t0
     return out
 
 
 def _overlap(
-    model: Any, run: PruneRun, others: Mapping[str, PruneRun], init_control: bool, progress: bool
+    model: Any,
+    run: PruneRun,
+    others: Mapping[str, PruneRun],
+    init_control: bool,
+    trust_sources: bool,
+    progress: bool,
 ) -> dict[str, dict[str, Any]]:
     from unlearn_lens.checks.overlap import overlap_matrix, random_control, random_init_control
 
@@ -340,7 +352,7 @@ def _overlap(
     if init_control:
 
         def tokens(r: PruneRun, key: str) -> TokenSet:  # the run's statistics and evaluation tokens, in one set
-            return run_tokens(r, model, key, [r.config.collect_tokens, r.config.eval_tokens])
+            return TokenSet.concat(run_tokens(r, model, key, trust_sources=trust_sources))
 
         forget = {name: tokens(r, "forget") for name, r in runs.items()}
         retain = tokens(run, "retain")

@@ -236,21 +236,22 @@ def sweep(
         for s in _names(scorings, SCORING_METHODS, "scoring method")
     ]
     t0 = time.time()
+    cell_cfgs = [  # every cell's config first: one the settings refuse (wanda under compat) stops the sweep at once
+        dataclasses.replace(
+            cfg, ablation=a, mlp_ablation=None, attn_ablation=None, scoring=s, mlp_scoring=None, attn_scoring=None
+        )
+        for a, s in grid
+    ]
     data = {}
     for name, texts in (("forget", forget_texts), ("retain", retain_texts)):
-        parts = as_token_sets(model, texts, [cfg.collect_tokens, cfg.eval_tokens], seq_len=cfg.seq_len)
+        parts = as_token_sets(
+            model, texts, [cfg.collect_tokens, cfg.eval_tokens], seq_len=cfg.seq_len, compat=cfg.compat
+        )
         data[name] = TokenSet.concat(parts)
     cells = []
-    for ablation, scoring in tqdm(grid, desc="sweep", unit="cell", disable=not progress):
-        cell_cfg = dataclasses.replace(
-            cfg,
-            ablation=ablation,
-            mlp_ablation=None,
-            attn_ablation=None,
-            scoring=scoring,
-            mlp_scoring=None,
-            attn_scoring=None,
-        )
+    for (ablation, scoring), cell_cfg in tqdm(
+        list(zip(grid, cell_cfgs)), desc="sweep", unit="cell", disable=not progress
+    ):
         logger.info("sweep cell: ablation %s, scoring %s", ablation, scoring)
         run = selective_prune(model, data["forget"], data["retain"], cell_cfg, progress=progress, info=info)
         if baseline:
