@@ -1,4 +1,4 @@
-"""Command line: ``unlearn-lens prune``, ``sweep``, ``check`` and ``report``.
+"""Command line: ``unlearn-lens prune``, ``sweep``, ``check``, ``report``, ``dashboards`` and ``serve``.
 
 ``unlearn-lens prune`` with no arguments runs the bundled demo offline: the demo
 model, forget = Python code, retain = English prose, with settings sized to finish
@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from unlearn_lens._io import check_output_dir
 from unlearn_lens.errors import UnlearnLensError
@@ -44,6 +44,9 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 # Random baselines of the default (demo) run, one per seed (seed, seed + 1, ...): a band, not one draw.
 DEMO_BASELINE_SEEDS = 3
+
+# Seconds a rank of a torchrun job waits for the others before it gives up (gloo's own default is 30 minutes).
+DIST_TIMEOUT = 600.0
 
 # Older flag spellings, still accepted: alias -> field.
 
@@ -73,6 +76,8 @@ _HELP = {
     "attn_eps": "offset of the attention score denominator (default 1e-4)",
     "topk": "k of top-k accuracy (default 10)",
     "skip_common": "leave the N most common target tokens out of evaluation (default 0)",
+    "compat": "none (default): this package's textbook statistics and selection; taker: the reference "
+    "implementation's rows, std/rms, dtype, units per step and head aggregation, to reproduce the paper's numbers",
 }
 
 
@@ -83,6 +88,7 @@ def _flag(name: str) -> str:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     """The flags ``prune`` and ``sweep`` share: model, data, every PruneConfig field, device, output."""
     from unlearn_lens.ablations import ABLATIONS
+    from unlearn_lens.compat import COMPAT_MODES
     from unlearn_lens.results import PruneConfig
     from unlearn_lens.scoring import HEAD_AGGREGATIONS, SCORING_METHODS
 
@@ -123,7 +129,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         help="read each dataset in a random order (seeded by --seed) through a buffer of N texts; "
         "0 keeps the source's order (default 0)",
     )
-    choices = {"scoring": SCORING_METHODS, "ablation": ABLATIONS, "head_agg": HEAD_AGGREGATIONS}
+    choices = {"scoring": SCORING_METHODS, "ablation": ABLATIONS, "head_agg": HEAD_AGGREGATIONS, "compat": COMPAT_MODES}
     for f in fields(PruneConfig):
         names = [_flag(f.name)]
         kind = f.name.split("_", 1)[-1] if f.name.startswith(("mlp_", "attn_")) else f.name
@@ -145,6 +151,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", help="model dtype: float32 (default), bfloat16, float16")
     p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DIST_TIMEOUT,
+        metavar="SECONDS",
+        help="under torchrun: how long a rank waits for the others (in joining and in every collective) "
+        f"before it stops with an error (default {DIST_TIMEOUT:g})",
+    )
+    p.add_argument(
         "--out", help="output directory, which must not exist yet (default: unlearn_lens_runs/<model>-<time>)"
     )
     p.add_argument(
@@ -155,13 +169,29 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+_TRUST_SOURCES = (
+    "read again the data sources of a run directory that records no checksum of its tokens (written by "
+    "unlearn_lens 0.2) without checking them; a checksum that differs is refused all the same"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``unlearn-lens: error: ...``, like every other error.
+
+    The exit status stays 2; ``--help`` is unchanged. Sub-commands' parsers are of this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"unlearn-lens: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from unlearn_lens._version import __version__
     from unlearn_lens.ablations import ABLATIONS
     from unlearn_lens.checks.sweep import DEFAULT_SCORINGS
     from unlearn_lens.scoring import SCORING_METHODS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="unlearn-lens",
         allow_abbrev=False,
         description="Machine unlearning by selective pruning on TransformerLens models.",
@@ -198,6 +228,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-report", action="store_true", help="do not write report.html into the output directory")
     p.add_argument("--no-explorer", action="store_true", help="leave the neuron explorer out of the report")
+    _add_dashboard_flags(p)
 
     w = sub.add_parser(
         "sweep",
@@ -270,6 +301,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also repeat the runs on a randomly initialised copy of the model, as a control of the overlap",
     )
     c.add_argument("--no-report", action="store_true", help="do not rebuild report.html")
+    c.add_argument("--trust-sources", action="store_true", help=_TRUST_SOURCES)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
     r = sub.add_parser(
@@ -285,6 +317,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="device for the model (default: cuda if available)")
     r.add_argument("--no-cards", action="store_true", help="no neuron cards or explorer (does not load the model)")
     r.add_argument("--no-explorer", action="store_true", help="leave the neuron explorer out")
+    _add_dashboard_flags(r)
+    r.add_argument("--trust-sources", action="store_true", help=_TRUST_SOURCES)
+    _add_dashboard_commands(sub)
     return parser
 
 
@@ -312,29 +347,70 @@ def _config_from_args(args: argparse.Namespace) -> Any:
     return PruneConfig(**settings)
 
 
-class _Progress:
-    """What a prune command has written so far, for the message after an interruption."""
+# What a command leaves once its main output is complete and only report.html is still to come.
+_SAVED = {
+    "prune": "the results in {out} are complete, report.html was not written "
+    "(rebuild it with `unlearn-lens report {out}`)",
+    "sweep": "the sweep in {out} is complete (sweep.json and cells/), report.html was not written (no command "
+    "rebuilds it: in Python, unlearn_lens.report.sweep.write_sweep_report({quoted}) writes it and "
+    "unlearn_lens.checks.sweep.Sweep.load({quoted}) reads the sweep)",
+    "check": "checks.json was written to {out}, report.html was not rebuilt "
+    "(rebuild it with `unlearn-lens report {out}`)",
+}
 
-    def __init__(self) -> None:
+
+class _Progress:
+    """What a command has written so far, for its last line after an interruption or a failure.
+
+    The command records each output the moment it is complete: ``checkpoint`` (prune, on
+    rank 0), ``saved`` (the run or sweep directory, or ``checks.json``; report.html is still
+    to come), and, on a rank other than 0, ``rank`` and the checkpoint rank 0 keeps.
+    """
+
+    def __init__(self, command: str = "prune") -> None:
+        self.command = command
         self.checkpoint: Path | None = None
         self.saved: Path | None = None
+        self.rank = 0
+        self.rank0_checkpoint: Path | None = None
 
-    def interrupted(self) -> str:
-        if self.saved is not None:
-            return (
-                f"unlearn-lens: interrupted while writing the report; the results in {self.saved} are complete, "
-                f"report.html was not written (rebuild it with `unlearn-lens report {self.saved}`)"
+    def left(self) -> str | None:
+        """What is on disk, in words; None if nothing (a checkpoint that recorded no step is removed)."""
+        if self.rank:
+            ckpt = self.rank0_checkpoint
+            return f"rank {self.rank} writes nothing: rank 0 alone writes" + (
+                f", and keeps the run so far in {ckpt} once step 0 is recorded (continue it with "
+                f"`unlearn-lens prune --resume {ckpt}`)"
+                if ckpt is not None
+                else ""
             )
+        if self.saved is not None:
+            return _SAVED[self.command].format(out=self.saved, quoted=repr(str(self.saved)))
         ckpt = self.checkpoint
         if ckpt is not None and (ckpt / "checkpoint.json").is_file():
             step = json.loads((ckpt / "checkpoint.json").read_text())["step"]
             return (
-                f"unlearn-lens: interrupted; the run so far (up to step {step}) is in {ckpt}: continue it with "
+                f"the run so far (up to step {step}) is in {ckpt}: continue it with "
                 f"`unlearn-lens prune --resume {ckpt}`"
             )
         if ckpt is not None:
             shutil.rmtree(ckpt, ignore_errors=True)  # not even step 0 was recorded
-        return "unlearn-lens: interrupted; nothing was written"
+        return None
+
+    def ending(self, exc: BaseException) -> tuple[str, int]:
+        """The last line and the exit status after ``exc``: an interruption, a user error or a failed write."""
+        if isinstance(exc, (KeyboardInterrupt, _Terminated)):
+            how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "terminated"
+            during = " while writing the report" if self.saved is not None and not self.rank else ""
+            return f"unlearn-lens: {how}{during}; {self.left() or 'nothing was written'}", (
+                130 if isinstance(exc, KeyboardInterrupt) else 143
+            )
+        if isinstance(exc, OSError):  # a full disk, a file that cannot be written: what is left always counts
+            problem = exc.strerror or str(exc) or type(exc).__name__
+            problem += f" ({exc.filename})" if exc.filename else ""
+            return f"unlearn-lens: error: {problem}; {self.left() or 'nothing was written'}", 2
+        left = self.left()
+        return "unlearn-lens: error: " + " ".join(str(exc).splitlines()) + (f"; {left}" if left else ""), 2
 
 
 def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -367,7 +443,12 @@ def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[
             for src in sources
         ]
         data[key] = mix_token_sets(
-            model, streams, shares, [config.collect_tokens, config.eval_tokens], seq_len=config.seq_len
+            model,
+            streams,
+            shares,
+            [config.collect_tokens, config.eval_tokens],
+            seq_len=config.seq_len,
+            compat=config.compat,
         )
         for what, counts in (
             ("texts", [s.reader.n_texts for s in streams]),
@@ -378,41 +459,84 @@ def _load_data(args: argparse.Namespace, model: Any, config: Any) -> tuple[dict[
     return data, info
 
 
-def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
-    from unlearn_lens.distributed import is_main, local
-    from unlearn_lens.models import load_model
-    from unlearn_lens.pipeline import checkpoint_tokens, random_baseline, selective_prune
-    from unlearn_lens.results import PruneRun
-
+def _prune_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The checkpoint directory and the output directory of a prune command."""
     if args.resume:
         ckpt = Path(args.resume)
-        if not (ckpt / "checkpoint.json").is_file():
-            raise UnlearnLensError(f"{str(ckpt)!r} is not a checkpoint of `unlearn-lens prune` (no checkpoint.json)")
-        model_source = PruneRun.load(ckpt / "run").info.get("model")
-        if not model_source:
-            raise UnlearnLensError(f"checkpoint {str(ckpt)!r} does not name its model")
-        out = Path(args.out) if args.out else ckpt.with_name(ckpt.name.removesuffix(".partial"))
-    else:
-        model_source = args.model
-        out = (
-            Path(args.out)
-            if args.out
-            else Path("unlearn_lens_runs")
-            / (f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return ckpt, Path(args.out) if args.out else ckpt.with_name(ckpt.name.removesuffix(".partial"))
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("unlearn_lens_runs") / (f"{Path(str(args.model)).name or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    )
+    return out.with_name(out.name + ".partial"), out
+
+
+def _resumed_source(ckpt: Path) -> tuple[str, dict[str, Any]]:
+    """The model a checkpoint names, and the settings of the command that it keeps."""
+    from unlearn_lens.pipeline import read_checkpoint_settings
+    from unlearn_lens.results import PruneRun
+
+    if not (ckpt / "checkpoint.json").is_file():
+        raise UnlearnLensError(f"{str(ckpt)!r} is not a checkpoint of `unlearn-lens prune` (no checkpoint.json)")
+    model_source = PruneRun.load(ckpt / "run").info.get("model")
+    if not model_source:
+        raise UnlearnLensError(f"checkpoint {str(ckpt)!r} does not name its model")
+    return model_source, read_checkpoint_settings(ckpt) or {}
+
+
+def _check_no_checkpoint(ckpt: Path) -> None:
+    """A new run's checkpoint directory may exist only empty (left by a run stopped before step 0)."""
+    if (ckpt / "checkpoint.json").is_file():
+        raise UnlearnLensError(
+            f"a checkpoint of an earlier run is in {str(ckpt)!r}: continue it with "
+            f"`unlearn-lens prune --resume {ckpt}`, or remove it"
         )
-        ckpt = out.with_name(out.name + ".partial")
-        if ckpt.exists():
-            raise UnlearnLensError(
-                f"a checkpoint of an earlier run is in {str(ckpt)!r}: continue it with "
-                f"`unlearn-lens prune --resume {ckpt}`, or remove it"
-            )
-    check_output_dir(out, overwrite=args.overwrite)
+    if ckpt.exists() and not (ckpt.is_dir() and not any(ckpt.iterdir())):
+        raise UnlearnLensError(
+            f"{str(ckpt)!r}, where this run keeps its checkpoint, exists and is not a checkpoint (no "
+            "checkpoint.json): remove it, or choose another --out"
+        )
+
+
+def _baselines(args: argparse.Namespace, model_source: str, kept: dict[str, Any]) -> tuple[str, int]:
+    """The random baselines to run after the loop: those a resumed checkpoint keeps, else the flags'."""
+    if kept.get("baseline") in ("random", "none") and isinstance(kept.get("baseline_seeds"), int):
+        return kept["baseline"], kept["baseline_seeds"]
     if args.baseline_seeds is not None and (args.baseline_seeds < 1 or args.baseline == "none"):
         raise UnlearnLensError(
             f"--baseline-seeds must be at least 1, with --baseline random; got {args.baseline_seeds}"
             f" with --baseline {args.baseline}"
         )
-    n_seeds = args.baseline_seeds or (DEMO_BASELINE_SEEDS if model_source == "demo" else 1)
+    return args.baseline, args.baseline_seeds or (DEMO_BASELINE_SEEDS if model_source == "demo" else 1)
+
+
+def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
+    from unlearn_lens.pipeline import checkpoint_lock
+
+    ckpt, out = _prune_paths(args)
+    model_source, kept = _resumed_source(ckpt) if args.resume else (args.model, {})
+    check_output_dir(out, overwrite=args.overwrite)  # a bad path fails before anything is created
+    with checkpoint_lock(ckpt):  # one process at a time writes a checkpoint (and its output directory)
+        if not args.resume:
+            _check_no_checkpoint(ckpt)
+        return _prune(args, progress_state, ckpt, out, model_source, kept)
+
+
+def _prune(
+    args: argparse.Namespace,
+    progress_state: _Progress,
+    ckpt: Path,
+    out: Path,
+    model_source: str,
+    kept: dict[str, Any],
+) -> int:
+    from unlearn_lens.distributed import is_main, local, world
+    from unlearn_lens.evaluate import check_topk
+    from unlearn_lens.models import load_model
+    from unlearn_lens.pipeline import checkpoint_tokens, random_baseline, selective_prune
+
+    baseline, n_seeds = _baselines(args, model_source, kept)
     progress = not args.quiet
     if args.quiet:
         import transformers
@@ -421,16 +545,22 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
     t0 = time.time()
     model = load_model(model_source, device=args.device, dtype=args.dtype, device_map=args.device_map)
     if args.resume:
-        forget, retain = checkpoint_tokens(ckpt)
+        forget, retain = checkpoint_tokens(ckpt, model=model)  # checked before any work
         config, info = None, None
     else:
         config = _config_from_args(args)
+        check_topk(model, config.topk)
         data, info = _load_data(args, model, config)
         forget, retain = data["forget"], data["retain"]
     if is_main():  # under torchrun, rank 0 alone writes (and cleans up)
         progress_state.checkpoint = ckpt
-    run = selective_prune(model, forget, retain, config, progress=progress, checkpoint=ckpt, info=info)
-    if args.baseline == "random":
+    else:
+        progress_state.rank, progress_state.rank0_checkpoint = world()[0], ckpt
+    settings = {"baseline": baseline, "baseline_seeds": n_seeds}  # kept in the checkpoint for --resume
+    run = selective_prune(
+        model, forget, retain, config, progress=progress, checkpoint=ckpt, info=info, checkpoint_settings=settings
+    )
+    if baseline == "random":
         baselines = [
             random_baseline(model, forget, retain, run, seed=run.config.seed + i, progress=progress)
             for i in range(n_seeds)
@@ -448,17 +578,25 @@ def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
 
         with local():  # the neuron cards run the model on rank 0 alone
             report = write_report(
-                run, out, model=model, forget_texts=forget, retain_texts=retain, explorer=not args.no_explorer
+                run,
+                out,
+                model=model,
+                forget_texts=forget,
+                retain_texts=retain,
+                explorer=not args.no_explorer,
+                **_dashboard_settings(args),
             )
         print(f"report: {report}")
     return 0
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
+def _cmd_sweep(args: argparse.Namespace, state: _Progress) -> int:
     from unlearn_lens.checks.sweep import sweep
+    from unlearn_lens.distributed import world
     from unlearn_lens.models import load_model
     from unlearn_lens.report.sweep import write_sweep_report
 
+    state.rank = world()[0]  # under torchrun, rank 0 alone writes
     out = (
         Path(args.out)
         if args.out
@@ -481,11 +619,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         info=info,
     )
-    from unlearn_lens.distributed import is_main
-
-    if not is_main():  # under torchrun, rank 0 alone writes
+    if state.rank:
         return 0
     result.save(out, overwrite=args.overwrite)
+    state.saved = out
     print(sweep_table(result))
     print(f"sweep: {out / 'sweep.json'}  ({time.time() - t0:.0f}s)")
     if not args.no_report:
@@ -493,12 +630,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
+def _cmd_check(args: argparse.Namespace, state: _Progress) -> int:
     from unlearn_lens.checks.suite import DEMO_MEMBERS, run_checks
     from unlearn_lens.models import load_model
     from unlearn_lens.results import PruneRun
 
     run = PruneRun.load(args.run_dir)
+    check_output_dir(args.run_dir, overwrite=True)  # checks.json and the report go there: fail before the work
     name = args.model or run.info.get("model") or run.model
     members = {d: (getattr(args, f"{d}_members"), getattr(args, f"{d}_nonmembers")) for d in ("forget", "retain")}
     for domain in [d for d, (a, b) in members.items() if (a is None) != (b is None)]:
@@ -524,9 +662,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
         n_steps=args.relearn_steps,
         lr=args.relearn_lr,
         batch_size=args.relearn_batch_size,
+        trust_sources=args.trust_sources,
         progress=not args.quiet,
     )
     print(f"checks: {checks.save(args.run_dir)}  ({checks.seconds:.0f}s)")
+    state.saved = Path(args.run_dir)
     for label, curve in checks.relearn.items():
         print(f"relearn {label}: forget top1 " + " -> ".join(f"{v:.3f}" for v in curve.forget_top1))
     for domain, result in checks.membership.items():
@@ -539,7 +679,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if not args.no_report:
         from unlearn_lens.report.html import write_report
 
-        print(f"report: {write_report(args.run_dir, model=model)}")
+        print(f"report: {write_report(args.run_dir, model=model, trust_sources=args.trust_sources)}")
     return 0
 
 
@@ -553,8 +693,121 @@ def _cmd_report(args: argparse.Namespace) -> int:
         n_cards=0 if args.no_cards else 4,
         device=args.device,
         explorer=not (args.no_cards or args.no_explorer),
+        trust_sources=args.trust_sources,
+        **_dashboard_settings(args),
     )
     print(f"report: {report}")
+    return 0
+
+
+def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
+    """The report's unit dashboards: which units get one (``prune``, ``report``, ``serve``)."""
+    p.add_argument(
+        "--dashboard-top",
+        type=int,
+        default=200,
+        metavar="N",
+        help="give the N highest-scoring units a dashboard in the explorer, besides every pruned unit (default 200)",
+    )
+    p.add_argument(
+        "--dashboard-units",
+        nargs="+",
+        default=[],
+        metavar="UNIT",
+        help="further units with a dashboard, such as L2.mlp.17 or L1.attn.H3.D5",
+    )
+    p.add_argument("--no-dashboards", action="store_true", help="no unit dashboards: explorer rows open cards")
+
+
+def _dashboard_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The dashboard flags as ``write_report`` arguments."""
+    return {
+        "dashboards": not args.no_dashboards,
+        "dashboard_top": args.dashboard_top,
+        "dashboard_units": args.dashboard_units,
+    }
+
+
+def _add_dashboard_commands(sub: Any) -> None:
+    """``dashboards`` and ``serve``: the unit dashboards of a run directory, as JSON lines or served live."""
+    from unlearn_lens.report.export import EXPORT_FORMATS
+
+    d = sub.add_parser(
+        "dashboards",
+        allow_abbrev=False,
+        help="write the unit dashboards of a finished run as JSON lines (one object per unit)",
+        description="For each chosen unit of a run directory: activation histograms on forget and retain, top, "
+        "bottom and quantile-band examples, direct logit effect, the effect of ablating it, and its place in the "
+        "run, one JSON object per line (the layout is in the README). Loads the model and texts the run names.",
+    )
+    d.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `unlearn-lens prune`")
+    d.add_argument("--out", required=True, metavar="FILE.jsonl", help="the file to write")
+    d.add_argument(
+        "--units",
+        default="pruned,top:200",
+        metavar="SPEC",
+        help="pruned, top:N (the N highest scores), all, or unit names such as L2.mlp.17 or L1.attn.H3.D5, "
+        "comma-separated (default pruned,top:200)",
+    )
+    d.add_argument(
+        "--format",
+        dest="fmt",
+        choices=EXPORT_FORMATS,
+        default=EXPORT_FORMATS[0],
+        help="unlearn_lens (default): one record per unit; neuronpedia: one SAEDashboard batch per layer and kind",
+    )
+    s = sub.add_parser(
+        "serve",
+        allow_abbrev=False,
+        help="serve a run's report with a live panel: a unit's activations and the next-token top-5 on any text",
+        description="Serve RUN_DIR's report, rebuilt with a live panel: type text, pick a unit, and see its "
+        "activation on each token and the model's top-5 next tokens, unpruned beside pruned. Binds to "
+        "127.0.0.1 unless --host says otherwise; Ctrl-C stops it.",
+    )
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `unlearn-lens prune`")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
+    _add_dashboard_flags(s)
+    for p in (d, s):
+        p.add_argument("--model", help="the model (default: the one named in results.json)")
+        p.add_argument("--device", help="device for the model (default: cuda if available)")
+        p.add_argument("--tokens", type=int, default=20_000, help="tokens of each dataset to scan (default 20000)")
+        p.add_argument("--trust-sources", action="store_true", help=_TRUST_SOURCES)
+
+
+def _cmd_dashboards(args: argparse.Namespace) -> int:
+    from unlearn_lens.report.dashboards import DashboardConfig
+    from unlearn_lens.report.export import export_dashboards
+
+    path, n = export_dashboards(
+        args.run_dir,
+        args.out,
+        units=args.units,
+        fmt=args.fmt,
+        model=args.model,
+        device=args.device,
+        config=DashboardConfig(max_tokens=args.tokens),
+        trust_sources=args.trust_sources,
+    )
+    print(f"dashboards: {path} ({n} units, format {args.fmt})")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from unlearn_lens.report.serve import serve_run
+
+    serve_run(
+        args.run_dir,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        device=args.device,
+        tokens=args.tokens,
+        trust_sources=args.trust_sources,
+        announce=lambda url: print(f"serving {url} (Ctrl-C stops it)", flush=True),
+        report=_dashboard_settings(args),
+    )
+    print("stopped", flush=True)
     return 0
 
 
@@ -562,40 +815,53 @@ class _Terminated(BaseException):
     """SIGTERM, raised as an exception so that partial outputs are cleaned up as after Ctrl-C."""
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise _Terminated
+class _Stop:
+    """The handler of SIGINT and SIGTERM: the first raises, and from then on the command is ending.
+
+    Once the command ends (a signal, an error), later signals are ignored, so that a
+    second Ctrl-C cannot cut the clean-up short or turn the last line into a traceback.
+    """
+
+    def __init__(self) -> None:
+        self.ending = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.ending:
+            return
+        self.ending = True
+        raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``unlearn-lens``; returns the exit status."""
+    own_process = argv is None  # the console script or `python -m unlearn_lens`: the process ends after this
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    state = _Progress()
+    state = _Progress(args.command)
+    stop = _Stop()
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
     from unlearn_lens.distributed import init_from_env
 
     joined = False
     try:
         if args.command in ("report", "check"):
-            return _cmd_report(args) if args.command == "report" else _cmd_check(args)
-        joined = init_from_env(args.device)  # under torchrun: one process of a data-parallel run
+            return _cmd_report(args) if args.command == "report" else _cmd_check(args, state)
+        if args.command in ("dashboards", "serve"):
+            return _cmd_dashboards(args) if args.command == "dashboards" else _cmd_serve(args)
+        joined = init_from_env(args.device, args.dist_timeout)  # under torchrun: one process of a data-parallel run
         if args.command == "sweep":
-            return _cmd_sweep(args)
+            return _cmd_sweep(args, state)
         return _cmd_prune(args, state)
-    except UnlearnLensError as exc:
-        print("unlearn-lens: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # one line
-        return 2
-    except KeyboardInterrupt:
-        print(state.interrupted(), file=sys.stderr)
-        return 130
-    except _Terminated:
-        print(state.interrupted().replace("interrupted", "terminated", 1), file=sys.stderr)
-        return 143
+    except (UnlearnLensError, OSError, KeyboardInterrupt, _Terminated) as exc:
+        stop.ending = True
+        line, status = state.ending(exc)
+        print(line, file=sys.stderr)  # one line
+        return status
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():  # a process that ends now ignores them until it is gone
+            signal.signal(signum, signal.SIG_IGN if own_process and stop.ending else handler)
         if joined:
             import torch
 

@@ -15,11 +15,13 @@ hands it the unit templates and the colours of its activation levels as data.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from unlearn_lens.models import check_kind, hook_name
+from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.models import ModelDims, check_kind, hook_name
 
 __all__ = [
     "EMPTY_TOKEN",
@@ -36,12 +38,15 @@ EMPTY_TOKEN = "∅"
 """What a token that decodes to no text is shown as."""
 
 _VISIBLE = str.maketrans({"\n": "↵\n", "\t": "→", "\r": "␍"})
+_ONE_LINE = str.maketrans({"\n": "↵", "\t": "→", "\r": "␍"})
 _POSITIVE = (231, 76, 60)  # red
 _NEGATIVE = (52, 152, 219)  # blue
 
 _KIND = {"mlp": "MLP", "attn": "attn"}
 _KIND_NAME = {"mlp": "MLP neuron", "attn": "attention neuron"}
 _INDEX = {"mlp": "N{unit}", "attn": "H{head}.D{d}"}
+_NAME = {"mlp": "L{layer}.mlp.{unit}", "attn": "L{layer}.attn.H{head}.D{d}"}
+_NAMED = re.compile(r"L(\d+)\.(?:mlp\.|N)(\d+)|L(\d+)\.(?:attn\.)?H(\d+)\.D(\d+)", re.IGNORECASE)
 _SUBSCRIPT = {"mlp": "[..., {unit}]", "attn": "[..., {head}, {d}]"}
 
 
@@ -50,8 +55,9 @@ def unit_templates(kind: str) -> dict[str, str]:
 
     ``unit`` is the flat index (for attention ``head * d_head + d``). Keys: ``"kind"``
     (``MLP``, ``attn``), ``"index"`` (``N17``, ``H3.D5``), ``"label"`` (``L2.N17``,
-    ``L1.H3.D5``), ``"title"`` (``MLP neuron L2.N17``) and ``"address"``
-    (``blocks.2.mlp.hook_post[..., 17]``, ``blocks.1.attn.hook_z[..., 3, 5]``).
+    ``L1.H3.D5``), ``"title"`` (``MLP neuron L2.N17``), ``"address"``
+    (``blocks.2.mlp.hook_post[..., 17]``, ``blocks.1.attn.hook_z[..., 3, 5]``) and ``"name"``
+    (``L2.mlp.17``, ``L1.attn.H3.D5``: the name of exported records and of ``--dashboard-units``).
     """
     check_kind(kind)
     label = "L{layer}." + _INDEX[kind]
@@ -62,6 +68,7 @@ def unit_templates(kind: str) -> dict[str, str]:
         "label": label,
         "title": f"{_KIND_NAME[kind]} {label}",
         "address": hook + _SUBSCRIPT[kind],
+        "name": _NAME[kind],
     }
 
 
@@ -98,10 +105,48 @@ class Unit:
         """``"blocks.2.mlp.hook_post[..., 17]"`` or ``"blocks.1.attn.hook_z[..., 3, 5]"``."""
         return self.text("address")
 
+    @property
+    def name(self) -> str:
+        """``"L2.mlp.17"`` or ``"L1.attn.H3.D5"``."""
+        return self.text("name")
 
-def token_text(text: str) -> str:
-    """A decoded token as it is shown: newlines, tabs and carriage returns visible, :data:`EMPTY_TOKEN` if empty."""
-    return text.translate(_VISIBLE) or EMPTY_TOKEN
+    @classmethod
+    def parse(cls, text: str, dims: ModelDims) -> Unit:
+        """The unit named ``text``: ``L2.mlp.17`` or ``L1.attn.H3.D5`` (also the labels ``L2.N17``, ``L1.H3.D5``).
+
+        Raises:
+            UnlearnLensError: a name of neither form, or a unit the model of ``dims`` does not have.
+        """
+        found = _NAMED.fullmatch(text.strip())
+        if found is None:
+            raise UnlearnLensError(f"unit {text!r} is not of the form L2.mlp.17 or L1.attn.H3.D5")
+        if found.group(1) is not None:
+            layer, index = int(found.group(1)), int(found.group(2))
+            if layer >= dims.n_layers or index >= dims.d_mlp:
+                raise UnlearnLensError(f"unit {text!r} does not exist: {dims.n_layers} layers of {dims.d_mlp} neurons")
+            return cls("mlp", layer, index)
+        layer, head, d = (int(found.group(g)) for g in (3, 4, 5))
+        if layer >= dims.n_layers or head >= dims.n_heads or d >= dims.d_head:
+            raise UnlearnLensError(
+                f"unit {text!r} does not exist: {dims.n_layers} layers of {dims.n_heads} heads of {dims.d_head}"
+            )
+        return cls("attn", layer, head * dims.d_head + d, head, d)
+
+    @classmethod
+    def of(cls, kind: str, layer: int, index: int, dims: ModelDims) -> Unit:
+        """The unit with a flat index in its layer (``head * d_head + d`` for an attention neuron)."""
+        if check_kind(kind) == "mlp":
+            return cls("mlp", layer, index)
+        return cls("attn", layer, index, *divmod(index, dims.d_head))
+
+
+def token_text(text: str, one_line: bool = False) -> str:
+    """A decoded token as it is shown: newlines, tabs and carriage returns visible, :data:`EMPTY_TOKEN` if empty.
+
+    In running text a newline is shown as ``↵`` and still breaks the line; with ``one_line``
+    (a token in a table cell) it is ``↵`` alone.
+    """
+    return text.translate(_ONE_LINE if one_line else _VISIBLE) or EMPTY_TOKEN
 
 
 class TokenDecoder:

@@ -394,7 +394,9 @@ def _display(data: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def explorer_html(data: Mapping[str, Any], *, include_css: bool = True) -> str:
+def explorer_html(
+    data: Mapping[str, Any], *, include_css: bool = True, dashboards: Mapping[str, Any] | None = None
+) -> str:
     """The explorer as one HTML fragment: its frame, its data and display rules as JSON, its script (and style).
 
     The fragment is ``templates/explorer.html.j2``; the script is ``static/explorer.js``.
@@ -402,21 +404,34 @@ def explorer_html(data: Mapping[str, Any], *, include_css: bool = True) -> str:
     the colour of each activation level) sit in ``script`` elements of type ``application/json``
     with ``<``, ``>`` and ``&`` escaped; the script puts every token and label in as text,
     never as HTML. For tests, a URL hash
-    ``#ulx-test?q=...&sort=KEY&dir=asc|desc&open=ROW&scroll=ROW&bench=1`` searches, sorts,
-    opens and scrolls after loading and writes what it saw (rows shown, first units and
-    labels, units drawn, timings in ms) as JSON into ``<pre id="ulx-test-result">``.
+    ``#ulx-test?q=...&sort=KEY&dir=asc|desc&open=ROW&scroll=ROW&bench=1&hover=1&show=1`` searches, sorts,
+    opens, points at the opened unit's first top token and scrolls (``show``: the page to the
+    opened unit) after loading and writes
+    what it saw (rows shown, first units and labels, units drawn, timings in ms, what the
+    pointer showed, the resources the page fetched) as JSON into ``<pre id="ulx-test-result">``.
+
+    With ``dashboards`` (:func:`~unlearn_lens.report.dashboard_view.page_data`, keyed by
+    row index), a row that has one opens the unit's dashboard (``static/dashboard.js``)
+    instead of its card.
 
     Args:
         data: from :func:`explorer_data` (or data of that layout).
-        include_css: start with a ``style`` element (leave out when the page has :func:`explorer_css`).
+        include_css: start with a ``style`` element (leave out when the page has :func:`explorer_css`
+            and the dashboards' style sheet).
+        dashboards: unit dashboards, or None.
 
     Returns:
-        The HTML fragment (one ``div.ulx`` and its script).
+        The HTML fragment (one ``div.ulx`` and its scripts).
     """
+    css = None
+    if include_css:
+        css = explorer_css() if dashboards is None else Markup(explorer_css() + "\n" + static_text("dashboard.css"))
     return render(
         "explorer.html.j2",
-        css=explorer_css() if include_css else None,
+        css=css,
         data=script_json(data),
         display=script_json(_display(data)),
         script=static_text("explorer.js"),
+        dashboards=None if dashboards is None else script_json(dashboards),
+        dashboard_script=None if dashboards is None else static_text("dashboard.js"),
     )

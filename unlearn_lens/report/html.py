@@ -11,8 +11,9 @@ embedded once, in the head), rendered from the autoescaped Jinja2 template
 * the settings and data sources;
 * every figure of :mod:`unlearn_lens.report.viz`, with an explanation, and the step tables;
 * neuron cards (:mod:`unlearn_lens.report.cards`) of the top-scoring MLP neurons and the
-  neuron explorer (:mod:`unlearn_lens.report.explorer`) of every unit, or notes saying why
-  they are missing.
+  neuron explorer (:mod:`unlearn_lens.report.explorer`) of every unit, whose pruned and
+  top-scoring units open a dashboard (:mod:`unlearn_lens.report.dashboard_view`), or notes
+  saying why they are missing.
 
 A run directory is read only by ``PruneRun.load``.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from typing import Any
 from markupsafe import Markup
 
 from unlearn_lens._io import check_output_dir, write_text
-from unlearn_lens.errors import UnlearnLensError
+from unlearn_lens.data import TokenSet
+from unlearn_lens.errors import SourceCheckError, UnlearnLensError
 from unlearn_lens.report.bands import group_label, run_groups
 from unlearn_lens.report.tables import Cell, pct, settings, steps_table, summary_table_html
 from unlearn_lens.report.templating import fragment, render, static_text
@@ -212,14 +214,19 @@ def _card_inputs(
     load_model_from_results: bool,
     device: str | None,
     card_tokens: int,
+    trust_sources: bool = False,
 ) -> _Inputs:
     """The model and texts for the neuron cards, or a note saying why there are none.
 
     Texts named in the run's data sources are read again lazily, only as far as
-    ``card_tokens`` needs (in the run's order, shuffled alike if it was).
+    ``card_tokens`` needs (in the run's order, shuffled alike if it was), and only after
+    their tokens are found to be the run's own (see :func:`~unlearn_lens.pipeline.run_tokens`).
+
+    Raises:
+        SourceCheckError: the sources no longer give the run's tokens (or cannot be checked).
+        UnlearnLensError: a model the run was not made with.
     """
     from unlearn_lens.models import load_model
-    from unlearn_lens.pipeline import run_tokens
 
     info = run.info
     if model is None and not load_model_from_results:
@@ -232,12 +239,15 @@ def _card_inputs(
             model = load_model(name, device=device)
         except UnlearnLensError as exc:
             return _Inputs(note=f"The model {name} is unavailable, so there are no neuron cards: {exc}")
+    run.check_model(model)
     texts: dict[str, Any] = {"forget": forget_texts, "retain": retain_texts}
     problem = " (none given, none named in the run's data sources)"
     for key in ("forget", "retain"):
         if texts[key] is None and info.get(key):
             try:
-                texts[key] = run_tokens(run, model, key, [card_tokens])
+                texts[key] = _source_tokens(run, model, key, card_tokens, trust_sources)
+            except SourceCheckError:
+                raise
             except UnlearnLensError as exc:
                 logger.warning("report: cannot load the %s texts %r: %s", key, info[key], exc)
                 if key == "forget":
@@ -245,6 +255,15 @@ def _card_inputs(
     if texts["forget"] is None:
         return _Inputs(note=f"The forget texts are unavailable, so there are no neuron cards{problem}.")
     return _Inputs(model, texts["forget"], texts["retain"])
+
+
+def _source_tokens(run: PruneRun, model: Any, key: str, n_tokens: int, trust_sources: bool) -> TokenSet:
+    """The first ``n_tokens`` tokens of a run's dataset, read again from its sources and checked."""
+    from unlearn_lens.pipeline import run_tokens
+
+    rest = n_tokens - run.config.collect_tokens - run.config.eval_tokens
+    parts = run_tokens(run, model, key, [rest] if rest > 0 else [], trust_sources=trust_sources)
+    return TokenSet.concat(parts).split(n_tokens)[0]
 
 
 def _top_cards(run: PruneRun, inputs: _Inputs, scores: Scores, n_cards: int, tokens: int, n_contexts: int) -> list[str]:
@@ -315,8 +334,45 @@ def _cards_section(
     return section
 
 
-def _explorer_section(run: PruneRun, inputs: _Inputs | None, tokens: int) -> _Section:
-    """The neuron explorer of every unit (:mod:`unlearn_lens.report.explorer`), or a note saying why it is missing."""
+def _dashboards(
+    run: PruneRun, inputs: _Inputs, tokens: int, request: tuple[int, tuple[str, ...]] | None, section: _Section
+) -> dict[str, Any] | None:
+    """The unit dashboards the explorer opens (:mod:`unlearn_lens.report.dashboard_view`), or None with a note."""
+    from unlearn_lens.report.dashboard_view import explorer_dashboards
+
+    if request is None:
+        section.notes.append("Unit dashboards were switched off (dashboards=False): rows open the unit's card.")
+        return None
+    top, named = request
+    try:
+        t0 = time.time()
+        found = explorer_dashboards(
+            run, inputs.model, inputs.forget, inputs.retain, top=top, named=named, max_tokens=tokens
+        )
+    except UnlearnLensError as exc:
+        section.notes.append(f"The unit dashboards could not be made: {exc}")
+        return None
+    logger.info("unit dashboards: %d units in %.1f s", len(found["units"]), time.time() - t0)
+    section.explain.append(
+        f"{len(found['units']):,} units have a dashboard: every pruned unit, the {top:,} highest scores"
+        + (f", and {', '.join(named)}" if named else "")
+        + ". A dashboard shows the unit's activations on forget and on retain as two histograms on the same bins "
+        "(counts or density, log scale available) with the share of tokens where it fires (x > 0) and where it is "
+        "exactly 0; its top, bottom and quantile-band contexts (hover a token for its activation, and on a top "
+        "context for the change of log p(next token) when the unit alone is ablated with the run's ablation); its "
+        "direct logit effect (the output row through the final norm's weight and the unembedding, the per-token "
+        "scale of the norm left out); and its layer's scores with the unit marked. Other rows open the unit's card."
+    )
+    return found
+
+
+def _explorer_section(
+    run: PruneRun, inputs: _Inputs | None, tokens: int, dashboards: tuple[int, tuple[str, ...]] | None = None
+) -> _Section:
+    """The neuron explorer of every unit (:mod:`unlearn_lens.report.explorer`), or a note saying why it is missing.
+
+    ``dashboards``: ``(top, named units)`` of the unit dashboards the explorer opens, or None for none.
+    """
     from unlearn_lens.report.explorer import explorer_data, explorer_html
 
     section = _Section("explorer", "Neuron explorer")
@@ -332,16 +388,18 @@ def _explorer_section(run: PruneRun, inputs: _Inputs | None, tokens: int) -> _Se
     except UnlearnLensError as exc:
         section.notes.append(f"The neuron explorer could not be made: {exc}")
         return section
-    section.explorer = Markup(explorer_html(data, include_css=False))
     logger.info("neuron explorer: %d units in %.1f s", len(data["step"]), time.time() - t0)
+    found = _dashboards(run, inputs, tokens, dashboards, section)
+    section.explorer = Markup(explorer_html(data, include_css=False, dashboards=found))
     d = run.dims
-    section.explain.append(
+    section.explain.insert(
+        0,
         f"Every unit of the model: {d.n_mlp:,} MLP neurons and {d.n_attn:,} attention neurons. The score is the "
         f"run's, from {data['score_from'] or 'nowhere (no scores saved)'}; the statistics are over up to {tokens:,} "
         "tokens of each dataset on the unpruned model (BOS excluded), and the ratio divides forget mean |x| by "
         "retain mean |x|; “pruned” is the step that pruned the unit. Click a column to sort; search by words such "
         "as L2 mlp 17, L1.H3.D5, attn H3, pruned, kept, step2, score>5 or ratio<0.5 (all must match); click a row "
-        "(or press Enter on it) for the unit's top-activating contexts on each dataset, coloured as in the cards."
+        "(or press Enter on it) for the unit's top-activating contexts on each dataset, coloured as in the cards.",
     )
     if not data["step_known"]:
         section.notes.append(
@@ -371,6 +429,7 @@ def _render(**context: Any) -> str:
     from plotly.offline import get_plotlyjs
 
     from unlearn_lens.report.cards import card_css
+    from unlearn_lens.report.dashboard_view import dashboard_css
     from unlearn_lens.report.explorer import explorer_css
 
     return render(
@@ -379,6 +438,7 @@ def _render(**context: Any) -> str:
         report_css=static_text("report.css"),
         card_css=card_css(),
         explorer_css=explorer_css(),
+        dashboard_css=dashboard_css(),
         **context,
     )
 
@@ -399,6 +459,10 @@ def write_report(
     explorer: bool = True,
     explorer_tokens: int = 20_000,
     checks: Any = None,
+    trust_sources: bool = False,
+    dashboards: bool = True,
+    dashboard_top: int = 200,
+    dashboard_units: Sequence[str] = (),
 ) -> Path:
     """Write ``report.html``, one offline file: summary, settings, every figure, neuron cards and the neuron explorer.
 
@@ -421,9 +485,17 @@ def write_report(
         n_contexts: contexts per dataset in each card.
         explorer: add the neuron explorer: every unit in a searchable, sortable table with its
             top contexts (one more forward pass per dataset; it needs the model and texts as the cards do).
-        explorer_tokens: tokens scanned per dataset for the explorer.
-        checks: relearning and membership checks (:class:`~unlearn_lens.checks.RunChecks`);
+        explorer_tokens: tokens scanned per dataset for the explorer (and its dashboards).
+        checks: relearning and membership checks (:class:`~unlearn_lens.checks.suite.RunChecks`);
             default for a run directory: its ``checks.json``, if any.
+        trust_sources: read again, unchecked, the sources of a run that recorded no checksum
+            of its tokens (run directories of unlearn_lens 0.2); see
+            :func:`~unlearn_lens.pipeline.run_tokens`.
+        dashboards: give the explorer's units of interest a dashboard
+            (:mod:`unlearn_lens.report.dashboard_view`), opened from their row: one more
+            streamed pass per dataset, and two forward passes per top context.
+        dashboard_top: the units with the highest scores that get one (besides every pruned unit).
+        dashboard_units: further units that get one (``"L2.mlp.17"``, ``"L1.attn.H3.D5"``).
 
     Returns:
         The path of the report.
@@ -458,7 +530,9 @@ def write_report(
     sections = _figure_sections(runs, run) + [_checks_section(checks)]
 
     def resolve(tokens: int) -> _Inputs:
-        return _card_inputs(run, model, forget_texts, retain_texts, load_model_from_results, device, tokens)
+        return _card_inputs(
+            run, model, forget_texts, retain_texts, load_model_from_results, device, tokens, trust_sources
+        )
 
     # With the explorer, the model and texts are resolved once, for the cards and the explorer.
     inputs = resolve(max(card_tokens, explorer_tokens)) if explorer else None
@@ -471,7 +545,8 @@ def write_report(
             n_contexts=n_contexts,
         )
     )
-    sections.append(_explorer_section(run, inputs, explorer_tokens))
+    request = (dashboard_top, tuple(dashboard_units)) if dashboards else None
+    sections.append(_explorer_section(run, inputs, explorer_tokens, request))
     page = _render(
         title=title or f"Selective pruning report: {model_label}",
         meta=meta,

@@ -215,6 +215,8 @@ def settings(run: PruneRun, groups: dict[str, list[PruneRun]]) -> dict[str, dict
     for key, texts in (info.get("texts") or {}).items():
         facts[f"{key} texts"] = _texts_used(texts)
     facts["units"] = f"{d.n_layers} layers × {d.d_mlp} MLP neurons; {d.n_heads} heads × {d.d_head} attention neurons"
+    if run.config.compat != "none":
+        facts["rules"] = f"the reference implementation's (compat {run.config.compat!r}), not the textbook ones"
     facts["unlearn_lens version"] = run.version
     for name, group in groups.items():
         for r in group:
@@ -280,6 +282,8 @@ def summary_table_text(run: Any, level: float = 0.5) -> str:
         return [rel([value(r) for r in g], ref) for g in groups.values()]
 
     firsts = [g[0] for g in groups.values()]  # the seeds of a group prune the same counts
+    if run.config.compat != "none":  # the reference implementation's rules, not the textbook ones
+        rows.append(["compat (rules)", run.config.compat, *[r.config.compat for r in firsts]])
     rows.append(["steps", "0", *[str(len(r.history) - 1) for r in firsts]])
     rows.append(["MLP neurons pruned", "0%", *[f"{r.final.n_mlp / r.dims.n_mlp:.1%}" for r in firsts]])
     rows.append(["attention neurons pruned", "0%", *[f"{r.final.n_attn / r.dims.n_attn:.1%}" for r in firsts]])

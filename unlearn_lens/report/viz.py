@@ -34,6 +34,7 @@ import einops
 import torch
 from jaxtyping import Float
 
+from unlearn_lens.compat import rules
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import check_kind
@@ -120,7 +121,10 @@ def _short_label(method: str) -> str:
 
 
 def _head_values(scores: Scores, agg: str) -> tuple[Float[torch.Tensor, "layer head"], str, bool]:
-    raw = head_scores(scores.attn.detach().to("cpu", torch.float64), agg)
+    compat = scores.config.get("compat", "none")
+    raw = head_scores(scores.attn.detach().to("cpu", torch.float64), agg, compat, scores.config.get("dtype"))
+    if rules(compat).reference_heads:  # the reference's "mean" is a median and its "median" a mean
+        agg = {"mean": "median", "median": "mean"}[agg]
     method = scores.attn_scoring
     if method in RATIO_METHODS:
         return (

@@ -94,6 +94,9 @@
     const spacer = $(".ulx-spacer");
     const rows = $(".ulx-rows");
     const detail = $(".ulx-detail");
+    const dashBlock = $(".ulx-dash");
+    const dash = dashBlock && window.ulDashboard ? window.ulDashboard.create(JSON.parse(dashBlock.textContent), display)
+      : null;
 
     // Every unit in the order of unit_order: the MLP neurons of each layer, then its attention neurons.
     const dims = data.dims;
@@ -417,7 +420,8 @@
       return table;
     }
 
-    // The card of a unit: its address, score and pruned step, its statistics and its contexts on each dataset.
+    // The card of a unit: its address, score and pruned step, its statistics and its contexts on each dataset;
+    // or its dashboard, where the page has one.
     function open(i) {
       const method = data.score_methods ? data.score_methods[KINDS[kind[i]]] : null;
       let score = "no scores";
@@ -426,6 +430,10 @@
       }
       selected = i;
       render();
+      if (dash && dash.has(i)) {
+        detail.replaceChildren(dash.render(String(i)));
+        return;
+      }
       const card = el("div", "ulx-card");
       card.dataset.unit = i;
       card.appendChild(el("h3", null, unitText(i, "title")));
@@ -459,9 +467,10 @@
     };
   }
 
-  // The test hook: a URL hash #ulx-test?q=...&sort=KEY&dir=asc&open=ROW&scroll=ROW&bench=1 searches, sorts,
-  // opens and scrolls, then writes what it saw (rows shown, the first units and their labels, the rows drawn,
-  // timings in ms) as JSON into pre#ulx-test-result.
+  // The test hook: a URL hash #ulx-test?q=...&sort=KEY&dir=asc&open=ROW&scroll=ROW&bench=1&hover=1&show=1
+  // searches, sorts, opens, points at the opened unit's first top token, scrolls (the table; with show, the page
+  // to the opened unit), then writes what it saw (rows shown, the first units and their labels, the rows drawn,
+  // timings in ms, what the pointer showed, the resources the page fetched) as JSON into pre#ulx-test-result.
   function selfTest(ex) {
     const hash = location.hash;
     if (hash.indexOf("#ulx-test") !== 0) {
@@ -500,8 +509,24 @@
     if (params.get("scroll")) {
       ex.scrollTo(+params.get("scroll"));
     }
+    if (params.get("show")) {
+      document.querySelector(".ulx-detail").scrollIntoView();
+    }
     const drawn = Array.from(ex.rows.children).filter((r) => r.style.display !== "none");
+    const hover = {};
+    if (params.get("hover")) {
+      // a pointer over the outlined token of the first context, as a user's mouse would move it there
+      const token = document.querySelector(".ulx-detail .ulx-ctx .ulx-max");
+      const readout = document.querySelector(".ulx-detail .uld-hover");
+      if (token) {
+        token.dispatchEvent(new MouseEvent("mouseover", {bubbles: true}));
+        hover.title = token.title;
+        hover.readout = readout ? readout.textContent : null;
+      }
+    }
     const result = {
+      hover: hover,
+      resources: performance.getEntriesByType("resource").map((e) => e.name),
       shown: view.length,
       distinct: new Set(view).size,
       first: first,

@@ -1,0 +1,156 @@
+"""The documentation covers what it says it covers, without building it (that is `.ci/run`'s job).
+
+* the command-line reference renders the parser itself, every sub-command and flag of it;
+* the API pages document every name of ``unlearn_lens.__all__``;
+* the version is the same in the package, ``pyproject.toml``, the changelog and the citation files;
+* the README is short, has no placeholder left, names every sub-command, and its links lead
+  to files that exist.
+
+None of these tests needs Sphinx: the reference's model of the parser
+(``docs/_ext/cli_reference.py``) and the docstring clean-up (``docs/_ext/docstrings.py``)
+import only the standard library until Sphinx loads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import unlearn_lens as ul
+from unlearn_lens.cli import _parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+# The short README is drafted in docs/ until it replaces README.md; then README.md is checked.
+README = DOCS / "readme_draft.md" if (DOCS / "readme_draft.md").exists() else ROOT / "README.md"
+README_MAX_LINES = 200
+PLACEHOLDERS = re.compile(r"TEST_NOW|\bTODO\b|\bTBD\b|\bFIXME\b|\bXXX\b|\?\?\?")
+
+
+def _ext(name: str):
+    """A module of docs/_ext, imported without Sphinx."""
+    spec = importlib.util.spec_from_file_location(f"_docs_ext_{name}", DOCS / "_ext" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
+def test_cli_page_renders_the_whole_parser() -> None:
+    page = (DOCS / "cli.md").read_text()
+    assert "```{cli-reference} unlearn_lens.cli:_parser" in page, "docs/cli.md must render the parser itself"
+
+
+def test_cli_reference_covers_every_subcommand_and_flag() -> None:
+    parser = _parser()
+    described = _ext("cli_reference").describe(parser)
+    subs = _subparsers(parser)
+    assert [c.name for c in described.subcommands] == list(subs)
+    for command in described.subcommands:
+        sub = subs[command.name]
+        assert command.summary and command.description, f"`{command.prog}` has no help or description to show"
+        shown = {name for arg in command.arguments for name in arg.names}
+        wanted = {
+            name
+            for action in sub._actions
+            if not isinstance(action, argparse._HelpAction)
+            for name in (action.option_strings or [action.metavar or action.dest])
+        }
+        assert wanted <= shown, f"`{command.prog}`: {sorted(wanted - shown)} missing from the reference"
+        assert all(arg.help for arg in command.arguments), f"`{command.prog}` has a flag without help"
+        assert command.usage.startswith(f"usage: {command.prog}")
+
+
+def test_api_pages_document_every_public_name() -> None:
+    text = "\n".join(p.read_text() for p in sorted((DOCS / "api").glob("*.md")))
+    documented = set(re.findall(r"\.\. auto(?:function|class|data|exception|module):: ([\w.]+)", text))
+    missing = []
+    for name in ul.__all__:
+        if name == "__version__":
+            continue
+        obj = getattr(ul, name)
+        targets = {f"unlearn_lens.{name}"} | ({obj.__name__} if isinstance(obj, type(ul)) else set())
+        if not targets & documented:
+            missing.append(name)
+    assert not missing, f"public names with no entry in docs/api/*.md: {missing}"
+
+
+def _version_in(path: Path, pattern: str) -> str:
+    found = re.search(pattern, path.read_text(), re.MULTILINE)
+    assert found, f"no version in {path.relative_to(ROOT)}"
+    return found.group(1)
+
+
+def test_version_is_the_same_everywhere() -> None:
+    versions = {
+        "pyproject.toml": _version_in(ROOT / "pyproject.toml", r'^version = "([^"]+)"'),
+        "CITATION.cff": _version_in(ROOT / "CITATION.cff", r"^version: ([\w.]+)"),
+        "CHANGELOG.md (latest entry)": _version_in(ROOT / "CHANGELOG.md", r"^## (\d[\w.]*)"),
+        "docs/citing.md": _version_in(DOCS / "citing.md", r"version = \{([^}]+)\}"),
+    }
+    assert all(v == ul.__version__ for v in versions.values()), (ul.__version__, versions)
+    date = _version_in(ROOT / "CHANGELOG.md", rf"^## {re.escape(ul.__version__)} — (\d{{4}}-\d\d-\d\d)")
+    assert _version_in(ROOT / "CITATION.cff", r'^date-released: "([^"]+)"') == date
+
+
+def test_readme_is_short_and_complete() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES, f"{README.name}: {len(text.splitlines())} lines"
+    assert not PLACEHOLDERS.findall(text), f"{README.name} has placeholders: {PLACEHOLDERS.findall(text)}"
+    for name in _subparsers(_parser()):
+        assert f"unlearn-lens {name}" in text, f"{README.name} does not name `unlearn-lens {name}`"
+    assert "arXiv:2403.01267" in text
+
+
+def test_readme_and_docs_links_lead_to_files() -> None:
+    """Relative links of the README (written from the repository root) and of the pages point at files."""
+    docs = [p for p in DOCS.rglob("*.md") if "_build" not in p.parts and p != README]
+    pages = [(README, ROOT)] + [(p, p.parent) for p in docs]
+    broken = []
+    for page, base in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (base / target.split("#")[0]).resolve()
+            if path.parent == DOCS / "tutorials" and path.suffix == ".ipynb":
+                path = ROOT / "tutorials" / path.name  # the build copies the notebooks there
+            if not path.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("mean |x| on forget", r"mean \|x\| on forget"),
+        ("``sum|x|`` and |x|", r"``sum|x|`` and \|x\|"),
+        (r"already \|x\| escaped", r"already \|x\| escaped"),
+    ],
+)
+def test_docstring_bars_are_escaped_outside_literals(line: str, expected: str) -> None:
+    assert _ext("docstrings").escape_bars(line) == expected
+
+
+def test_docstring_clean_up_keeps_literal_blocks_and_joins_name_lists() -> None:
+    plain_text = _ext("docstrings").plain_text
+    lines = ["Example::", "", "    a = |x|", "", "Args:", "    a, b,", "        c: what they are.", "", "|y|"]
+    assert plain_text(lines) == [
+        "Example::",
+        "",
+        "    a = |x|",
+        "",
+        "Args:",
+        "    a, b, c: what they are.",
+        "",
+        r"\|y\|",
+    ]
