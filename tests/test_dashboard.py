@@ -638,6 +638,10 @@ def test_serve_refuses_what_it_should(server):
     assert status == 400 and "banana" in got["error"]
     assert _get(f"{url}api/predict")[0] == 400
     where = urlparse(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    connection.request("GET", "/api/predict?text=x", headers={"Host": f"rebound.example:{where.port}"})
+    response = connection.getresponse()
+    assert response.status == 403 and b"127.0.0.1" in response.read(), "only requests addressed to this machine"
     for path in ("/../../etc/passwd", "/static/report.css", "/%2e%2e/pyproject.toml", "/report.html"):
         connection = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
         connection.request("GET", path)

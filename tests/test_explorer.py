@@ -140,8 +140,12 @@ def test_pruned_step_round_trips_and_old_run_dirs_still_load(t, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(back.pruned_step, t.run.pruned_step))
     data = explorer_data(back, t.model, t.code, None, max_tokens=200, n_contexts=1)
     assert data["step"] == _steps_from_history(t.run) and data["step_known"] and len(data["sets"]) == 1
-    # A run directory from before the record: it loads, and the explorer says the step is unknown.
+    # A run directory from before the record (results.json lists no such file): it loads, and the explorer
+    # says the step is unknown.
     (out / PRUNED_STEP_FILE).unlink()
+    results = json.loads((out / "results.json").read_text())
+    del results["files"][PRUNED_STEP_FILE]
+    (out / "results.json").write_text(json.dumps(results))
     old = ul.PruneRun.load(out)
     assert old.pruned_step is None and old.masks == t.run.masks
     data = explorer_data(old, t.model, t.code, t.prose, max_tokens=200, n_contexts=1)

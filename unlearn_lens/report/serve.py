@@ -18,8 +18,10 @@ Endpoints (every answer JSON, errors ``{"error": "..."}`` with a 4xx status):
 Nothing a request names reaches the file system: there are these three routes and no file
 handler. A text may hold at most :data:`MAX_CHARS` characters (and the model's context in
 tokens); each client may make :data:`BURST` requests at once and :data:`PER_SECOND` a second
-after that (429 beyond). The server binds to 127.0.0.1 unless told otherwise, and Ctrl-C
-stops it: the listening socket is closed and open connections are dropped.
+after that (429 beyond). The server binds to 127.0.0.1 unless told otherwise, and then
+answers only requests addressed to 127.0.0.1, localhost or ::1 (403 otherwise: a page of
+another site that has made its name point here cannot use it). Ctrl-C stops it: the
+listening socket is closed and open connections are dropped.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +98,7 @@ class _State:
     run: PruneRun
     limiter: _Limiter
     executor: ThreadPoolExecutor
+    hosts: frozenset[str] | None = None  # the host names a request may be addressed to (None: any)
 
 
 class _Base(tornado.web.RequestHandler):
@@ -110,6 +113,11 @@ class _Base(tornado.web.RequestHandler):
         self.set_header("Content-Security-Policy", "default-src 'self' 'unsafe-inline' 'unsafe-eval' data: blob:")
 
     def prepare(self) -> None:
+        hosts = self.state.hosts
+        if hosts is not None and self.request.host_name.strip("[]").lower() not in hosts:
+            # a page elsewhere that renamed itself to this address (DNS rebinding) reaches no endpoint
+            self.fail(403, f"this server answers requests addressed to {', '.join(sorted(hosts))} only")
+            return
         limiter = self.state.limiter
         if not limiter.allow(self.request.remote_ip or "?"):
             self.set_header("Retry-After", "1")
@@ -183,14 +191,29 @@ class _NotFound(_Base):
 
 
 def live_app(
-    page: str, model: Any, run: PruneRun, *, burst: int = BURST, per_second: float = PER_SECOND
+    page: str,
+    model: Any,
+    run: PruneRun,
+    *,
+    burst: int = BURST,
+    per_second: float = PER_SECOND,
+    hosts: Sequence[str] | None = _LOOPBACK,
 ) -> tornado.web.Application:
     """The Tornado application that serves ``page`` and the two endpoints for ``model`` and ``run``.
+
+    Args:
+        page: the HTML of ``/``.
+        model: the unpruned model.
+        run: the run (its masks and ablation give the pruned side).
+        burst: requests a client may make at once.
+        per_second: requests a client may make per second after that.
+        hosts: the host names requests must be addressed to (403 otherwise); None: any.
 
     Its ``settings["executor"]`` is the model's worker thread (shut it down when done).
     """
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearn-lens-model")
-    state = {"state": _State(page, model, run, _Limiter(burst, per_second), executor)}
+    allowed = None if hosts is None else frozenset(h.lower() for h in hosts)
+    state = {"state": _State(page, model, run, _Limiter(burst, per_second), executor, allowed)}
     return tornado.web.Application(
         [(r"/", _Page, state), (r"/api/activations", _Activations, state), (r"/api/predict", _Predict, state)],
         default_handler_class=_NotFound,
@@ -290,7 +313,7 @@ def serve_run(
     if inputs.note is not None:
         raise UnlearnLensError(str(inputs.note).replace("there are no neuron cards", "there is nothing to serve"))
     page, _ = _page(run_path, run, inputs, tokens, trust_sources, report or {})
-    app = live_app(page, inputs.model, run)
+    app = live_app(page, inputs.model, run, hosts=_LOOPBACK if host in _LOOPBACK else None)
     if host not in _LOOPBACK:
         logger.warning("serving on %s: anyone who can reach this address can run the model", host)
 
