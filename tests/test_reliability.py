@@ -11,53 +11,18 @@ import threading
 import tracemalloc
 
 import pytest
+import test_cli
 import torch
 from conftest import CODE, PROSE
 from safetensors.torch import load_file, save_file
+from test_cli import _args
 
 import unlearn_lens as ul
 import unlearn_lens.pipeline as pipeline
 from unlearn_lens.cli import main
 from unlearn_lens.sources import iter_texts
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data")
-    (path / "code.jsonl").write_text("".join(json.dumps({"content": t}) + "\n" for t in CODE))
-    (path / "prose").mkdir()
-    for i, t in enumerate(PROSE):
-        (path / "prose" / f"{i:02d}.txt").write_text(t)
-    return path
-
-
-def _args(gpt2_dir, data_dir, out, *extra):
-    return [
-        "prune",
-        "--model",
-        str(gpt2_dir),
-        "--forget",
-        str(data_dir / "code.jsonl"),
-        "--text-field",
-        "content",
-        "--retain",
-        str(data_dir / "prose"),
-        "--mlp-frac",
-        "0.1",
-        "--n-steps",
-        "2",
-        "--collect-tokens",
-        "300",
-        "--eval-tokens",
-        "300",
-        "--seq-len",
-        "32",
-        "--out",
-        str(out),
-        "--quiet",
-        "--no-report",
-        *extra,
-    ]
+data_dir = test_cli.data_dir  # the command line tests' data files, as a fixture of this module too
 
 
 def _one_line_error(err: str) -> str:
