@@ -142,6 +142,57 @@ def test_logit_effect_refuses_units_out_of_range(gpt2):
         logit_effects(gpt2, "heads", 0, [0])
 
 
+def _legacy_logit_effect(model, kind: str, layer: int, unit: Unit) -> torch.Tensor:
+    """By hand on a legacy HookedTransformer: W_out / W_O row, centred under LayerNorm, times ln_final.w, @ W_U."""
+    block = model.blocks[layer]
+    row = block.mlp.W_out[unit.index] if kind == "mlp" else block.attn.W_O[unit.head, unit.d]
+    weight = getattr(model.ln_final, "w", None)
+    centre = model.cfg.normalization_type in ("LN", "LNPre")
+    return _by_hand(row, weight, model.W_U.T, centre)
+
+
+def test_dashboards_on_every_kind_of_model(any_model):
+    """The whole record on every model kind the package supports (the legacy HookedTransformer included, where
+    TransformerLens still ships it): the logit effect (by hand from W_out, W_O and W_U on a legacy model), the top
+    example re-run, and a unit's ablation effect against a hand-written hook."""
+    config = ul.PruneConfig(mlp_frac=0.05, attn_frac=0.02, n_steps=1, collect_tokens=200, eval_tokens=100)
+    run = ul.selective_prune(any_model, CODE, PROSE, config, progress=False)
+    units = choose_units(run, "L0.mlp.3,L1.attn.H1.D2")
+    records = unit_dashboards(run, any_model, CODE, PROSE, units, CONFIG)
+    assert [r["unit"] for r in records] == ["L0.mlp.3", "L1.attn.H1.D2"]
+    rows = {"forget": _rows(any_model, CODE, run), "retain": _rows(any_model, PROSE, run)}
+    legacy = not hasattr(any_model, "original_model") and hasattr(any_model.blocks[0].mlp, "W_out")
+    for r in records:
+        unit = Unit.parse(r["unit"], run.dims)
+        effect = logit_effects(any_model, r["kind"], r["layer"], [r["index"]])[0]
+        if legacy:
+            torch.testing.assert_close(effect, _legacy_logit_effect(any_model, r["kind"], r["layer"], unit))
+        assert r["logits"]["promoted"][0][1] == pytest.approx(float(effect.max()), rel=1e-5)
+        example = r["top"][0]
+        tokens = rows[example["dataset"]].tokens[example["row"]]
+        acts = _activation(any_model, tokens[: example["pos"] + 1], unit)
+        assert acts[-1].item() == pytest.approx(example["acts"][example["max_pos"]], rel=1e-4, abs=1e-6)
+
+        dims = run.dims
+        mlp, attn = torch.zeros(1, *dims.mlp_shape), torch.zeros(1, *dims.attn_shape)
+        (mlp if unit.kind == "mlp" else attn).fill_(0.5)
+        ablation = ul.Ablation("resample", "resample", sample=ActivationSample(mlp, attn))
+        (delta,) = ablation_effects(any_model, ablation, {"r": tokens}, [(unit, "r", 16)])
+
+        def fixed(x, hook, unit=unit):
+            x = x.clone()
+            if unit.kind == "mlp":
+                x[..., unit.index] = 0.5
+            else:
+                x[..., unit.head, unit.d] = 0.5
+            return x
+
+        base = _logprobs(any_model, tokens[:16])
+        with attached(any_model, [(unit.hook, fixed)]):
+            want = _logprobs(any_model, tokens[:16]) - base
+        torch.testing.assert_close(delta.double(), want, rtol=1e-4, atol=1e-5)
+
+
 # --- the streamed scan ----------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from conftest import CODE, LEGACY_FIXTURES, PROSE, our_hooks
 import unlearn_lens as ul
 from unlearn_lens import models
 from unlearn_lens.models import attached, attn_hook_name, mlp_hook_name
-from unlearn_lens.pruning import _projections
+from unlearn_lens.pruning import output_projections
 
 
 def _masks(model, seed=0, mlp_frac=0.2, attn_frac=0.2):
@@ -297,7 +297,7 @@ def test_mean_ablation_adds_biases_where_the_config_has_a_switch(llama, means_fo
 def test_mean_ablation_without_bias_switch_is_refused(native_gated, means_for):
     """A model with no output bias and no config switch for one keeps the clear error."""
     masks = _masks(native_gated, seed=1)
-    projections = [p for layer in range(2) for p in _projections(native_gated, layer).values()]
+    projections = [p for layer in range(2) for p in output_projections(native_gated, layer).values()]
     if all(bias is not None for _, bias in projections):
         pytest.skip("this TransformerLens builds native models with output biases")
     edited = copy.deepcopy(native_gated)

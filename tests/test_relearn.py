@@ -19,7 +19,7 @@ from unlearn_lens.checks.relearn import (
     relearn_figure,
 )
 from unlearn_lens.models import attached, hook_name
-from unlearn_lens.pruning import _projections
+from unlearn_lens.pruning import output_projections
 
 SEQ = 32
 # Held-out code: none of these texts is in CODE, so no evaluation row is a training row.
@@ -84,7 +84,7 @@ def test_pruned_units_stay_ablated_while_training(gpt2, means):
             (
                 b.mlp.get_submodule("in").original_component.weight.detach().clone(),  # [d_model d_mlp]
                 b.attn.v.original_component.weight.detach().clone(),  # [head*d_head d_model]
-                _projections(model, layer)["attn"][0].detach().clone(),
+                output_projections(model, layer)["attn"][0].detach().clone(),
             )  # [head*d_head d_model]
             for layer, b in enumerate(blocks)
         ]

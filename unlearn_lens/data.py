@@ -253,7 +253,8 @@ def mix_token_sets(
     return TokenSet.concat([p for budget in pieces for p in budget if p.n_tokens])
 
 
-def _special_ids(tokenizer: Any) -> tuple[int, int, int]:
+def special_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """The ``(bos, eos, pad)`` ids that mark text boundaries: BOS falls back on EOS and back, pad on EOS."""
     bos = tokenizer.bos_token_id
     eos = tokenizer.eos_token_id
     if bos is None:
@@ -522,7 +523,7 @@ def token_budgets(
         UnlearnLensError: no texts at all, or a bad ``seq_len`` / budget.
     """
     _check_packing(seq_len, budgets)
-    bos, eos, pad = _special_ids(tokenizer)
+    bos, eos, pad = special_ids(tokenizer)
     packer = _Packer(tokenizer, texts)
     if rules(compat).text_per_row:
         affixes = _own_special_tokens(tokenizer)

@@ -35,7 +35,7 @@ from jaxtyping import Float
 
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import check_kind, model_dims, model_name
-from unlearn_lens.pruning import _projections
+from unlearn_lens.pruning import output_projections
 
 __all__ = ["FinalNorm", "final_norm", "logit_effects", "unembedding"]
 
@@ -149,7 +149,7 @@ def logit_effects(
     n = dims.n_units(kind) // dims.n_layers
     if not 0 <= layer < dims.n_layers or (index.numel() and not (0 <= int(index.min()) and int(index.max()) < n)):
         raise UnlearnLensError(f"{kind} units {index.tolist()} of layer {layer} are out of range ({n} per layer)")
-    rows, _ = _projections(model, layer)[kind]
+    rows, _ = output_projections(model, layer)[kind]
     if rows.device.type == "meta":
         raise UnlearnLensError(f"the {kind} output projection of layer {layer} is offloaded; it cannot be read")
     out = rows.detach()[index.to(rows.device)].to("cpu", torch.float64)  # [unit d_model]

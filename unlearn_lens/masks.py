@@ -60,11 +60,11 @@ class Masks:
         return ModelDims(int(n_layers), int(d_mlp), int(n_heads), int(d_head))
 
     def __or__(self, other: Masks) -> Masks:
-        self._check_same(other)
+        self.check_same(other)
         return Masks(self.mlp | other.mlp.to(self.mlp.device), self.attn | other.attn.to(self.attn.device))
 
     def __and__(self, other: Masks) -> Masks:
-        self._check_same(other)
+        self.check_same(other)
         return Masks(self.mlp & other.mlp.to(self.mlp.device), self.attn & other.attn.to(self.attn.device))
 
     def __invert__(self) -> Masks:
@@ -78,7 +78,8 @@ class Masks:
             and bool(torch.equal(self.attn.cpu(), other.attn.cpu()))
         )
 
-    def _check_same(self, other: Masks) -> None:
+    def check_same(self, other: Masks) -> None:
+        """Raise :class:`UnlearnLensError` unless ``other`` masks a model of the same dimensions."""
         if other.dims != self.dims:
             raise UnlearnLensError(f"masks of a {other.dims} model do not fit a {self.dims} model")
 

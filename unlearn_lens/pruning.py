@@ -269,7 +269,7 @@ def _in_rows(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise UnlearnLensError(f"cannot edit the weights of a {type(module).__name__} projection")
 
 
-def _projections(model: Any, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+def output_projections(model: Any, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """Row views ``[units, d_model]`` and biases of the MLP output and attention output projections.
 
     A bridge's own modules come first (``mlp.out`` / ``attn.o`` wrap the Hugging Face
@@ -297,7 +297,7 @@ def output_norms(model: Any) -> dict[str, torch.Tensor]:
     dims = model_dims(model)
     norms: dict[str, list[torch.Tensor]] = {kind: [] for kind in UNIT_KINDS}
     for layer in range(dims.n_layers):
-        for kind, (rows, _) in _projections(model, layer).items():
+        for kind, (rows, _) in output_projections(model, layer).items():
             if rows.device.type == "meta":
                 raise UnlearnLensError(
                     f"the {kind} output projection of layer {layer} is offloaded; its norms cannot be read"
@@ -365,7 +365,7 @@ def _check_editable(model: Any, masks: Masks, ablation: Ablation) -> None:
                 "reproduce: it exists only as hooks (ul.pruned)"
             )
     for layer in range(masks.dims.n_layers):
-        for kind, (rows, _) in _projections(model, layer).items():
+        for kind, (rows, _) in output_projections(model, layer).items():
             if rows.device.type == "meta":
                 raise UnlearnLensError(
                     f"the {kind} output projection of layer {layer} is offloaded (a device map with disk or CPU "
@@ -414,10 +414,12 @@ def prune_weights_(
     ablations = ablation.methods
     for kind in UNIT_KINDS:
         needs_bias = ablations[kind] in ("mean", "peak") and bool(getattr(masks, kind).any())
-        if needs_bias and any(_projections(model, layer)[kind][1] is None for layer in range(masks.dims.n_layers)):
+        if needs_bias and any(
+            output_projections(model, layer)[kind][1] is None for layer in range(masks.dims.n_layers)
+        ):
             _add_zero_biases(model, kind)
     for layer in range(masks.dims.n_layers):
-        projections = _projections(model, layer)
+        projections = output_projections(model, layer)
         for kind in UNIT_KINDS:
             mask = getattr(masks, kind)[layer].reshape(-1)
             if not bool(mask.any()):

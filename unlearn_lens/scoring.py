@@ -460,6 +460,6 @@ def random_masks_like(masks: Masks, seed: int = 0, *, exclude: Masks | None = No
         heads: choose whole heads; by default, when ``masks`` prunes whole heads only.
     """
     exclude = exclude if exclude is not None else Masks(torch.zeros_like(masks.mlp), torch.zeros_like(masks.attn))
-    masks._check_same(exclude)
+    masks.check_same(exclude)
     heads = masks.whole_heads if heads is None else heads
     return random_masks(masks.mlp_counts(), masks.attn_counts(), exclude=exclude, seed=seed, heads=heads)

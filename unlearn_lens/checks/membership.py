@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from unlearn_lens._version import __version__
 from unlearn_lens.ablations import Ablation
-from unlearn_lens.data import _special_ids, default_seq_len
+from unlearn_lens.data import default_seq_len, special_ids
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.masks import Masks
 from unlearn_lens.models import exclusive, model_device, model_name
@@ -181,7 +181,7 @@ def text_scores(
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise UnlearnLensError(f"model {model_name(model)!r} has no tokenizer")
-    bos, _, pad = _special_ids(tokenizer)
+    bos, _, pad = special_ids(tokenizer)
     full = tokenizer(texts, add_special_tokens=False)["input_ids"]
     empty = [i for i, ids in enumerate(full) if not ids]
     if empty:

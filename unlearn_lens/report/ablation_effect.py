@@ -72,7 +72,7 @@ def _row_hooks(units: Sequence[Unit], values: torch.Tensor) -> list[tuple[str, A
         columns = torch.tensor([units[b].index for b in rows])
 
         def fn(activation: torch.Tensor, hook: Any, r: torch.Tensor = batch_rows, c: torch.Tensor = columns) -> Any:
-            out = activation.clone()
+            out = activation.clone(memory_format=torch.contiguous_format)  # hook_z may come strided
             flat = out.view(*out.shape[:2], -1)  # [batch pos units]
             pos = torch.arange(flat.shape[1], device=flat.device)
             new = values[r][:, : flat.shape[1]].to(device=flat.device, dtype=flat.dtype)

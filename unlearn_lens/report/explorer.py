@@ -71,7 +71,7 @@ class TopActivations:
     context: tuple[int, int]
 
 
-class _RunningTopK:
+class RunningTopK:
     """The running top-k counted tokens of the units of one hook, with their activation windows."""
 
     def __init__(self, n_units: int, k: int, width: int, device: torch.device):
@@ -105,7 +105,7 @@ class _RunningTopK:
         self.offset += n
 
 
-def _window_index(tokens: TokenSet, before: int, after: int) -> Int[torch.Tensor, "counted window"]:
+def window_index(tokens: TokenSet, before: int, after: int) -> Int[torch.Tensor, "counted window"]:
     """For each counted token, the counted indices of ``pos - before .. pos + after`` in its row (-1: none)."""
     n_rows, width = tokens.valid.shape
     flat = tokens.valid.reshape(-1).nonzero().squeeze(1)
@@ -149,14 +149,14 @@ def top_activations(
         raise UnlearnLensError(f"k must be positive and context non-negative, got k={k}, context={context}")
     dims, device, (before, after) = model_dims(model), model_device(model), context
     tokens = as_token_set(model, texts, seq_len=seq_len, max_tokens=max_tokens)
-    window_of = _window_index(tokens, before, after).to(device)
+    window_of = window_index(tokens, before, after).to(device)
     stats, top = ActivationStats.empty(dims, device), {}
 
     def update(kind: str, layer: int, rows: torch.Tensor, workspace: Any) -> None:
         (stats.mlp if kind == "mlp" else stats.attn).update(rows, layer, workspace)
         x = rows.reshape(rows.shape[0], -1).float()
         if (kind, layer) not in top:
-            top[kind, layer] = _RunningTopK(x.shape[1], k, before + after + 1, x.device)
+            top[kind, layer] = RunningTopK(x.shape[1], k, before + after + 1, x.device)
         top[kind, layer].update(x, window_of)
 
     seen = stream_units(
@@ -165,12 +165,12 @@ def top_activations(
     if seen != tokens.n_tokens:
         raise UnlearnLensError("top_activations runs in one process: call it outside a torch.distributed group")
     flat = tokens.valid.reshape(-1).nonzero().squeeze(1).to(device)
-    parts: list[_RunningTopK] = []
+    parts: list[RunningTopK] = []
     for kind in UNIT_KINDS:
         for layer in range(dims.n_layers):
             if (kind, layer) not in top:  # no counted tokens at all
                 n_units = dims.d_mlp if kind == "mlp" else dims.n_heads * dims.d_head
-                top[kind, layer] = _RunningTopK(n_units, k, before + after + 1, device)
+                top[kind, layer] = RunningTopK(n_units, k, before + after + 1, device)
             parts.append(top[kind, layer])
     positions = [torch.where(t.index >= 0, flat[t.index.clamp(min=0)] if flat.numel() else -1, -1).T for t in parts]
     stats.meta = {"n_tokens": stats.n_tokens}

@@ -20,7 +20,7 @@ from unlearn_lens._io import write_text
 from unlearn_lens.data import default_seq_len
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.report.dashboards import DashboardConfig, choose_units, unit_dashboards
-from unlearn_lens.report.html import _card_inputs
+from unlearn_lens.report.html import card_inputs
 from unlearn_lens.report.neuronpedia import neuronpedia_batches
 from unlearn_lens.results import PruneRun
 
@@ -65,7 +65,7 @@ def export_dashboards(
     config = config or DashboardConfig()
     run = PruneRun.load(run_dir)
     chosen = choose_units(run, units)  # a bad spec fails before the model is loaded
-    inputs = _card_inputs(run, model, None, None, True, device, config.max_tokens or 20_000, trust_sources)
+    inputs = card_inputs(run, model, None, None, True, device, config.max_tokens or 20_000, trust_sources)
     if inputs.note is not None:
         raise UnlearnLensError(str(inputs.note).replace("there are no neuron cards", "no dashboards can be made"))
     records = unit_dashboards(run, inputs.model, inputs.forget, inputs.retain, chosen, config)

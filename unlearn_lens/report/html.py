@@ -206,7 +206,7 @@ class _Inputs:
     note: str | None = None
 
 
-def _card_inputs(
+def card_inputs(
     run: PruneRun,
     model: Any,
     forget_texts: Any,
@@ -530,7 +530,7 @@ def write_report(
     sections = _figure_sections(runs, run) + [_checks_section(checks)]
 
     def resolve(tokens: int) -> _Inputs:
-        return _card_inputs(
+        return card_inputs(
             run, model, forget_texts, retain_texts, load_model_from_results, device, tokens, trust_sources
         )
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from jaxtyping import Int
 
-from unlearn_lens.data import _special_ids
+from unlearn_lens.data import special_ids
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import attached, model_device, model_name
 from unlearn_lens.pruning import pruned
@@ -36,7 +36,7 @@ def text_tokens(model: Any, text: str) -> Int[torch.Tensor, " pos"]:
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise UnlearnLensError(f"model {model_name(model)!r} has no tokenizer")
-    bos = _special_ids(tokenizer)[0]
+    bos = special_ids(tokenizer)[0]
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     if not ids:
         raise UnlearnLensError("the text has no tokens")

@@ -22,7 +22,7 @@ from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.report.dashboard_view import dashboard_css, dashboards_html, page_data
 from unlearn_lens.report.dashboards import DashboardConfig, unit_dashboards
 from unlearn_lens.report.display import Unit, ramp_colour, token_text
-from unlearn_lens.report.html import _card_inputs
+from unlearn_lens.report.html import card_inputs
 from unlearn_lens.report.live import text_activations
 from unlearn_lens.report.templating import render
 from unlearn_lens.results import PruneRun
@@ -127,7 +127,7 @@ def dashboard(
     unit = unit if isinstance(unit, Unit) else Unit.parse(unit, run.dims)
     if forget_texts is None:
         tokens = config.max_tokens or 20_000
-        inputs = _card_inputs(run, model, None, retain_texts, True, None, tokens, trust_sources)
+        inputs = card_inputs(run, model, None, retain_texts, True, None, tokens, trust_sources)
         if inputs.note is not None:
             raise UnlearnLensError(str(inputs.note).replace("there are no neuron cards", "there is no dashboard"))
         forget_texts, retain_texts = inputs.forget, inputs.retain

@@ -44,7 +44,7 @@ import tornado.web
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.report.dashboard_view import display_rules
 from unlearn_lens.report.display import Unit
-from unlearn_lens.report.html import _card_inputs
+from unlearn_lens.report.html import card_inputs
 from unlearn_lens.report.live import next_tokens, text_activations
 from unlearn_lens.report.templating import render, script_json, static_text
 from unlearn_lens.results import PruneRun
@@ -309,7 +309,7 @@ def serve_run(
     """
     run_path = Path(run_dir)
     run = PruneRun.load(run_path)
-    inputs = _card_inputs(run, model, None, None, True, device, tokens, trust_sources)
+    inputs = card_inputs(run, model, None, None, True, device, tokens, trust_sources)
     if inputs.note is not None:
         raise UnlearnLensError(str(inputs.note).replace("there are no neuron cards", "there is nothing to serve"))
     page, _ = _page(run_path, run, inputs, tokens, trust_sources, report or {})

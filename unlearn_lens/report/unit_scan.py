@@ -36,7 +36,7 @@ from unlearn_lens.data import TokenSet, as_token_set
 from unlearn_lens.errors import UnlearnLensError
 from unlearn_lens.models import model_device
 from unlearn_lens.report.display import Unit
-from unlearn_lens.report.explorer import _RunningTopK, _window_index
+from unlearn_lens.report.explorer import RunningTopK, window_index
 from unlearn_lens.stats import RunningStats, stream_units
 
 __all__ = ["UnitScan", "histogram_edges", "scan_units"]
@@ -187,8 +187,8 @@ class _Group:
         self.columns = torch.tensor(columns, dtype=torch.long, device=device)
         self.stats = RunningStats((n,), device=device)
         self.zeros = torch.zeros(n, dtype=torch.float64, device=device)
-        self.top = _RunningTopK(n, k, width, device)
-        self.bottom = _RunningTopK(n, k, width, device)
+        self.top = RunningTopK(n, k, width, device)
+        self.bottom = RunningTopK(n, k, width, device)
         self.sample = sample.to(device)  # increasing counted indices
         self.sample_windows = torch.full((len(sample), n, width), math.nan, device=device)
 
@@ -308,7 +308,7 @@ def _stream(
     batch_size: int,
 ) -> None:
     """One streamed pass over ``tokens``, handing each hook's chosen units to their :class:`_Group`."""
-    window_of = _window_index(tokens, *context).to(model_device(model))
+    window_of = window_index(tokens, *context).to(model_device(model))
 
     def update(kind: str, layer: int, rows: torch.Tensor, workspace: Any) -> None:
         if (kind, layer) in records:
