@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from test_cli import _args
 
 import unlearn_lens as ul
+import unlearn_lens.checkpoint as checkpoint
 import unlearn_lens.pipeline as pipeline
 from unlearn_lens.cli import main
 from unlearn_lens.sources import iter_texts
@@ -84,12 +85,12 @@ def test_resume_refuses_a_checkpoint_with_corrupt_tokens(gpt2, gpt2_dir, data_di
         with pytest.raises(ul.UnlearnLensError, match=name):  # the library refuses it before any work as well
             ul.selective_prune(gpt2, checkpoint=ckpt, progress=False)
         with pytest.raises(ul.UnlearnLensError, match=name):
-            pipeline.checkpoint_tokens(ckpt, model=gpt2)
+            checkpoint.checkpoint_tokens(ckpt, model=gpt2)
     # a checkpoint that another run holds is not resumed a second time
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with pipeline.checkpoint_lock(good):
+        with checkpoint.checkpoint_lock(good):
             held.set()
             release.wait(60)
 
@@ -177,16 +178,16 @@ def test_the_lock_leaves_no_folder_behind_a_refused_run(gpt2_dir, data_dir, tmp_
 
 def test_the_checkpoint_lock_is_reentrant_in_one_thread_only(tmp_path):
     ckpt = tmp_path / "x.partial"
-    with pipeline.checkpoint_lock(ckpt):
+    with checkpoint.checkpoint_lock(ckpt):
         assert (tmp_path / "x.partial.lock").read_text().strip() == str(os.getpid())
-        with pipeline.checkpoint_lock(ckpt):  # the command line holds it around selective_prune
+        with checkpoint.checkpoint_lock(ckpt):  # the command line holds it around selective_prune
             pass
         assert (tmp_path / "x.partial.lock").is_file()
         errors = []
 
         def other():
             try:
-                with pipeline.checkpoint_lock(ckpt):
+                with checkpoint.checkpoint_lock(ckpt):
                     pass
             except ul.UnlearnLensError as exc:
                 errors.append(str(exc))
@@ -196,7 +197,7 @@ def test_the_checkpoint_lock_is_reentrant_in_one_thread_only(tmp_path):
         thread.join()
         assert len(errors) == 1 and f"process {os.getpid()}" in errors[0]
     assert not (tmp_path / "x.partial.lock").exists()
-    with pipeline.checkpoint_lock(ckpt):  # free again
+    with checkpoint.checkpoint_lock(ckpt):  # free again
         pass
 
 

@@ -474,7 +474,7 @@ def _prune_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def _resumed_source(ckpt: Path) -> tuple[str, dict[str, Any]]:
     """The model a checkpoint names, and the settings of the command that it keeps."""
-    from unlearn_lens.pipeline import read_checkpoint_settings
+    from unlearn_lens.checkpoint import read_checkpoint_settings
     from unlearn_lens.results import PruneRun
 
     if not (ckpt / "checkpoint.json").is_file():
@@ -512,7 +512,7 @@ def _baselines(args: argparse.Namespace, model_source: str, kept: dict[str, Any]
 
 
 def _cmd_prune(args: argparse.Namespace, progress_state: _Progress) -> int:
-    from unlearn_lens.pipeline import checkpoint_lock
+    from unlearn_lens.checkpoint import checkpoint_lock
 
     ckpt, out = _prune_paths(args)
     model_source, kept = _resumed_source(ckpt) if args.resume else (args.model, {})
@@ -531,10 +531,11 @@ def _prune(
     model_source: str,
     kept: dict[str, Any],
 ) -> int:
+    from unlearn_lens.checkpoint import checkpoint_tokens
     from unlearn_lens.distributed import is_main, local, world
     from unlearn_lens.evaluate import check_topk
     from unlearn_lens.models import load_model
-    from unlearn_lens.pipeline import checkpoint_tokens, random_baseline, selective_prune
+    from unlearn_lens.pipeline import random_baseline, selective_prune
 
     baseline, n_seeds = _baselines(args, model_source, kept)
     progress = not args.quiet
