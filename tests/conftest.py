@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -233,6 +235,25 @@ MODEL_FIXTURES = ["gpt2", "neox", "llama", "native_gpt2", "native_gated", *LEGAC
 @pytest.fixture(params=MODEL_FIXTURES)
 def any_model(request):
     return request.getfixturevalue(request.param)
+
+
+def chromium() -> str:
+    """The headless Chromium the browser tests drive: ``$CHROMIUM``, or ``chromium`` on the PATH.
+
+    Without one the browser tests fail under CI (``$CI`` set) and are skipped elsewhere, saying why.
+    """
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None and Path("/usr/bin/chromium").exists():
+        path = "/usr/bin/chromium"
+    if path is None:
+        message = (
+            "headless Chromium is needed to check the pages in a browser: install it "
+            "(Debian: apt-get install -y chromium) or point $CHROMIUM at the binary"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
 
 
 def our_hooks(model) -> int:

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from urllib.parse import quote, urlparse
 import _viz_support
 import pytest
 import torch
-from conftest import CODE, PROSE
+from conftest import CODE, PROSE, chromium
 
 import unlearn_lens as ul
 from unlearn_lens.ablations import ActivationSample, HistogramBlock
@@ -546,20 +545,8 @@ def test_notebook_dashboard_refuses_unknown_units(run, gpt2):
 # --- in the report's explorer, in a real browser --------------------------------------------------------------
 
 
-def _chromium() -> str:
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None and Path("/usr/bin/chromium").exists():
-        path = "/usr/bin/chromium"
-    if path is None:
-        message = "headless Chromium is needed (Debian: apt-get install -y chromium, or set $CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def _dump(url: str, profile) -> str:
-    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
     command += ["--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}"]
     command += ["--enable-logging=stderr", "--v=0", "--window-size=1280,1600", "--dump-dom", url]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -705,7 +692,7 @@ def test_serve_live_panel_in_headless_chromium(server, run_dir, tmp_path):
     """Chromium types a text into the live panel: coloured tokens in both columns, five next tokens each."""
     _, url = server
     text = "for i in range(3):\n    print(i)"
-    command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
     command += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}"]
     command += ["--virtual-time-budget=20000", "--dump-dom", f"{url}#uld-live-test?unit=L0.mlp.5&text={quote(text)}"]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
@@ -721,6 +708,49 @@ def test_serve_live_panel_in_headless_chromium(server, run_dir, tmp_path):
         assert any(colour != "rgba(231, 76, 60, 0)" for _, _, colour in column["tokens"]), "coloured by activation"
         assert len(column["next"]) == 5
     assert result["resources"] and all(r.startswith(url + "api/") for r in result["resources"])
+
+
+def test_serve_computes_any_units_dashboard_on_demand(server, run_dir):
+    """A unit the page holds no dashboard of: /api/dashboard computes it from the run's texts, as the report would."""
+    from unlearn_lens.report.dashboard_view import unit_pages
+    from unlearn_lens.report.html import card_inputs
+
+    _, url = server
+    run = ul.PruneRun.load(run_dir)
+    held = {u.name for u in choose_units(run, "pruned,top:4,L1.attn.H2.D3")}
+    unit = next(u for u in choose_units(run, "all") if u.name not in held)
+    status, got = _get(f"{url}api/dashboard?unit={quote(unit.label)}")
+    assert status == 200, got
+    key = str(explorer_row(unit, run.dims))
+    assert list(got["units"]) == [key]
+    inputs = card_inputs(run, None, None, None, True, "cpu", 300, False)
+    want = unit_pages(run, inputs.model, inputs.forget, inputs.retain, [unit], max_tokens=300)
+    assert got == json.loads(json.dumps(want, allow_nan=False)), "the server's dashboard is the one computed here"
+    assert _get(f"{url}api/dashboard?unit={quote(unit.name)}") == (200, got), "asked again: the same answer"
+    status, error = _get(f"{url}api/dashboard?unit=L0.mlp.9999")
+    assert status == 400 and "does not exist" in error["error"]
+
+
+@pytest.mark.browser
+def test_served_explorer_opens_a_dashboard_computed_on_demand(server, run_dir, tmp_path):
+    """In the served page, a unit with no dashboard in it opens its card, then the dashboard the server computed."""
+    _, url = server
+    run = ul.PruneRun.load(run_dir)
+    held = {u.name for u in choose_units(run, "pruned,top:4,L1.attn.H2.D3")}
+    unit = next(u for u in reversed(choose_units(run, "all")) if u.name not in held and u.kind == "mlp")
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
+    command += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}"]
+    command += ["--virtual-time-budget=30000", "--dump-dom", f"{url}#ulx-test?q={unit.label}&open=0&wait=1"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r'<pre id="ulx-test-result">(.*?)</pre>', proc.stdout, re.S)
+    assert found, "the explorer's test hook did not finish"
+    result = json.loads(html.unescape(found.group(1)))
+    assert result["shown"] == 1
+    assert any(r.startswith(url + "api/dashboard?") for r in result["resources"])
+    card = proc.stdout.split('<div class="ulx-detail">', 1)[1]
+    assert f"<h3>MLP neuron {unit.label}</h3>" in card and 'class="uld-panels"' in card, "the dashboard is drawn"
+    assert card.count('class="uld-s0"') > 0 and card.count('class="uld-s1"') > 0, "forget and retain histograms"
 
 
 def test_serve_limits_the_rate_and_stops_on_ctrl_c(server):

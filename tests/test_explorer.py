@@ -7,15 +7,14 @@ import dataclasses
 import html
 import json
 import math
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from _viz_support import tiny
+from conftest import chromium
 
 import unlearn_lens as ul
 from unlearn_lens.models import ModelDims
@@ -229,22 +228,10 @@ def test_embedded_data_cannot_close_the_script(data):
 # --- a real browser -------------------------------------------------------------------------------------------
 
 
-def _chromium() -> str:
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None and Path("/usr/bin/chromium").exists():
-        path = "/usr/bin/chromium"
-    if path is None:
-        message = "headless Chromium is needed (Debian: apt-get install -y chromium, or set $CHROMIUM)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def _browse(page: Path, query: str, profile: Path) -> tuple[dict, str]:
     """Open ``page`` with the explorer's test hash; return its result and the DOM."""
     command = [
-        _chromium(),
+        chromium(),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",

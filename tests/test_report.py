@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from _viz_support import forget_falling, interpolated_retain, tiny
+from conftest import chromium
 
 import unlearn_lens as ul
 from unlearn_lens.cli import main
@@ -403,21 +403,6 @@ def test_cli_prune_writes_the_report(t, text_dirs, tmp_path, capsys):
 # --- a real browser ------------------------------------------------------------------------------------------
 
 
-def _chromium() -> str:
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None and Path("/usr/bin/chromium").exists():
-        path = "/usr/bin/chromium"
-    if path is None:
-        message = (
-            "headless Chromium is needed to check that the report renders: install it "
-            "(Debian: apt-get install -y chromium) or point $CHROMIUM at the binary"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def _rendered_traces(dom: str, div_id: str) -> tuple[bool, int]:
     """(has an SVG plot, number of drawn traces) of the plotly div ``div_id`` in a DOM dump."""
     start = dom.index(f'<div id="{div_id}"')
@@ -432,10 +417,9 @@ def _rendered_traces(dom: str, div_id: str) -> tuple[bool, int]:
 @pytest.mark.slow
 @pytest.mark.browser
 def test_report_renders_in_headless_chromium(memory_report, tmp_path):
-    chromium = _chromium()
     screenshot = tmp_path / "report.png"
     command = [
-        chromium,
+        chromium(),
         "--headless",
         "--no-sandbox",
         "--disable-gpu",

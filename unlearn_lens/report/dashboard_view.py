@@ -36,6 +36,7 @@ __all__ = [
     "explorer_dashboards",
     "explorer_row",
     "page_data",
+    "unit_pages",
 ]
 
 PAGE_FORMAT = 1  # version of the layout of page_data
@@ -229,6 +230,26 @@ def explorer_row(unit: Unit, dims: Any) -> int:
     return dims.n_mlp + unit.layer * dims.n_heads * dims.d_head + unit.index
 
 
+def unit_pages(
+    run: PruneRun,
+    model: Any,
+    forget_texts: Any,
+    retain_texts: Any,
+    units: Sequence[Unit],
+    *,
+    max_tokens: int | None = 20_000,
+    n_contexts: int = 3,
+) -> dict[str, Any]:
+    """The dashboards of ``units`` as the neuron explorer opens them: :func:`page_data`, keyed by explorer row.
+
+    They read the explorer's tokens and show its number of top contexts, chosen by the same
+    rule, so a unit's dashboard opens on the contexts its row had.
+    """
+    config = DashboardConfig(n_top=n_contexts, n_bottom=n_contexts, max_tokens=max_tokens)
+    records = unit_dashboards(run, model, forget_texts, retain_texts, units, config)
+    return page_data(records, run, [str(explorer_row(u, run.dims)) for u in units])
+
+
 def explorer_dashboards(
     run: PruneRun,
     model: Any,
@@ -242,15 +263,10 @@ def explorer_dashboards(
 ) -> dict[str, Any]:
     """The dashboards of the neuron explorer: every pruned unit, the ``top`` highest scores, and the ``named`` units.
 
-    They read the explorer's tokens and show its number of top contexts, chosen by the same
-    rule, so a unit's dashboard opens on the contexts its row had.
-
     Returns:
-        :func:`page_data`, keyed by explorer row.
+        :func:`unit_pages` of those units.
     """
     scored = run.initial_scores is not None or run.scores is not None
     spec = ["pruned", *([f"top:{top}"] if top > 0 and scored else []), *named]
     units = choose_units(run, spec)
-    config = DashboardConfig(n_top=n_contexts, n_bottom=n_contexts, max_tokens=max_tokens)
-    records = unit_dashboards(run, model, forget_texts, retain_texts, units, config)
-    return page_data(records, run, [str(explorer_row(u, run.dims)) for u in units])
+    return unit_pages(run, model, forget_texts, retain_texts, units, max_tokens=max_tokens, n_contexts=n_contexts)

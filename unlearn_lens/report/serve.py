@@ -13,9 +13,15 @@ Endpoints (every answer JSON, errors ``{"error": "..."}`` with a 4xx status):
 * ``GET /api/activations?unit=L2.mlp.17&text=...``: ``{"unit", "tokens", "acts", "acts_pruned"}``
   (:func:`~unlearn_lens.report.live.text_activations`);
 * ``GET /api/predict?text=...``: ``{"tokens", "unpruned": [[token, p], ...], "pruned": [...]}``, the
-  top-5 next tokens (:func:`~unlearn_lens.report.live.next_tokens`).
+  top-5 next tokens (:func:`~unlearn_lens.report.live.next_tokens`);
+* ``GET /api/dashboard?unit=L2.mlp.17``: the full dashboard of any unit, computed on demand from
+  the run's texts, as the page's script draws it (:func:`~unlearn_lens.report.dashboard_view.unit_pages`,
+  keyed by the unit's explorer row). The report holds the dashboards of the pruned and the
+  top-scoring units; the explorer asks here for any other unit it opens, so that a model of
+  any size gets every unit's dashboard without the page growing. The last
+  :data:`KEPT_DASHBOARDS` are kept, so that a unit opened again is drawn at once.
 
-Nothing a request names reaches the file system: there are these three routes and no file
+Nothing a request names reaches the file system: there are these four routes and no file
 handler. A text may hold at most :data:`MAX_CHARS` characters (and the model's context in
 tokens); each client may make :data:`BURST` requests at once and :data:`PER_SECOND` a second
 after that (429 beyond). The server binds to 127.0.0.1 unless told otherwise, and then
@@ -27,6 +33,7 @@ listening socket is closed and open connections are dropped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -35,21 +42,21 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tornado.web
 
 from unlearn_lens.errors import UnlearnLensError
-from unlearn_lens.report.dashboard_view import display_rules
+from unlearn_lens.report.dashboard_view import display_rules, unit_pages
 from unlearn_lens.report.display import Unit
 from unlearn_lens.report.html import card_inputs
 from unlearn_lens.report.live import next_tokens, text_activations
 from unlearn_lens.report.templating import render, script_json, static_text
 from unlearn_lens.results import PruneRun
 
-__all__ = ["BURST", "MAX_CHARS", "PER_SECOND", "live_app", "serve_run"]
+__all__ = ["BURST", "KEPT_DASHBOARDS", "MAX_CHARS", "PER_SECOND", "live_app", "serve_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,8 @@ BURST = 20
 """Requests a client may make at once."""
 PER_SECOND = 5.0
 """Requests a client may make per second, once its burst is spent."""
+KEPT_DASHBOARDS = 64
+"""Dashboards computed on demand that the server keeps, the most recently asked."""
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -99,6 +108,9 @@ class _State:
     limiter: _Limiter
     executor: ThreadPoolExecutor
     hosts: frozenset[str] | None = None  # the host names a request may be addressed to (None: any)
+    texts: tuple[Any, Any] | None = None  # forget and retain texts, for dashboards on demand (None: none)
+    tokens: int = 20_000  # tokens of each dataset a dashboard reads
+    kept: collections.OrderedDict[str, dict[str, Any]] = field(default_factory=collections.OrderedDict)
 
 
 class _Base(tornado.web.RequestHandler):
@@ -185,9 +197,35 @@ class _Predict(_Base):
             await self.compute(next_tokens, self.state.model, self.state.run, text)
 
 
+def _unit_page(state: _State, unit: Unit) -> dict[str, Any]:
+    """The unit's dashboard as the page draws it, computed once and kept among the last :data:`KEPT_DASHBOARDS`."""
+    if unit.name in state.kept:
+        state.kept.move_to_end(unit.name)
+        return state.kept[unit.name]
+    forget, retain = state.texts
+    page = unit_pages(state.run, state.model, forget, retain, [unit], max_tokens=state.tokens)
+    state.kept[unit.name] = page
+    while len(state.kept) > KEPT_DASHBOARDS:
+        state.kept.popitem(last=False)
+    return page
+
+
+class _Dashboard(_Base):
+    async def get(self) -> None:
+        if self.state.texts is None:
+            self.fail(404, "this server has no texts to compute dashboards from")
+            return
+        try:
+            unit = Unit.parse(self.get_query_argument("unit", ""), self.state.run.dims)
+        except UnlearnLensError as exc:
+            self.fail(400, str(exc))
+            return
+        await self.compute(_unit_page, self.state, unit)
+
+
 class _NotFound(_Base):
     def get(self) -> None:
-        self.fail(404, "not found: this server answers /, /api/activations and /api/predict")
+        self.fail(404, "not found: this server answers /, /api/activations, /api/predict and /api/dashboard")
 
 
 def live_app(
@@ -198,8 +236,10 @@ def live_app(
     burst: int = BURST,
     per_second: float = PER_SECOND,
     hosts: Sequence[str] | None = _LOOPBACK,
+    texts: tuple[Any, Any] | None = None,
+    tokens: int = 20_000,
 ) -> tornado.web.Application:
-    """The Tornado application that serves ``page`` and the two endpoints for ``model`` and ``run``.
+    """The Tornado application that serves ``page`` and the endpoints for ``model`` and ``run``.
 
     Args:
         page: the HTML of ``/``.
@@ -208,14 +248,23 @@ def live_app(
         burst: requests a client may make at once.
         per_second: requests a client may make per second after that.
         hosts: the host names requests must be addressed to (403 otherwise); None: any.
+        texts: the forget and retain texts (sources) for dashboards on demand; None: no
+            dashboards (``/api/dashboard`` answers 404).
+        tokens: tokens of each dataset a dashboard on demand reads.
 
     Its ``settings["executor"]`` is the model's worker thread (shut it down when done).
     """
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlearn-lens-model")
     allowed = None if hosts is None else frozenset(h.lower() for h in hosts)
-    state = {"state": _State(page, model, run, _Limiter(burst, per_second), executor, allowed)}
+    state = {"state": _State(page, model, run, _Limiter(burst, per_second), executor, allowed, texts, tokens)}
+    routes = [
+        ("/", _Page),
+        ("/api/activations", _Activations),
+        ("/api/predict", _Predict),
+        ("/api/dashboard", _Dashboard),
+    ]
     return tornado.web.Application(
-        [(r"/", _Page, state), (r"/api/activations", _Activations, state), (r"/api/predict", _Predict, state)],
+        [(path, handler, state) for path, handler in routes],
         default_handler_class=_NotFound,
         default_handler_args=state,
         executor=executor,
@@ -313,7 +362,8 @@ def serve_run(
     if inputs.note is not None:
         raise UnlearnLensError(str(inputs.note).replace("there are no neuron cards", "there is nothing to serve"))
     page, _ = _page(run_path, run, inputs, tokens, trust_sources, report or {})
-    app = live_app(page, inputs.model, run, hosts=_LOOPBACK if host in _LOOPBACK else None)
+    hosts = _LOOPBACK if host in _LOOPBACK else None
+    app = live_app(page, inputs.model, run, hosts=hosts, texts=(inputs.forget, inputs.retain), tokens=tokens)
     if host not in _LOOPBACK:
         logger.warning("serving on %s: anyone who can reach this address can run the model", host)
 

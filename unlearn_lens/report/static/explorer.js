@@ -421,7 +421,8 @@
     }
 
     // The card of a unit: its address, score and pruned step, its statistics and its contexts on each dataset;
-    // or its dashboard, where the page has one.
+    // or its dashboard, where the page has one. Served by `unlearn-lens serve` (window.ulLive), the card of a unit
+    // without one is replaced by its dashboard once the server has computed it; open returns that promise.
     function open(i) {
       const method = data.score_methods ? data.score_methods[KINDS[kind[i]]] : null;
       let score = "no scores";
@@ -445,6 +446,22 @@
         card.appendChild(contexts(s, i, num(data.scale[i])));
       });
       detail.replaceChildren(card);
+      return window.ulLive && window.ulDashboard ? fetchDashboard(i, card) : null;
+    }
+
+    function fetchDashboard(i, card) {
+      const note = el("p", "ulx-sub", "Computing the full dashboard on the server …");
+      card.insertBefore(note, card.children[2]);
+      return window.ulLive.dashboard(unitText(i, "label")).then(
+        (page) => {
+          if (selected === i) {
+            detail.replaceChildren(window.ulDashboard.create(page, display).render(String(i)));
+          }
+        },
+        (error) => {
+          note.textContent = "No dashboard: " + error.message;
+        }
+      );
     }
 
     if (data.score) {
@@ -467,11 +484,11 @@
     };
   }
 
-  // The test hook: a URL hash #ulx-test?q=...&sort=KEY&dir=asc&open=ROW&scroll=ROW&bench=1&hover=1&show=1
-  // searches, sorts, opens, points at the opened unit's first top token, scrolls (the table; with show, the page
-  // to the opened unit), then writes what it saw (rows shown, the first units and their labels, the rows drawn,
+  // The test hook: a URL hash #ulx-test?q=...&sort=KEY&dir=asc&open=ROW&wait=1&scroll=ROW&bench=1&hover=1&show=1
+  // searches, sorts, opens (with wait, until a dashboard asked of the server is drawn), points at the opened unit's
+  // first top token, scrolls (the table; with show, the page to the opened unit), then writes what it saw (rows shown, the first units and their labels, the rows drawn,
   // timings in ms, what the pointer showed, the resources the page fetched) as JSON into pre#ulx-test-result.
-  function selfTest(ex) {
+  async function selfTest(ex) {
     const hash = location.hash;
     if (hash.indexOf("#ulx-test") !== 0) {
       return;
@@ -504,7 +521,10 @@
     const view = ex.view();
     const first = Array.from(view.subarray(0, 20));
     if (params.get("open") !== null && view.length) {
-      ex.open(view[+params.get("open")]);
+      const pending = ex.open(view[+params.get("open")]);
+      if (pending && params.get("wait")) {
+        await pending;
+      }
     }
     if (params.get("scroll")) {
       ex.scrollTo(+params.get("scroll"));

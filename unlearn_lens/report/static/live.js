@@ -2,7 +2,8 @@
 // unit's activation at each token of the text (GET /api/activations) and for the top-5 next tokens (GET
 // /api/predict), both unpruned and pruned, and draws them side by side, each token coloured by the activation with
 // the value on hover. Every token goes into the page as text, never as HTML. Its configuration (the units offered,
-// the longest text, the display rules) is a JSON block made in Python.
+// the longest text, the display rules) is a JSON block made in Python. It also gives the neuron explorer
+// window.ulLive.dashboard(unit), a promise of the full dashboard of any unit (GET /api/dashboard).
 (function () {
   "use strict";
 
@@ -38,6 +39,9 @@
     }
     return body;
   }
+
+  // The neuron explorer asks here for the dashboard of a unit the page does not hold (GET /api/dashboard).
+  window.ulLive = {dashboard: (unit) => get("api/dashboard?" + new URLSearchParams({unit: unit}))};
 
   function Live(root) {
     const config = JSON.parse(root.querySelector(".uld-live-data").textContent);
