@@ -40,7 +40,7 @@ extensions = [
     "tutorials",
 ]
 
-exclude_patterns = ["_build", "readme_draft.md", "**/.ipynb_checkpoints", "_ipython"]
+exclude_patterns = ["_build", "check_site.py", "generated", "**/.ipynb_checkpoints", "_ipython"]
 source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb"}
 root_doc = "index"
 

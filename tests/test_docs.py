@@ -26,8 +26,7 @@ from unlearn_lens.cli import _parser
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-# The short README is drafted in docs/ until it replaces README.md; then README.md is checked.
-README = DOCS / "readme_draft.md" if (DOCS / "readme_draft.md").exists() else ROOT / "README.md"
+README = ROOT / "README.md"
 README_MAX_LINES = 200
 PLACEHOLDERS = re.compile(r"TEST_NOW|\bTODO\b|\bTBD\b|\bFIXME\b|\bXXX\b|\?\?\?")
 
@@ -37,6 +36,14 @@ def _ext(name: str):
     spec = importlib.util.spec_from_file_location(f"_docs_ext_{name}", DOCS / "_ext" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def _check_site():
+    """``docs/check_site.py``, which .ci/run runs on the built site."""
+    spec = importlib.util.spec_from_file_location("_docs_check_site", DOCS / "check_site.py")
+    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
@@ -74,15 +81,8 @@ def test_cli_reference_covers_every_subcommand_and_flag() -> None:
 def test_api_pages_document_every_public_name() -> None:
     text = "\n".join(p.read_text() for p in sorted((DOCS / "api").glob("*.md")))
     documented = set(re.findall(r"\.\. auto(?:function|class|data|exception|module):: ([\w.]+)", text))
-    missing = []
-    for name in ul.__all__:
-        if name == "__version__":
-            continue
-        obj = getattr(ul, name)
-        targets = {f"unlearn_lens.{name}"} | ({obj.__name__} if isinstance(obj, type(ul)) else set())
-        if not targets & documented:
-            missing.append(name)
-    assert not missing, f"public names with no entry in docs/api/*.md: {missing}"
+    missing = _check_site().undocumented(documented)
+    assert not missing, f"docs/api/*.md: {missing}"
 
 
 def _version_in(path: Path, pattern: str) -> str:
@@ -154,3 +154,37 @@ def test_docstring_clean_up_keeps_literal_blocks_and_joins_name_lists() -> None:
         "",
         r"\|y\|",
     ]
+
+
+def test_site_check_finds_broken_links_and_fetched_resources(tmp_path: Path) -> None:
+    """docs/check_site.py, which .ci/run runs on the built site, reports what is wrong, one line each."""
+    (tmp_path / "api").mkdir()
+    (tmp_path / "index.html").write_text(
+        '<html><body id="top"><a href="api/page.html#run">ok</a> <a href="#top">ok</a>'
+        ' <a href="https://example.org/">a reader may click this</a>'
+        ' <a href="missing.html">broken</a> <a href="api/page.html#nowhere">broken</a>'
+        ' <script src="https://cdn.example.org/x.js"></script> <img src="_static/here.png"></body></html>'
+    )
+    (tmp_path / "api" / "page.html").write_text('<p id="run">x</p><link rel="stylesheet" href="../_static/s.css">')
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "here.png").write_bytes(b"")
+    (tmp_path / "_static" / "s.css").write_text("")
+    problems = _check_site().check_links(tmp_path)
+    assert problems == [
+        "index.html: fetches https://cdn.example.org/x.js from another host",
+        "index.html: missing.html leads to no file",
+        "index.html: api/page.html#nowhere names no element of api/page.html",
+    ]
+
+
+def test_site_check_reads_the_inventory_and_names_undocumented_api(tmp_path: Path) -> None:
+    import zlib
+
+    site = _check_site()
+    documented = [f"unlearn_lens.{n}" for n in ul.__all__ if n not in ("__version__", "selective_prune")]
+    documented += [getattr(ul, n).__name__ for n in ul.__all__ if isinstance(getattr(ul, n), type(ul))]
+    body = "".join(f"{name} py:function 1 api.html#$ -\n" for name in documented)
+    header = b"# Sphinx inventory version 2\n# Project: x\n# Version: 0\n# compressed with zlib.\n"
+    (tmp_path / "objects.inv").write_bytes(header + zlib.compress(body.encode()))
+    assert site.inventory(tmp_path) == set(documented)
+    assert site.check_api(tmp_path) == ["unlearn_lens.selective_prune has no entry in the API pages"]

@@ -1,18 +1,17 @@
 """The tutorials in tutorials/ run top to bottom offline, and are committed without outputs.
 
 Each notebook is executed in a fresh ``python3`` kernel (ipykernel, from the same
-environment as the tests) with the working directory set to ``tutorials/``. The kernel
-inherits this process's environment, which is made offline (``HF_HUB_OFFLINE=1`` and
-friends) and single-threaded (``OMP_NUM_THREADS=1``) for the run; two notebooks run at once.
+environment as the tests) with the working directory set to ``tutorials/``, by the
+documentation's own executor (``docs/_ext/tutorials.py``): the kernel inherits this
+process's environment, made offline (``HF_HUB_OFFLINE=1`` and friends) and single-threaded
+(``OMP_NUM_THREADS=1``) for the run; two notebooks run at once. The executed copies are the
+ones the documentation shows.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import re
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ import pytest
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
 MAX_BYTES = 200_000
-CELL_TIMEOUT_S = 600
-
-OFFLINE_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
 
 
 # Spellings of the old API that code cells must not use (the markdown may still mention them).
@@ -107,49 +96,34 @@ def test_notebook_uses_current_api(path: Path) -> None:
     assert not stale, f"{path.name} uses the old API: {stale}"
 
 
-# Executes one notebook in a fresh kernel and writes the executed copy; the test reads that copy.
-_EXECUTE = """
-import sys, time, nbformat
-from nbclient import NotebookClient
-src, dst, cwd, timeout = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-nb = nbformat.read(src, as_version=4)
-start = time.perf_counter()
-NotebookClient(nb, kernel_name="python3", timeout=timeout, startup_timeout=120,
-               resources={"metadata": {"path": cwd}}, allow_errors=False).execute()
-nb.metadata["executed_in_s"] = time.perf_counter() - start
-nbformat.write(nb, dst)
-"""
+def _docs_tutorials():
+    """``docs/_ext/tutorials.py``, which executes the notebooks for the tests and the documentation alike."""
+    path = Path(__file__).resolve().parents[1] / "docs" / "_ext" / "tutorials.py"
+    spec = importlib.util.spec_from_file_location("_docs_ext_tutorials", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
-def executed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+def executed(request: pytest.FixtureRequest) -> dict[str, tuple[float, str, Path]]:
     """Every selected notebook, executed offline on its own single-threaded kernel, two at a time.
 
-    Returns ``{name: (returncode, stderr, executed_path)}``. The kernels run one torch thread
-    each, so two of them use both cores without slowing each other down.
+    Returns ``{name: (seconds, error, executed_path)}``. The executed copies are written to
+    ``docs/tutorials/`` (ignored by git), where the documentation's build finds them, so that
+    it does not execute the notebooks a second time.
     """
-    wanted = {
-        item.callspec.params["path"]
-        for item in request.session.items
-        if item.originalname == "test_notebook_executes" and hasattr(item, "callspec")
+    wanted = sorted(
+        {
+            item.callspec.params["path"]
+            for item in request.session.items
+            if item.originalname == "test_notebook_executes" and hasattr(item, "callspec")
+        }
+    )
+    tutorials = _docs_tutorials()
+    return {
+        src.name: (seconds, error, tutorials.TARGET / src.name) for src, seconds, error in tutorials.execute(wanted)
     }
-    out = tmp_path_factory.mktemp("notebooks")
-    env = {**os.environ, **OFFLINE_ENV, "JUPYTER_RUNTIME_DIR": str(out / "jupyter-runtime")}
-
-    def run(path: Path) -> tuple:
-        dst = out / path.name
-        proc = subprocess.run(
-            [sys.executable, "-c", _EXECUTE, str(path), str(dst), str(TUTORIALS), str(CELL_TIMEOUT_S)],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        return proc.returncode, proc.stderr, dst
-
-    # the longest notebooks (the later ones) first, so the two workers finish close together
-    order = sorted(wanted, reverse=True)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return {path.name: result for path, result in zip(order, pool.map(run, order))}
 
 
 @pytest.mark.slow
@@ -158,8 +132,8 @@ def test_notebook_executes(path: Path, executed: dict[str, tuple]) -> None:
     """Every cell runs in order on a fresh kernel, offline; any exception fails the test."""
     import nbformat
 
-    returncode, stderr, dst = executed[path.name]
-    assert returncode == 0, f"{path.name} failed:\n{stderr[-4000:]}"
+    _, error, dst = executed[path.name]
+    assert not error, f"{path.name} failed:\n{error}"
     nb = nbformat.read(dst, as_version=4)
     print(f"{path.name}: executed in {nb.metadata['executed_in_s']:.1f} s")
     assert all(cell.get("execution_count") for cell in nb.cells if cell.cell_type == "code")

@@ -1,13 +1,14 @@
-"""The tutorials: the notebooks of ``tutorials/``, executed offline when the site is built, with their figures.
+"""The tutorials: the notebooks of ``tutorials/``, executed offline, rendered with their outputs and figures.
 
-Before Sphinx reads any page, every notebook of ``tutorials/`` is executed top to bottom on
-a fresh ``python3`` kernel, as the test suite executes them (``tests/test_tutorials.py``):
-offline, one torch thread per kernel, two kernels at a time, with ``tutorials/`` as the
-working directory. The executed copy is written to ``docs/tutorials/`` (ignored by git),
-where myst-nb renders it with its outputs; it records the SHA-256 of the notebook it was
-made from, and a notebook whose copy is up to date is not executed again. A notebook that
+The test suite executes every notebook (``tests/test_tutorials.py``) with :func:`execute`:
+on a fresh ``python3`` kernel, offline, one torch thread per kernel, two kernels at a time,
+with ``tutorials/`` as the working directory. The executed copy is written to
+``docs/tutorials/`` (ignored by git) and records the SHA-256 of the notebook it was made
+from. The site's build renders those copies with myst-nb as they are: after the test suite
+has run, it executes nothing. A notebook whose copy is missing or out of date (a build
+without the tests before it) is executed by the build in the same way, and a notebook that
 fails stops the build with the error it raised. ``-D tutorials_execute=0`` builds the other
-pages quickly, with the tutorials shown without outputs (and says so in a warning, so that
+pages quickly, with such tutorials shown without outputs (and says so in a warning, so that
 such a build never passes ``-W``).
 
 Plotly figures: the kernels get an IPython start-up file (through ``IPYTHONDIR``) that
@@ -15,6 +16,9 @@ makes Plotly's default renderer write each figure as a ``<div>`` and a script th
 it with ``Plotly.newPlot`` once the page is loaded, with no copy of plotly.js, no MathJax
 and nothing fetched from a CDN. The plotly.js bundle of the installed ``plotly`` package is
 copied into the site's ``_static/`` and loaded by the pages that hold a figure.
+
+This module imports only the standard library until Sphinx loads it, so that the tests
+can use :func:`execute` without Sphinx.
 """
 
 from __future__ import annotations
@@ -129,6 +133,26 @@ def _execute(src: Path, env: dict[str, str]) -> tuple[Path, float, str]:
     return src, seconds, ""
 
 
+def execute(notebooks: list[Path], workers: int = WORKERS) -> list[tuple[Path, float, str]]:
+    """Execute ``notebooks`` into their copies under ``docs/tutorials/``, ``workers`` at a time.
+
+    Returns one ``(notebook, seconds, error)`` per notebook, in the order given; ``error`` is
+    the end of the kernel's stderr for a notebook that failed, and ``""`` otherwise.
+    """
+    TARGET.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="unlearn-lens-docs-") as tmp:
+        startup = Path(tmp) / "ipython" / "profile_default" / "startup"
+        startup.mkdir(parents=True)
+        (startup / "00-plotly-docs.py").write_text(STARTUP)
+        env = {**os.environ, **OFFLINE_ENV, "IPYTHONDIR": str(Path(tmp) / "ipython")}
+        env["JUPYTER_RUNTIME_DIR"] = str(Path(tmp) / "runtime")
+        # the longest notebooks (the later ones) first, so the workers finish close together
+        order = sorted(notebooks, reverse=True)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            done = dict(zip(order, pool.map(lambda nb: _execute(nb, env), order)))
+    return [done[nb] for nb in notebooks]
+
+
 def execute_tutorials(app: Any) -> None:
     """Execute every notebook of tutorials/ whose copy is missing or out of date (see the module docstring)."""
     from sphinx.errors import ExtensionError
@@ -138,23 +162,15 @@ def execute_tutorials(app: Any) -> None:
     TARGET.mkdir(exist_ok=True)
     stale = [nb for nb in sorted(SOURCE.glob("*.ipynb")) if not _up_to_date(nb, TARGET / nb.name)]
     if not stale:
+        log.info("the executed copies of the tutorials are up to date: nothing to execute")
         return
     if not app.config.tutorials_execute:  # a quick build of the other pages: the notebooks without outputs
         for nb in stale:
             shutil.copyfile(nb, TARGET / nb.name)
         log.warning("tutorials_execute is off: the tutorials are shown without their outputs")
         return
-    with tempfile.TemporaryDirectory(prefix="unlearn-lens-docs-") as tmp:
-        startup = Path(tmp) / "ipython" / "profile_default" / "startup"
-        startup.mkdir(parents=True)
-        (startup / "00-plotly-docs.py").write_text(STARTUP)
-        env = {**os.environ, **OFFLINE_ENV, "IPYTHONDIR": str(Path(tmp) / "ipython")}
-        env["JUPYTER_RUNTIME_DIR"] = str(Path(tmp) / "runtime")
-        log.info("executing %d tutorial notebooks, %d at a time ...", len(stale), WORKERS)
-        # the longest notebooks (the later ones) first, so the workers finish close together
-        with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-            results = list(pool.map(lambda nb: _execute(nb, env), reversed(stale)))
-    for src, seconds, error in sorted(results):
+    log.info("executing %d tutorial notebooks, %d at a time ...", len(stale), WORKERS)
+    for src, seconds, error in execute(stale):
         if error:
             raise ExtensionError(f"tutorials/{src.name} failed ({seconds:.0f} s):\n{error}")
         log.info("executed tutorials/%s in %.0f s", src.name, seconds)
