@@ -67,10 +67,10 @@ def test_format2_applies_again_and_saves_as_format3(old_run, tmp_path):
 def test_format2_reports_and_checks(old_run, capsys):
     assert main(["report", str(old_run)]) == 2  # its sources are read again only when trusted
     assert "--trust-sources" in capsys.readouterr().err
-    assert main(["report", str(old_run), "--trust-sources"]) == 0
+    assert main(["report", str(old_run), "--trust-sources", "--no-dashboards"]) == 0
     assert "selective" in (old_run / "report.html").read_text()
     code = main(
-        ["check", str(old_run), "--relearn-steps", "2", "--relearn-batch-size", "2", "--n-texts", "4"]
+        ["check", str(old_run), "--relearn-steps", "2", "--relearn-batch-size", "2", "--n-texts", "4", "--no-report"]
         + ["--trust-sources", "--quiet"]
     )
     assert code == 0
