@@ -15,6 +15,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
@@ -30,7 +31,7 @@ from unlearn_lens.data import as_token_set
 from unlearn_lens.logit_effect import final_norm, logit_effects
 from unlearn_lens.models import attached, model_dims, underlying_model
 from unlearn_lens.report.ablation_effect import ablation_effects
-from unlearn_lens.report.dashboard_view import explorer_row
+from unlearn_lens.report.dashboard_view import explorer_dashboards, explorer_row
 from unlearn_lens.report.dashboards import (
     EXAMPLE_FIELDS,
     FIELDS,
@@ -501,6 +502,11 @@ def test_cli_dashboards(run_dir, tmp_path, capsys):
     assert main([*args, "--units", "L7.mlp.0"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "L7.mlp.0" in err
+    # a negative budget of light dashboards is refused when the command line is read, before any work
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(run_dir), "--dashboard-light-mb", "-1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--dashboard-light-mb" in err and "0 or more" in err
 
 
 # --- in a notebook --------------------------------------------------------------------------------------------
@@ -578,7 +584,8 @@ def test_report_dashboard_in_headless_chromium(report, run, tmp_path):
     page = report.read_text(encoding="utf-8")
     dash = json.loads(re.search(r'class="ulx-dash">(.*?)</script>', page, re.S).group(1))
     wanted = {str(explorer_row(u, run.dims)) for u in choose_units(run, "pruned,top:2,L0.mlp.1")}
-    assert set(dash["units"]) == wanted
+    assert {key for key, u in dash["units"].items() if not u["light"]} == wanted
+    assert len(dash["units"]) == run.dims.n_mlp + run.dims.n_attn, "every other unit has a light dashboard"
     unit = next(u for u in choose_units(run, "pruned") if u.kind == "mlp")
     dom = _dump(report.resolve().as_uri() + f"#ulx-test?q={unit.label}&open=0&hover=1", tmp_path / "profile")
     result = json.loads(html.unescape(re.search(r'<pre id="ulx-test-result">(.*?)</pre>', dom, re.S).group(1)))
@@ -594,12 +601,41 @@ def test_report_dashboard_in_headless_chromium(report, run, tmp_path):
     coloured = re.findall(r'<span[^>]*style="background: rgba\((\d+), (\d+), (\d+), ([\d.]+)\)', card)
     assert len(coloured) > 20 and any(float(a) > 0 for *_, a in coloured)
     assert "Bottom contexts on forget" in card and "band 1:" in card
-    # a unit with no dashboard opens its card, as before
+    # a unit with a light dashboard opens its card (its top contexts) and the panels that need no examples
     kept = next(u for u in choose_units(run, "all") if str(explorer_row(u, run.dims)) not in wanted)
-    assert str(explorer_row(kept, run.dims)) not in wanted
     dom = _dump(report.resolve().as_uri() + f"#ulx-test?q={kept.label}&open=0", tmp_path / "profile")
-    card = dom.split('<div class="ulx-detail">', 1)[1].split("</div></div>", 1)[0]
-    assert "Top contexts on forget" in card and 'class="uld-panels"' not in card
+    card = dom.split('<div class="ulx-detail">', 1)[1]
+    assert "Top contexts on forget" in card and 'class="uld-panels"' in card
+    assert card.count('class="uld-s0"') > 0 and card.count('class="uld-s1"') > 0, "forget and retain histograms"
+    assert len(re.findall(r'<table class="uld-logits">', card)) == 2 and 'class="uld-fig uld-effect"' not in card
+    assert "Bottom contexts on forget" not in card
+
+
+def test_light_dashboards_fill_their_budget_by_score(run, gpt2, records):
+    """Past the full dashboards, the other units get light ones, highest score first, while they fit the budget;
+    each holds the same histograms, statistics and logit effect as the unit's full record, and no examples."""
+    full = {str(explorer_row(u, run.dims)) for u in choose_units(run, "pruned,top:2")}
+    none = explorer_dashboards(run, gpt2, CODE, PROSE, top=2, max_tokens=CONFIG.max_tokens, light_budget=0)
+    assert set(none["units"]) == full
+    budget = 12_000
+    data = explorer_dashboards(run, gpt2, CODE, PROSE, top=2, max_tokens=CONFIG.max_tokens, light_budget=budget)
+    light = [key for key, u in data["units"].items() if u["light"]]
+    assert {key for key, u in data["units"].items() if not u["light"]} == full
+    sizes = [len(json.dumps(data["units"][k], separators=(",", ":"))) + len(k) + 4 for k in light]
+    assert 0 < len(light) < run.dims.n_mlp + run.dims.n_attn - len(full) and sum(sizes) <= budget
+    others = [
+        u
+        for u in choose_units(run, f"top:{run.dims.n_mlp + run.dims.n_attn}")
+        if str(explorer_row(u, run.dims)) not in full
+    ]
+    assert light == [str(explorer_row(u, run.dims)) for u in others[: len(light)]], "highest scores first"
+    unit = others[0]
+    record = unit_dashboards(run, gpt2, CODE, PROSE, [unit], replace(CONFIG, max_tokens=CONFIG.max_tokens))[0]
+    got = data["units"][light[0]]
+    assert got["top"] == got["bottom"] == got["bands"] == [] and got["effect"]["forget"] is None
+    assert got["hist"]["counts"] == [record["histogram"]["forget"], record["histogram"]["retain"]]
+    assert got["stats"]["forget"]["tokens"] == record["stats"]["forget"]["tokens"]
+    assert [v for _, v in got["up"]] == pytest.approx([v for _, v in record["logits"]["promoted"]], rel=1e-3)
 
 
 # --- serve ----------------------------------------------------------------------------------------------------

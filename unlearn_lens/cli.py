@@ -701,6 +701,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _megabytes(text: str) -> float:
+    """A size in megabytes, 0 or more (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of megabytes: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more megabytes, got {text}")
+    return value
+
+
 def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
     """The report's unit dashboards: which units get one (``prune``, ``report``, ``serve``)."""
     p.add_argument(
@@ -717,6 +728,14 @@ def _add_dashboard_flags(p: argparse.ArgumentParser) -> None:
         metavar="UNIT",
         help="further units with a dashboard, such as L2.mlp.17 or L1.attn.H3.D5",
     )
+    p.add_argument(
+        "--dashboard-light-mb",
+        type=_megabytes,
+        default=8.0,
+        metavar="MB",
+        help="megabytes of the report the other units' light dashboards (histograms, logit effect, layer map; "
+        "about 1 KB a unit) may take, highest score first; 0 for none (default 8)",
+    )
     p.add_argument("--no-dashboards", action="store_true", help="no unit dashboards: explorer rows open cards")
 
 
@@ -726,6 +745,7 @@ def _dashboard_settings(args: argparse.Namespace) -> dict[str, Any]:
         "dashboards": not args.no_dashboards,
         "dashboard_top": args.dashboard_top,
         "dashboard_units": args.dashboard_units,
+        "dashboard_light_mb": args.dashboard_light_mb,
     }
 
 

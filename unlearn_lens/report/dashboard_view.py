@@ -14,8 +14,11 @@ object is :mod:`unlearn_lens.report.notebook`'s.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from markupsafe import Markup
@@ -29,6 +32,8 @@ from unlearn_lens.report.templating import render, script_json, static_text
 from unlearn_lens.results import PruneRun
 
 __all__ = [
+    "LIGHT",
+    "LIGHT_BUDGET",
     "PAGE_FORMAT",
     "dashboard_css",
     "dashboards_html",
@@ -40,6 +45,12 @@ __all__ = [
 ]
 
 PAGE_FORMAT = 1  # version of the layout of page_data
+LIGHT_BUDGET = 8_000_000
+"""Bytes of page data the explorer's light dashboards may take in a report (about 1 KB a unit)."""
+LIGHT_MIN_BYTES = 400  # a light dashboard takes at least this many bytes of page data
+LIGHT = DashboardConfig(n_top=0, n_bottom=0, n_bands=0, per_band=0, sample=0)
+"""What a light dashboard reads: the streamed pass's statistics and histograms, no examples."""
+logger = logging.getLogger(__name__)
 SCALE = 1000  # example activations are stored as integers: thousandths of the unit's largest |activation|
 DELTA = 1e-5  # changes of log-probability are stored as integers, in units of DELTA nats
 
@@ -131,6 +142,7 @@ def _compact(record: Mapping[str, Any], vocab: _Vocab, datasets: list[str], maps
         "down": [[vocab.index(t, one_line=True), _sig(v)] for t, v in logits["suppressed"]],
         "logit_hist": _even(logits["histogram"]["edges"]) | {"counts": logits["histogram"]["counts"]},
         "effect": record["ablation_effect"],
+        "light": not record["top"],
         "map": key if at is not None else None,
         "at": at,
     }
@@ -250,6 +262,27 @@ def unit_pages(
     return page_data(records, run, [str(explorer_row(u, run.dims)) for u in units])
 
 
+def _light_units(run: PruneRun, held: Sequence[Unit], budget: int) -> list[Unit]:
+    """The units besides ``held``, highest score first, as many as a budget of ``budget`` bytes could hold."""
+    scored = run.initial_scores is not None or run.scores is not None
+    every = choose_units(run, [f"top:{run.dims.n_mlp + run.dims.n_attn}", "all"] if scored else "all")
+    taken = set(held)
+    return [u for u in every if u not in taken][: budget // LIGHT_MIN_BYTES]
+
+
+def _within(data: dict[str, Any], light: Sequence[str], budget: int) -> list[str]:
+    """Drop the light dashboards of ``data`` from the end (the lowest scores) until they take ``budget`` bytes."""
+    sizes = [len(json.dumps(data["units"][key], separators=(",", ":"))) + len(key) + 4 for key in light]
+    total, kept = 0, 0
+    for size in sizes:
+        if total + size > budget:
+            break
+        total, kept = total + size, kept + 1
+    for key in light[kept:]:
+        del data["units"][key]
+    return list(light[:kept])
+
+
 def explorer_dashboards(
     run: PruneRun,
     model: Any,
@@ -260,13 +293,32 @@ def explorer_dashboards(
     named: Sequence[str] = (),
     max_tokens: int | None = 20_000,
     n_contexts: int = 3,
+    light_budget: int = LIGHT_BUDGET,
 ) -> dict[str, Any]:
-    """The dashboards of the neuron explorer: every pruned unit, the ``top`` highest scores, and the ``named`` units.
+    """The dashboards of the neuron explorer, full and light.
+
+    Full dashboards go to every pruned unit, the ``top`` highest scores, and the ``named``
+    units. Every other unit, highest score first, gets a **light** one while they fit
+    ``light_budget`` bytes of page data: the parts that cost nothing per unit once the
+    streamed pass has run (its statistics, its activation histograms on forget and retain,
+    its direct logit effect and its layer's map), without examples or the ablation effect,
+    which need forward passes per unit. The explorer shows a light unit's card (its top
+    contexts) with those panels; past the budget a unit keeps its card alone, and
+    ``unlearn-lens serve`` computes any unit's full dashboard on demand.
 
     Returns:
-        :func:`unit_pages` of those units.
+        :func:`page_data` of both, keyed by explorer row; the light ones are marked ``"light": true``.
     """
     scored = run.initial_scores is not None or run.scores is not None
     spec = ["pruned", *([f"top:{top}"] if top > 0 and scored else []), *named]
     units = choose_units(run, spec)
-    return unit_pages(run, model, forget_texts, retain_texts, units, max_tokens=max_tokens, n_contexts=n_contexts)
+    config = DashboardConfig(n_top=n_contexts, n_bottom=n_contexts, max_tokens=max_tokens)
+    records = unit_dashboards(run, model, forget_texts, retain_texts, units, config) if units else []
+    light = _light_units(run, units, light_budget) if light_budget > 0 else []
+    if light:
+        records += unit_dashboards(run, model, forget_texts, retain_texts, light, replace(LIGHT, max_tokens=max_tokens))
+    keys = [str(explorer_row(u, run.dims)) for u in units + light]
+    data = page_data(records, run, keys)
+    kept = _within(data, keys[len(units) :], light_budget)
+    logger.info("unit dashboards: %d full, %d light (of %d other units)", len(units), len(kept), len(light))
+    return data

@@ -335,7 +335,7 @@ def _cards_section(
 
 
 def _dashboards(
-    run: PruneRun, inputs: _Inputs, tokens: int, request: tuple[int, tuple[str, ...]] | None, section: _Section
+    run: PruneRun, inputs: _Inputs, tokens: int, request: tuple[int, tuple[str, ...], int] | None, section: _Section
 ) -> dict[str, Any] | None:
     """The unit dashboards the explorer opens (:mod:`unlearn_lens.report.dashboard_view`), or None with a note."""
     from unlearn_lens.report.dashboard_view import explorer_dashboards
@@ -343,35 +343,53 @@ def _dashboards(
     if request is None:
         section.notes.append("Unit dashboards were switched off (dashboards=False): rows open the unit's card.")
         return None
-    top, named = request
+    top, named, light_budget = request
     try:
         t0 = time.time()
         found = explorer_dashboards(
-            run, inputs.model, inputs.forget, inputs.retain, top=top, named=named, max_tokens=tokens
+            run,
+            inputs.model,
+            inputs.forget,
+            inputs.retain,
+            top=top,
+            named=named,
+            max_tokens=tokens,
+            light_budget=light_budget,
         )
     except UnlearnLensError as exc:
         section.notes.append(f"The unit dashboards could not be made: {exc}")
         return None
-    logger.info("unit dashboards: %d units in %.1f s", len(found["units"]), time.time() - t0)
+    n_light = sum(1 for u in found["units"].values() if u["light"])
+    n_full = len(found["units"]) - n_light
+    logger.info("unit dashboards: %d full and %d light in %.1f s", n_full, n_light, time.time() - t0)
     section.explain.append(
-        f"{len(found['units']):,} units have a dashboard: every pruned unit, the {top:,} highest scores"
+        f"{n_full:,} units have a dashboard: every pruned unit, the {top:,} highest scores"
         + (f", and {', '.join(named)}" if named else "")
         + ". A dashboard shows the unit's activations on forget and on retain as two histograms on the same bins "
         "(counts or density, log scale available) with the share of tokens where it fires (x > 0) and where it is "
         "exactly 0; its top, bottom and quantile-band contexts (hover a token for its activation, and on a top "
         "context for the change of log p(next token) when the unit alone is ablated with the run's ablation); its "
         "direct logit effect (the output row through the final norm's weight and the unembedding, the per-token "
-        "scale of the norm left out); and its layer's scores with the unit marked. Other rows open the unit's card."
+        "scale of the norm left out); and its layer's scores with the unit marked. "
+        + (
+            f"The next {n_light:,} units by score open their card with a light dashboard: the histograms, the logit "
+            f"effect and the layer's scores, without further contexts or the ablation effect (up to "
+            f"{light_budget / 1e6:g} MB of the page, dashboard_light_mb). "
+            if n_light
+            else ""
+        )
+        + "Other rows open the unit's card; `unlearn-lens serve` computes any unit's full dashboard on demand."
     )
     return found
 
 
 def _explorer_section(
-    run: PruneRun, inputs: _Inputs | None, tokens: int, dashboards: tuple[int, tuple[str, ...]] | None = None
+    run: PruneRun, inputs: _Inputs | None, tokens: int, dashboards: tuple[int, tuple[str, ...], int] | None = None
 ) -> _Section:
     """The neuron explorer of every unit (:mod:`unlearn_lens.report.explorer`), or a note saying why it is missing.
 
-    ``dashboards``: ``(top, named units)`` of the unit dashboards the explorer opens, or None for none.
+    ``dashboards``: ``(top, named units, light budget in bytes)`` of the unit dashboards the explorer opens, or
+    None for none.
     """
     from unlearn_lens.report.explorer import explorer_data, explorer_html
 
@@ -463,6 +481,7 @@ def write_report(
     dashboards: bool = True,
     dashboard_top: int = 200,
     dashboard_units: Sequence[str] = (),
+    dashboard_light_mb: float = 8.0,
 ) -> Path:
     """Write ``report.html``, one offline file: summary, settings, every figure, neuron cards and the neuron explorer.
 
@@ -496,6 +515,9 @@ def write_report(
             streamed pass per dataset, and two forward passes per top context.
         dashboard_top: the units with the highest scores that get one (besides every pruned unit).
         dashboard_units: further units that get one (``"L2.mlp.17"``, ``"L1.attn.H3.D5"``).
+        dashboard_light_mb: megabytes of the page the other units' light dashboards may take
+            (statistics, histograms, logit effect and layer map, no examples: about 1 KB a unit),
+            highest score first; 0 for none.
 
     Returns:
         The path of the report.
@@ -545,7 +567,9 @@ def write_report(
             n_contexts=n_contexts,
         )
     )
-    request = (dashboard_top, tuple(dashboard_units)) if dashboards else None
+    if not dashboard_light_mb >= 0:
+        raise UnlearnLensError(f"dashboard_light_mb must be 0 or more, got {dashboard_light_mb}")
+    request = (dashboard_top, tuple(dashboard_units), round(dashboard_light_mb * 1e6)) if dashboards else None
     sections.append(_explorer_section(run, inputs, explorer_tokens, request))
     page = _render(
         title=title or f"Selective pruning report: {model_label}",

@@ -320,6 +320,16 @@
       return fig;
     }
 
+    // The panels of units[key]: its histograms, its logit effect, the ablation effect (not in a light dashboard, which
+    // has no examples to ablate on) and its layer's map.
+    function panels(key) {
+      const u = data.units[key];
+      const section = el("section", "uld-panels");
+      const parts = u.light ? [histogram(u), logits(u), layerMap(u)] : [histogram(u), logits(u), effect(u), layerMap(u)];
+      parts.forEach((p) => section.appendChild(p));
+      return section;
+    }
+
     // The dashboard of units[key]: the card of the explorer (title, place in the run, statistics, top contexts),
     // then the histograms, the logit effect, the ablation effect, the layer map, bottom contexts and quantile bands.
     function render(key) {
@@ -342,9 +352,7 @@
         card.appendChild(el("h4", null, "Top contexts on " + name + scanned));
         card.appendChild(examples(u, u.top.filter((ex) => ex[0] === k), "ulx-act"));
       });
-      const panels = el("section", "uld-panels");
-      [histogram(u), logits(u), effect(u), layerMap(u)].forEach((p) => panels.appendChild(p));
-      card.appendChild(panels);
+      card.appendChild(panels(key));
       const rest = el("section", "uld-more");
       names.forEach((name, k) => {
         rest.appendChild(el("h4", null, "Bottom contexts on " + name + " (most negative first)"));
@@ -361,7 +369,7 @@
     }
 
     return {has: (key) => Object.prototype.hasOwnProperty.call(data.units, String(key)), render: render,
-      keys: () => Object.keys(data.units)};
+      panels: panels, isLight: (key) => Boolean(data.units[String(key)].light), keys: () => Object.keys(data.units)};
   }
 
   function init() {

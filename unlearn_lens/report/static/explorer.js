@@ -421,7 +421,7 @@
     }
 
     // The card of a unit: its address, score and pruned step, its statistics and its contexts on each dataset;
-    // or its dashboard, where the page has one. Served by `unlearn-lens serve` (window.ulLive), the card of a unit
+    // or its dashboard, where the page has one; a light dashboard's panels follow the card. Served by `unlearn-lens serve` (window.ulLive), the card of a unit
     // without one is replaced by its dashboard once the server has computed it; open returns that promise.
     function open(i) {
       const method = data.score_methods ? data.score_methods[KINDS[kind[i]]] : null;
@@ -431,9 +431,10 @@
       }
       selected = i;
       render();
-      if (dash && dash.has(i)) {
+      const held = dash && dash.has(i);
+      if (held && !dash.isLight(i)) {
         detail.replaceChildren(dash.render(String(i)));
-        return;
+        return null;
       }
       const card = el("div", "ulx-card");
       card.dataset.unit = i;
@@ -445,6 +446,9 @@
         card.appendChild(el("h4", null, "Top contexts on " + s.name + scanned));
         card.appendChild(contexts(s, i, num(data.scale[i])));
       });
+      if (held) {
+        card.appendChild(dash.panels(String(i))); // a light dashboard: the card's contexts, then its panels
+      }
       detail.replaceChildren(card);
       return window.ulLive && window.ulDashboard ? fetchDashboard(i, card) : null;
     }
