@@ -723,19 +723,24 @@ def test_serve_refuses_what_it_should(server):
         assert response.status == 404 and b"not found" in response.read(), path
 
 
+def _served(url: str, result_id: str, tmp_path: Path) -> tuple[dict, str]:
+    """Open a served page in headless Chromium until its test hook writes pre#result_id: (that JSON, the DOM)."""
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
+    command += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}"]
+    command += ["--virtual-time-budget=30000", "--dump-dom", url]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(rf'<pre id="{result_id}">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"the page's test hook did not finish ({result_id})"
+    return json.loads(html.unescape(found.group(1))), proc.stdout
+
+
 @pytest.mark.browser
 def test_serve_live_panel_in_headless_chromium(server, run_dir, tmp_path):
     """Chromium types a text into the live panel: coloured tokens in both columns, five next tokens each."""
     _, url = server
     text = "for i in range(3):\n    print(i)"
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
-    command += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}"]
-    command += ["--virtual-time-budget=20000", "--dump-dom", f"{url}#uld-live-test?unit=L0.mlp.5&text={quote(text)}"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    found = re.search(r'<pre id="uld-live-result">(.*?)</pre>', proc.stdout, re.S)
-    assert found, "the live panel's test hook did not finish"
-    result = json.loads(html.unescape(found.group(1)))
+    result, _ = _served(f"{url}#uld-live-test?unit=L0.mlp.5&text={quote(text)}", "uld-live-result", tmp_path)
     assert result["status"].startswith("L0.mlp.5:")
     assert [c["title"] for c in result["columns"]] == ["unpruned", "pruned"]
     for column in result["columns"]:
@@ -774,17 +779,10 @@ def test_served_explorer_opens_a_dashboard_computed_on_demand(server, run_dir, t
     run = ul.PruneRun.load(run_dir)
     held = {u.name for u in choose_units(run, "pruned,top:4,L1.attn.H2.D3")}
     unit = next(u for u in reversed(choose_units(run, "all")) if u.name not in held and u.kind == "mlp")
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync"]
-    command += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}"]
-    command += ["--virtual-time-budget=30000", "--dump-dom", f"{url}#ulx-test?q={unit.label}&open=0&wait=1"]
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    found = re.search(r'<pre id="ulx-test-result">(.*?)</pre>', proc.stdout, re.S)
-    assert found, "the explorer's test hook did not finish"
-    result = json.loads(html.unescape(found.group(1)))
+    result, dom = _served(f"{url}#ulx-test?q={unit.label}&open=0&wait=1", "ulx-test-result", tmp_path)
     assert result["shown"] == 1
     assert any(r.startswith(url + "api/dashboard?") for r in result["resources"])
-    card = proc.stdout.split('<div class="ulx-detail">', 1)[1]
+    card = dom.split('<div class="ulx-detail">', 1)[1]
     assert f"<h3>MLP neuron {unit.label}</h3>" in card and 'class="uld-panels"' in card, "the dashboard is drawn"
     assert card.count('class="uld-s0"') > 0 and card.count('class="uld-s1"') > 0, "forget and retain histograms"
 

@@ -157,6 +157,14 @@ class _Base(tornado.web.RequestHandler):
             return None
         return text
 
+    def unit(self) -> Unit | None:
+        """The request's unit (``?unit=L2.mlp.17``), or None once a 400 is sent (no such unit)."""
+        try:
+            return Unit.parse(self.get_query_argument("unit", ""), self.state.run.dims)
+        except UnlearnLensError as exc:
+            self.fail(400, str(exc))
+            return None
+
     async def compute(self, fn: Callable[..., dict[str, Any]], *args: Any) -> None:
         """Run ``fn(*args)`` on the model's thread and answer with it (400 for the user's errors)."""
         try:
@@ -182,12 +190,9 @@ class _Activations(_Base):
         text = self.text()
         if text is None:
             return
-        try:
-            unit = Unit.parse(self.get_query_argument("unit", ""), self.state.run.dims)
-        except UnlearnLensError as exc:
-            self.fail(400, str(exc))
-            return
-        await self.compute(_unit_activations, self.state.model, self.state.run, unit, text)
+        unit = self.unit()
+        if unit is not None:
+            await self.compute(_unit_activations, self.state.model, self.state.run, unit, text)
 
 
 class _Predict(_Base):
@@ -215,12 +220,9 @@ class _Dashboard(_Base):
         if self.state.texts is None:
             self.fail(404, "this server has no texts to compute dashboards from")
             return
-        try:
-            unit = Unit.parse(self.get_query_argument("unit", ""), self.state.run.dims)
-        except UnlearnLensError as exc:
-            self.fail(400, str(exc))
-            return
-        await self.compute(_unit_page, self.state, unit)
+        unit = self.unit()
+        if unit is not None:
+            await self.compute(_unit_page, self.state, unit)
 
 
 class _NotFound(_Base):
