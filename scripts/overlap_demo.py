@@ -1,4 +1,4 @@
-"""Capability overlap on the demo model, with both controls (the README's overlap table).
+"""Capability overlap on the demo model, with both controls (the overlap table of docs/beyond.md).
 
 Selective runs (the demo's default settings) for three forget sets against
 ``demo:prose``: the standard-library code of the test and validation splits and the

@@ -759,7 +759,7 @@ def _add_dashboard_commands(sub: Any) -> None:
         help="write the unit dashboards of a finished run as JSON lines (one object per unit)",
         description="For each chosen unit of a run directory: activation histograms on forget and retain, top, "
         "bottom and quantile-band examples, direct logit effect, the effect of ablating it, and its place in the "
-        "run, one JSON object per line (the layout is in the README). Loads the model and texts the run names.",
+        "run, one JSON object per line (the layout is in docs/dashboards.md). Loads the model and texts the run names.",
     )
     d.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `unlearn-lens prune`")
     d.add_argument("--out", required=True, metavar="FILE.jsonl", help="the file to write")
