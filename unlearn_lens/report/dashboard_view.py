@@ -15,7 +15,6 @@ object is :mod:`unlearn_lens.report.notebook`'s.
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -50,7 +49,6 @@ LIGHT_BUDGET = 8_000_000
 LIGHT_MIN_BYTES = 400  # a light dashboard takes at least this many bytes of page data
 LIGHT = DashboardConfig(n_top=0, n_bottom=0, n_bands=0, per_band=0, sample=0)
 """What a light dashboard reads: the streamed pass's statistics and histograms, no examples."""
-logger = logging.getLogger(__name__)
 SCALE = 1000  # example activations are stored as integers: thousandths of the unit's largest |activation|
 DELTA = 1e-5  # changes of log-probability are stored as integers, in units of DELTA nats
 
@@ -249,28 +247,33 @@ def unit_pages(
     retain_texts: Any,
     units: Sequence[Unit],
     *,
+    light: Sequence[Unit] = (),
     max_tokens: int | None = 20_000,
     n_contexts: int = 3,
 ) -> dict[str, Any]:
-    """The dashboards of ``units`` as the neuron explorer opens them: :func:`page_data`, keyed by explorer row.
+    """The dashboards of ``units`` (and the light ones of ``light``) as the neuron explorer opens them.
 
     They read the explorer's tokens and show its number of top contexts, chosen by the same
     rule, so a unit's dashboard opens on the contexts its row had.
+
+    Returns:
+        :func:`page_data`, keyed by explorer row.
     """
     config = DashboardConfig(n_top=n_contexts, n_bottom=n_contexts, max_tokens=max_tokens)
     records = unit_dashboards(run, model, forget_texts, retain_texts, units, config)
-    return page_data(records, run, [str(explorer_row(u, run.dims)) for u in units])
+    if light:
+        records += unit_dashboards(run, model, forget_texts, retain_texts, light, replace(LIGHT, max_tokens=max_tokens))
+    return page_data(records, run, [str(explorer_row(u, run.dims)) for u in [*units, *light]])
 
 
-def _light_units(run: PruneRun, held: Sequence[Unit], budget: int) -> list[Unit]:
-    """The units besides ``held``, highest score first, as many as a budget of ``budget`` bytes could hold."""
-    scored = run.initial_scores is not None or run.scores is not None
+def _light_units(run: PruneRun, held: Sequence[Unit], budget: int, scored: bool) -> list[Unit]:
+    """The units besides ``held``, highest score first (if ``scored``), as many as ``budget`` bytes could hold."""
     every = choose_units(run, [f"top:{run.dims.n_mlp + run.dims.n_attn}", "all"] if scored else "all")
     taken = set(held)
     return [u for u in every if u not in taken][: budget // LIGHT_MIN_BYTES]
 
 
-def _within(data: dict[str, Any], light: Sequence[str], budget: int) -> list[str]:
+def _within(data: dict[str, Any], light: Sequence[str], budget: int) -> None:
     """Drop the light dashboards of ``data`` from the end (the lowest scores) until they take ``budget`` bytes."""
     sizes = [len(json.dumps(data["units"][key], separators=(",", ":"))) + len(key) + 4 for key in light]
     total, kept = 0, 0
@@ -280,7 +283,6 @@ def _within(data: dict[str, Any], light: Sequence[str], budget: int) -> list[str
         total, kept = total + size, kept + 1
     for key in light[kept:]:
         del data["units"][key]
-    return list(light[:kept])
 
 
 def explorer_dashboards(
@@ -312,13 +314,9 @@ def explorer_dashboards(
     scored = run.initial_scores is not None or run.scores is not None
     spec = ["pruned", *([f"top:{top}"] if top > 0 and scored else []), *named]
     units = choose_units(run, spec)
-    config = DashboardConfig(n_top=n_contexts, n_bottom=n_contexts, max_tokens=max_tokens)
-    records = unit_dashboards(run, model, forget_texts, retain_texts, units, config) if units else []
-    light = _light_units(run, units, light_budget) if light_budget > 0 else []
-    if light:
-        records += unit_dashboards(run, model, forget_texts, retain_texts, light, replace(LIGHT, max_tokens=max_tokens))
-    keys = [str(explorer_row(u, run.dims)) for u in units + light]
-    data = page_data(records, run, keys)
-    kept = _within(data, keys[len(units) :], light_budget)
-    logger.info("unit dashboards: %d full, %d light (of %d other units)", len(units), len(kept), len(light))
+    light = _light_units(run, units, light_budget, scored) if light_budget > 0 else []
+    data = unit_pages(
+        run, model, forget_texts, retain_texts, units, light=light, max_tokens=max_tokens, n_contexts=n_contexts
+    )
+    _within(data, [str(explorer_row(u, run.dims)) for u in light], light_budget)
     return data

@@ -21,6 +21,7 @@ A run directory is read only by ``PruneRun.load``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -567,7 +568,7 @@ def write_report(
             n_contexts=n_contexts,
         )
     )
-    if not dashboard_light_mb >= 0:
+    if not 0 <= dashboard_light_mb < math.inf:
         raise UnlearnLensError(f"dashboard_light_mb must be 0 or more, got {dashboard_light_mb}")
     request = (dashboard_top, tuple(dashboard_units), round(dashboard_light_mb * 1e6)) if dashboards else None
     sections.append(_explorer_section(run, inputs, explorer_tokens, request))

@@ -325,8 +325,7 @@
     function panels(key) {
       const u = data.units[key];
       const section = el("section", "uld-panels");
-      const parts = u.light ? [histogram(u), logits(u), layerMap(u)] : [histogram(u), logits(u), effect(u), layerMap(u)];
-      parts.forEach((p) => section.appendChild(p));
+      [histogram(u), logits(u), ...(u.light ? [] : [effect(u)]), layerMap(u)].forEach((p) => section.appendChild(p));
       return section;
     }
 

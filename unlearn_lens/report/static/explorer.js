@@ -421,8 +421,9 @@
     }
 
     // The card of a unit: its address, score and pruned step, its statistics and its contexts on each dataset;
-    // or its dashboard, where the page has one; a light dashboard's panels follow the card. Served by `unlearn-lens serve` (window.ulLive), the card of a unit
-    // without one is replaced by its dashboard once the server has computed it; open returns that promise.
+    // or its dashboard, where the page has one; a light dashboard's panels follow the card. Served by
+    // `unlearn-lens serve` (window.ulLive), the card of a unit without a full dashboard is replaced by its dashboard
+    // once the server has computed it; open returns that promise.
     function open(i) {
       const method = data.score_methods ? data.score_methods[KINDS[kind[i]]] : null;
       let score = "no scores";
@@ -490,8 +491,9 @@
 
   // The test hook: a URL hash #ulx-test?q=...&sort=KEY&dir=asc&open=ROW&wait=1&scroll=ROW&bench=1&hover=1&show=1
   // searches, sorts, opens (with wait, until a dashboard asked of the server is drawn), points at the opened unit's
-  // first top token, scrolls (the table; with show, the page to the opened unit), then writes what it saw (rows shown, the first units and their labels, the rows drawn,
-  // timings in ms, what the pointer showed, the resources the page fetched) as JSON into pre#ulx-test-result.
+  // first top token, scrolls (the table; with show, the page to the opened unit), then writes what it saw (rows
+  // shown, the first units and their labels, the rows drawn, timings in ms, what the pointer showed, the resources
+  // the page fetched) as JSON into pre#ulx-test-result.
   async function selfTest(ex) {
     const hash = location.hash;
     if (hash.indexOf("#ulx-test") !== 0) {
