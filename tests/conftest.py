@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,6 +237,18 @@ MODEL_FIXTURES = ["gpt2", "neox", "llama", "native_gpt2", "native_gated", *LEGAC
 @pytest.fixture(params=MODEL_FIXTURES)
 def any_model(request):
     return request.getfixturevalue(request.param)
+
+
+def file_module(path: Path, name: str):
+    """The Python file ``path`` (a script, a docs extension) imported as module ``name``, outside the package.
+
+    The module is registered in ``sys.modules`` while it runs, as dataclasses look their module up there.
+    """
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def chromium() -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import file_module
 
 import unlearn_lens as ul
 from unlearn_lens import demo
@@ -196,10 +196,7 @@ def _script(name: str):
     """A module of ``scripts/``, imported as the script imports its neighbours (``scripts/`` on the path)."""
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return file_module(SCRIPTS / f"{name}.py", name)
 
 
 def _training_script():

@@ -19,7 +19,6 @@ that the demo settings were not chosen on), evaluation texts apart from the stat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import file_module
 
 import unlearn_lens as ul
 from unlearn_lens.cli import main
@@ -40,10 +40,7 @@ GENERATED = ROOT / "docs" / "generated"
 
 def _demo_tables():
     """``scripts/demo_tables.py``, the script that writes the demo's tables."""
-    spec = importlib.util.spec_from_file_location("_demo_tables", ROOT / "scripts" / "demo_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return file_module(ROOT / "scripts" / "demo_tables.py", "_demo_tables")
 
 
 @pytest.fixture(scope="module")

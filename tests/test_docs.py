@@ -14,12 +14,11 @@ import only the standard library until Sphinx loads them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import file_module
 
 import unlearn_lens as ul
 from unlearn_lens.cli import _parser
@@ -33,19 +32,12 @@ PLACEHOLDERS = re.compile(r"TEST_NOW|\bTODO\b|\bTBD\b|\bFIXME\b|\bXXX\b|\?\?\?")
 
 def _ext(name: str):
     """A module of docs/_ext, imported without Sphinx."""
-    spec = importlib.util.spec_from_file_location(f"_docs_ext_{name}", DOCS / "_ext" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
+    return file_module(DOCS / "_ext" / f"{name}.py", f"_docs_ext_{name}")
 
 
 def _check_site():
     """``docs/check_site.py``, which .ci/run runs on the built site."""
-    spec = importlib.util.spec_from_file_location("_docs_check_site", DOCS / "check_site.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return file_module(DOCS / "check_site.py", "_docs_check_site")
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

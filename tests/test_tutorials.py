@@ -10,11 +10,11 @@ ones the documentation shows.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+from conftest import file_module
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
@@ -98,11 +98,7 @@ def test_notebook_uses_current_api(path: Path) -> None:
 
 def _docs_tutorials():
     """``docs/_ext/tutorials.py``, which executes the notebooks for the tests and the documentation alike."""
-    path = Path(__file__).resolve().parents[1] / "docs" / "_ext" / "tutorials.py"
-    spec = importlib.util.spec_from_file_location("_docs_ext_tutorials", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return file_module(Path(__file__).resolve().parents[1] / "docs" / "_ext" / "tutorials.py", "_docs_ext_tutorials")
 
 
 @pytest.fixture(scope="module")
